@@ -1,0 +1,12 @@
+"""pitguard: train, check and ship the cherry pit crop classifier."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("pitguard")
+except PackageNotFoundError:  # running from a source tree without install
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__"]

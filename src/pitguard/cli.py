@@ -1,0 +1,489 @@
+"""The ``pitguard`` command: one thin verb per pipeline stage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+from pitguard import __version__
+from pitguard.errors import PitguardError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _verb(sub, name: str, help_text: str, examples: list[str], handler: Handler):
+    parser = sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=_examples(*examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _write_json(obj: dict, path: str | None) -> None:
+    if path:
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(obj, indent=2) + "\n")
+        print(f"wrote {out}")
+
+
+def _decode_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--size", type=int, default=128, help="expected crop side in px (default 128)"
+    )
+    parser.add_argument(
+        "--modes",
+        choices=["skip", "convert"],
+        default="skip",
+        help="non-RGB files: skip and list them (default), or convert "
+        "(L/I;16 gray replicated, alpha multiplied in, palette expanded)",
+    )
+    parser.add_argument(
+        "--sizes",
+        choices=["skip", "resize", "pad"],
+        default="skip",
+        help="crops of another size: skip and list them (default), resize, or centre-pad/crop",
+    )
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad file")
+    parser.add_argument(
+        "--classes",
+        metavar="MAP",
+        help="map folder or label names to classes, e.g. good=clean,bad=pit,unsure=maybe",
+    )
+
+
+def _decode_options(args):
+    from pitguard.data.load import DecodeOptions
+
+    return DecodeOptions(size=args.size, modes=args.modes, sizes=args.sizes, strict=args.strict)
+
+
+def _index(args):
+    from pitguard.data.layout import find_dataset, parse_class_mapping
+
+    return find_dataset(args.data, parse_class_mapping(args.classes))
+
+
+def cmd_audit(args) -> int:
+    from pitguard.data.audit import audit, format_audit
+
+    report = audit(_index(args), _decode_options(args))
+    print(format_audit(report))
+    _write_json(report, args.json)
+    return 0
+
+
+def cmd_split(args) -> int:
+    from pitguard.data.split import parse_fractions, split_dataset
+
+    result = split_dataset(
+        _index(args), args.out, parse_fractions(args.fractions), args.seed, _decode_options(args)
+    )
+    print(f"{'split':<8}" + "".join(f"{c:>10}" for c in next(iter(result["counts"].values()))))
+    for split, per in result["counts"].items():
+        print(f"{split:<8}" + "".join(f"{v:>10}" for v in per.values()))
+    print(f"duplicate groups kept whole: {result['groups_kept_whole']}")
+    if result["skipped"]:
+        print(f"skipped {len(result['skipped'])} unusable file(s), e.g. {result['skipped'][0]}")
+    print(f"wrote {result['manifest']}")
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from pitguard.data.synth import synthesize
+
+    info = synthesize(
+        args.out, count=args.count, seed=args.seed, size=args.size, difficulty=args.difficulty
+    )
+    print(
+        f"wrote {info['count']} synthetic crops to {info['out']} "
+        + ", ".join(f"{k} {v}" for k, v in info["classes"].items())
+    )
+    return 0
+
+
+def cmd_train(args) -> int:
+    from pitguard.config import load_config
+    from pitguard.train import train
+
+    if args.resume:
+        if args.recipe or args.config or args.set or args.data:
+            raise PitguardError(
+                "--resume continues a run with its saved config; drop --recipe/--config/--set/--data"
+            )
+        summary = train(None, args.resume, resume=True)  # type: ignore[arg-type]
+    else:
+        if not args.out:
+            raise PitguardError("--out RUN is required (the run folder to create)")
+        extra = {"data.path": args.data} if args.data else None
+        cfg = load_config(args.recipe, args.config, args.set, extra)
+        summary = train(cfg, args.out, stop_after=args.stop_after)
+    print(
+        f"run {summary['run']}: {summary['epochs_run']} epochs, best epoch {summary['best_epoch']} "
+        f"({summary['selected_on']} {summary['best_value']:.4f} on val), {summary['stop_reason']}, "
+        f"{summary['train_seconds']:.0f} s on {summary['device']}"
+    )
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from pitguard.calibrate import load_policy
+    from pitguard.evaluate import evaluate_run, format_report
+
+    policy = load_policy(args.run)
+    result = evaluate_run(
+        args.run, args.data, args.split, n_boot=args.n_boot, classes=args.classes, policy=policy
+    )
+    print(format_report(result))
+    print(f"outputs in {result['outputs']}")
+    _write_json(result, args.json)
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from pitguard.calibrate import calibrate_run
+
+    rec = calibrate_run(
+        args.run, args.data, args.split, args.max_pit_miss, args.confidence, args.max_false_reject
+    )
+    th, cal = rec["thresholds"], rec["calibration_data"]
+    pol = rec["policy"]
+    print(
+        f"temperature {pol['temperature']:.4f}  ECE {rec['ece_before']:.4f} -> {rec['ece_after']:.4f}"
+    )
+    print(
+        f"t_low {th['t_low']:.6f}  t_high {th['t_high']:.6f}  (p_pit < t_low: clean; >= t_high: pit; else maybe)"
+    )
+    print(
+        f"on {cal['data']} (n={cal['n']}, {cal['n_pits']} pits): {th['calib_pit_misses']} pits routed clean, "
+        f"pit-miss bound {100 * th['pit_miss_bound']:.3f}% at {100 * args.confidence:.0f}% confidence "
+        f"(target {100 * args.max_pit_miss:g}%), maybe rate {100 * th['calib_maybe_rate']:.2f}%"
+    )
+    print("routes on calib: " + ", ".join(f"{k} {v}" for k, v in rec["calib_routes"].items()))
+    print(f"wrote {args.run}/policy.json and {args.run}/calibration/")
+    return 0
+
+
+def cmd_thresholds(args) -> int:
+    from pitguard.calibrate import sweep_run
+
+    sweep = sweep_run(args.run, args.data, args.split, args.min_recall)
+    print(f"{sweep['data']}  n={sweep['n']}  (pit when p_pit >= threshold)")
+    print(
+        f"{'thr':>6}{'acc':>8}{'prec':>8}{'recall':>8}{'f1':>8}{'spec':>8}{'tp':>6}{'fp':>6}{'tn':>6}{'fn':>6}"
+    )
+
+    def f(x):
+        return f"{'n/a':>8}" if x is None else f"{x:>8.4f}"
+
+    for r in sweep["rows"][:: max(1, args.every)]:
+        print(
+            f"{r['threshold']:>6.2f}{f(r['accuracy'])}{f(r['precision'])}{f(r['recall'])}{f(r['f1'])}"
+            f"{f(r['specificity'])}{r['tp']:>6}{r['fp']:>6}{r['tn']:>6}{r['fn']:>6}"
+        )
+    best = sweep["best"]
+    if best:
+        print(
+            f"best F1 with recall >= {args.min_recall}: threshold {best['threshold']:.2f}, F1 {best['f1']:.4f}, "
+            f"recall {best['recall']:.4f}, precision {best['precision']:.4f}"
+        )
+    else:
+        print(f"no threshold reaches recall {args.min_recall}")
+    print(f"wrote {sweep['outputs']}/sweep.json and sweep.png")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from pitguard.compare import compare_runs, format_comparison
+
+    result = compare_runs(args.runs, args.data, args.split)
+    print(format_comparison(result))
+    _write_json(result, args.json)
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from pitguard.config import recipe_names, recipe_summary, recipe_text
+
+    if args.name:
+        print(recipe_text(args.name), end="")
+        return 0
+    for name in recipe_names():
+        print(f"{name:<26} {recipe_summary(name)}")
+    return 0
+
+
+def cmd_import_torchvision(args) -> int:
+    from pitguard.importer import import_torchvision
+
+    info = import_torchvision(args.state_dict, args.arch, args.classes, args.out, args.channels)
+    print(
+        f"wrote run {info['run']} ({info['arch']}, classes {', '.join(info['classes'])}); try: pitguard eval {info['run']} --data DIR"
+    )
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from pitguard.demo import run_demo
+
+    return run_demo(Path(args.out), data=args.data, fast=args.fast)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pitguard",
+        description="Train, check and ship the cherry pit crop classifier.",
+        epilog=_examples(
+            "pitguard data audit ../shared/data/cherry_classification/train --json audit.json",
+            "pitguard data split ../shared/data/cherry_classification/train --out split.csv",
+            "pitguard demo",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"pitguard {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    data = sub.add_parser("data", help="find, audit, split and synthesize crops")
+    data_sub = data.add_subparsers(dest="data_verb", metavar="VERB", required=True)
+
+    p = _verb(
+        data_sub,
+        "audit",
+        "Report counts, image statistics, bad files, duplicates and leakage of a dataset.",
+        [
+            "pitguard data audit ../shared/data/cherry_classification/train",
+            "pitguard data audit runs/split.csv --json audit.json",
+            "pitguard data audit my_crops/ --modes convert --sizes pad",
+        ],
+        cmd_audit,
+    )
+    p.add_argument("data", help="class-folder dir, split-folder dir, or CSV manifest")
+    p.add_argument("--json", metavar="OUT", help="write the full report as JSON")
+    _decode_args(p)
+
+    p = _verb(
+        data_sub,
+        "split",
+        "Write a seeded, stratified, duplicate-aware split manifest (path,label,split,group).",
+        [
+            "pitguard data split ../shared/data/cherry_classification/train --out split.csv",
+            "pitguard data split crops/ --out split.csv --fractions train=0.7,val=0.15,test=0.15",
+            "pitguard data split crops/ --out split.csv --seed 7",
+        ],
+        cmd_split,
+    )
+    p.add_argument("data", help="class-folder dir, split-folder dir, or CSV manifest")
+    p.add_argument(
+        "--out", required=True, metavar="MANIFEST.csv", help="where to write the manifest"
+    )
+    p.add_argument(
+        "--fractions",
+        help="NAME=FRACTION pairs adding up to 1 (default train=0.55,val=0.1,calib=0.2,test=0.15)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default 0)")
+    _decode_args(p)
+
+    p = _verb(
+        data_sub,
+        "synth",
+        "Write procedural crops that look like the line's (clean and pit folders, balanced).",
+        [
+            "pitguard data synth synth/ --count 400",
+            "pitguard data synth hard/ --count 1000 --difficulty 0.8 --seed 3",
+        ],
+        cmd_synth,
+    )
+    p.add_argument("out", help="output folder (created; must not hold other files)")
+    p.add_argument("--count", type=int, default=400, help="number of crops (default 400)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--size", type=int, default=128, help="crop side in px (default 128)")
+    p.add_argument(
+        "--difficulty", type=float, default=0.5, help="0 easy .. 1 hard: fainter pits (default 0.5)"
+    )
+
+    p = _verb(
+        sub,
+        "train",
+        "Train a recipe on a dataset into a run folder, or resume an interrupted run.",
+        [
+            "pitguard train --recipe cpu-fast --data ../shared/data/cherry_classification/train --out runs/cpu-fast",
+            "pitguard train --recipe resnet50-aug --data split.csv --out runs/r50 --set train.epochs=10",
+            "pitguard train --resume runs/cpu-fast",
+        ],
+        cmd_train,
+    )
+    p.add_argument("--recipe", help="a shipped recipe by name (see pitguard recipes)")
+    p.add_argument("--config", help="a YAML file of overrides (applied after the recipe)")
+    p.add_argument(
+        "--data", help="class-folder dir (split here, seeded), split-folder dir or CSV manifest"
+    )
+    p.add_argument("--out", help="run folder to create")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="override one setting (repeatable)",
+    )
+    p.add_argument(
+        "--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint"
+    )
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="EPOCHS",
+        help="stop after this many epochs (resume later)",
+    )
+
+    p = _verb(
+        sub,
+        "eval",
+        "Evaluate a run: metrics with 95% intervals, per-crop predictions and plots.",
+        [
+            "pitguard eval runs/cpu-fast                      # the run's own test part",
+            "pitguard eval runs/cpu-fast --data other_crops/ --json eval.json",
+            "pitguard eval runs/cpu-fast --data runs/cpu-fast/split.csv --split calib",
+        ],
+        cmd_eval,
+    )
+    p.add_argument("run", help="run folder")
+    p.add_argument("--data", help="dataset (any layout); default: the run's own split")
+    p.add_argument("--split", help="part of a split dataset to evaluate (default test)")
+    p.add_argument("--json", metavar="OUT", help="also write the metrics JSON here")
+    p.add_argument(
+        "--n-boot", type=int, default=1000, help="bootstrap resamples for intervals (default 1000)"
+    )
+    p.add_argument(
+        "--classes", metavar="MAP", help="map folder names to classes, e.g. good=clean,bad=pit"
+    )
+
+    p = _verb(
+        sub,
+        "calibrate",
+        "Calibrate the clean/maybe/pit decision with a stated bound on pits routed clean.",
+        [
+            "pitguard calibrate runs/cpu-fast --max-pit-miss 0.01 --confidence 0.95",
+            "pitguard calibrate runs/cpu-fast --max-pit-miss 0.02 --max-false-reject 0.05",
+            "pitguard calibrate runs/prod --data held_out_calib/",
+        ],
+        cmd_calibrate,
+    )
+    p.add_argument("run", help="run folder")
+    p.add_argument("--data", help="calibration crops (default: the run's own calib part)")
+    p.add_argument("--split", help="part of a split --data to use (default calib)")
+    p.add_argument(
+        "--max-pit-miss", type=float, default=0.01, help="bound on pits routed clean (default 0.01)"
+    )
+    p.add_argument(
+        "--confidence", type=float, default=0.95, help="confidence of the bound (default 0.95)"
+    )
+    p.add_argument("--max-false-reject", type=float, help="also bound clean crops routed pit")
+
+    p = _verb(
+        sub,
+        "thresholds",
+        "Sweep one threshold on p(pit) (the old reports' analysis): table, JSON and plot.",
+        [
+            "pitguard thresholds runs/cpu-fast --min-recall 0.99",
+            "pitguard thresholds runs/cpu-fast --data other_crops/ --every 5",
+        ],
+        cmd_thresholds,
+    )
+    p.add_argument("run", help="run folder")
+    p.add_argument("--data", help="crops to sweep on (default: the run's calib part)")
+    p.add_argument("--split", help="part of a split --data (default calib)")
+    p.add_argument("--min-recall", type=float, default=0.99, help="pit recall floor (default 0.99)")
+    p.add_argument(
+        "--every", type=int, default=5, help="print every Nth threshold of the 101 (default 5)"
+    )
+
+    p = _verb(
+        sub,
+        "compare",
+        "Paired comparison of runs on the same crops: exact McNemar test and bootstrap intervals.",
+        [
+            "pitguard compare runs/cpu-fast runs/r50 runs/effb0",
+            "pitguard compare runs/a runs/b --data held_out/ --json compare.json",
+        ],
+        cmd_compare,
+    )
+    p.add_argument("runs", nargs="+", help="run folders; the first is the baseline")
+    p.add_argument("--data", help="crops to compare on (default: the runs' shared test part)")
+    p.add_argument("--split", help="part of a split --data (default test)")
+    p.add_argument("--json", metavar="OUT", help="write the comparison as JSON")
+
+    p = _verb(
+        sub,
+        "recipes",
+        "List the shipped recipes, or print one.",
+        ["pitguard recipes", "pitguard recipes cpu-fast"],
+        cmd_recipes,
+    )
+    p.add_argument("name", nargs="?", help="print this recipe's YAML")
+
+    p = _verb(
+        sub,
+        "import-torchvision",
+        "Turn a torchvision-style state dict (e.g. the production ResNet50) into a run folder.",
+        [
+            "pitguard import-torchvision prod_resnet50.pth --arch resnet50 --classes clean,maybe,pit --out runs/prod",
+            "pitguard import-torchvision r50_2class.pth --arch resnet50 --classes clean,pit --out runs/prod2",
+        ],
+        cmd_import_torchvision,
+    )
+    p.add_argument("state_dict", help=".pth/.pt/.safetensors state dict")
+    p.add_argument(
+        "--arch",
+        required=True,
+        help="timm architecture with torchvision key names (resnet18/34/50/101)",
+    )
+    p.add_argument(
+        "--classes", required=True, help="output classes in the fc's order, e.g. clean,maybe,pit"
+    )
+    p.add_argument("--out", required=True, help="run folder to create")
+    p.add_argument(
+        "--channels", default="0,1,2", help="input channels the model reads (default 0,1,2)"
+    )
+
+    p = _verb(
+        sub,
+        "demo",
+        "Run the pipeline on a built-in default (synthetic crops) or on your own crops.",
+        ["pitguard demo", "pitguard demo --out demo-out", "pitguard demo --data my_crops/"],
+        cmd_demo,
+    )
+    p.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
+    p.add_argument("--data", help="your own class-folder dir instead of synthetic crops")
+    p.add_argument("--fast", action="store_true", help="smallest settings, for tests")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except PitguardError as exc:
+        print("error: " + textwrap.indent(str(exc), "  ").lstrip(), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""Typed settings read by every stage; recipes and ``--set`` hold overrides only."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pitguard.errors import ConfigError, PitguardError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str | None = None  # class-folder dir, split-folder dir or CSV manifest
+    fractions: str = "train=0.55,val=0.1,calib=0.2,test=0.15"  # used when DATA has no split
+    split_seed: int = 0  # the split's seed is kept apart from the training seed
+    size: int = 128  # side of the line's crops
+    modes: str = "skip"  # non-RGB files: skip or convert
+    sizes: str = "skip"  # other sizes: skip, resize or pad
+    classes: str | None = None  # explicit name mapping, e.g. good=clean,bad=pit
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "resnet50"  # any timm model name, or pitguard_tiny / pitguard_small
+    pretrained_path: str | None = None  # local timm/torchvision weights; never downloaded
+    channels: tuple[int, ...] = (0, 1, 2)  # input channels fed to the network (G is 0 on the line)
+    normalize: str = "none"  # "none" feeds [0,1] like production; "imagenet" or "data" statistics
+    downsample: int = 1  # average-pool factor applied inside the model (cheap CPU inference)
+    drop_rate: float = 0.0  # dropout before the classifier
+    drop_path_rate: float = 0.0  # stochastic depth, where the architecture has it
+    freeze_backbone: bool = False  # train the classifier head only (the production recipe)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    enabled: bool = True  # all augmentation off when false
+    hflip: float = 0.5  # probability of a horizontal flip
+    vflip: float = 0.5  # probability of a vertical flip
+    rotate: float = 180.0  # max rotation in degrees (180 = any orientation)
+    translate: float = 0.1  # max shift as a fraction of the crop side
+    scale_min: float = 0.9  # zoom range
+    scale_max: float = 1.1
+    brightness: float = 0.15  # per-channel gain in [1-b, 1+b], cherry pixels only
+    contrast: float = 0.15  # per-channel contrast about the cherry's mean
+    blur_p: float = 0.1  # probability of a Gaussian blur
+    blur_sigma: float = 1.0  # its max sigma in px
+    motion_blur_p: float = 0.2  # probability of a directional (conveyor) motion blur
+    motion_kernel: int = 5  # its kernel size in px (odd)
+    erase_p: float = 0.0  # probability of random erasing (a patch set to background)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30  # full passes over the train part
+    batch_size: int = 64
+    optimizer: str = "adamw"  # adamw, adam or sgd
+    lr: float = 1e-3  # peak learning rate of the head (and backbone unless scaled)
+    backbone_lr_scale: float = 1.0  # backbone lr = lr * this (differential learning rates)
+    weight_decay: float = 0.05
+    momentum: float = 0.9  # sgd only
+    schedule: str = "cosine"  # cosine (with warmup), step, or constant
+    warmup_epochs: float = 1.0  # linear warmup length for cosine
+    step_epochs: int = 10  # step schedule: decay every this many epochs
+    step_gamma: float = 0.1  # step schedule: decay factor
+    label_smoothing: float = 0.0
+    balance: str = "none"  # none, loss (class-weighted loss) or sampler (balanced sampling)
+    ema_decay: float = 0.0  # weight EMA decay per step; 0 disables; the EMA is what is selected
+    amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    channels_last: bool = True  # on GPU
+    select_metric: str = "val_accuracy"  # val_accuracy, val_balanced_accuracy or val_loss
+    patience: int = 0  # early stopping after this many epochs without improvement; 0 = off
+    max_minutes: float = 0.0  # stop after the epoch that passes this wall time; 0 = no limit
+    seed: int = 0  # seeds python, numpy, torch and the shuffles
+    device: str = "auto"  # auto, cpu or cuda
+    threads: int = 0  # CPU threads; 0 = all cores
+    eval_batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    recipe: str | None = None  # name of the recipe this config came from
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "data.modes": ("skip", "convert"),
+    "data.sizes": ("skip", "resize", "pad"),
+    "model.normalize": ("none", "imagenet", "data"),
+    "train.optimizer": ("adamw", "adam", "sgd"),
+    "train.schedule": ("cosine", "step", "constant"),
+    "train.balance": ("none", "loss", "sampler"),
+    "train.select_metric": ("val_accuracy", "val_balanced_accuracy", "val_loss"),
+    "train.device": ("auto", "cpu", "cuda"),
+}
+POSITIVE = {
+    "data.size",
+    "train.epochs",
+    "train.batch_size",
+    "train.lr",
+    "model.downsample",
+    "train.eval_batch_size",
+    "train.step_epochs",
+    "augment.motion_kernel",
+}
+UNIT_INTERVAL = {
+    "augment.hflip",
+    "augment.vflip",
+    "augment.blur_p",
+    "augment.motion_blur_p",
+    "augment.erase_p",
+    "train.label_smoothing",
+    "train.ema_decay",
+    "model.drop_rate",
+    "model.drop_path_rate",
+}
+
+
+def _sections() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {name: hint for name, hint in hints.items() if name != "recipe"}
+
+
+def _all_keys() -> list[str]:
+    keys = []
+    for section, cls in _sections().items():
+        keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
+    return keys
+
+
+def _closest(key: str) -> str:
+    match = difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.5)
+    if not match:  # try the last part alone, e.g. "lr" -> "train.lr"
+        tail = key.rsplit(".", 1)[-1]
+        match = [k for k in _all_keys() if k.endswith("." + tail)] or difflib.get_close_matches(
+            tail, [k.rsplit(".", 1)[1] for k in _all_keys()], n=1
+        )
+        if match and "." not in match[0]:
+            match = [k for k in _all_keys() if k.endswith("." + match[0])]
+    return f"; did you mean {match[0]}?" if match else ""
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Convert ``value`` (a YAML value or a command-line string) to the field's type."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        inner = next(a for a in args if a is not type(None))
+        return _coerce(value, inner, key)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], key) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in (
+            "true",
+            "yes",
+            "1",
+            "on",
+            "false",
+            "no",
+            "0",
+            "off",
+        ):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ValueError(f"expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"expected an integer, got {value!r}")
+        try:
+            return int(str(value).strip()) if isinstance(value, str) else int(value)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {value!r}") from None
+    if hint is float:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
+    if hint is str:
+        if not isinstance(value, str | int | float):
+            raise ValueError(f"expected text, got {value!r}")
+        return str(value)
+    raise ValueError(f"unsupported type {hint}")
+
+
+def _check_value(key: str, value: Any) -> str | None:
+    if key in CHOICES and value not in CHOICES[key]:
+        return f"{key}={value!r}: choose one of {', '.join(CHOICES[key])}"
+    if key in POSITIVE and value is not None and value <= 0:
+        return f"{key}={value!r}: must be > 0"
+    if key in UNIT_INTERVAL and not 0.0 <= value <= 1.0:
+        return f"{key}={value!r}: must be between 0 and 1"
+    if key == "model.channels" and (not value or any(c not in (0, 1, 2) for c in value)):
+        return f"{key}={list(value)!r}: give channel indices among 0, 1, 2 (R, G, B)"
+    if key == "augment.motion_kernel" and value % 2 == 0:
+        return f"{key}={value}: must be odd (3, 5, 7, ...)"
+    return None
+
+
+def build_config(overrides: dict[str, Any], source: str = "overrides") -> Config:
+    """Apply flat ``section.key: value`` overrides to the defaults; report every problem at once."""
+    sections = _sections()
+    values: dict[str, dict[str, Any]] = {name: {} for name in sections}
+    problems: list[str] = []
+    recipe = overrides.pop("recipe", None) if "recipe" in overrides else None
+    for key, raw in overrides.items():
+        section, _, name = key.partition(".")
+        cls = sections.get(section)
+        field_types = typing.get_type_hints(cls) if cls else {}
+        if cls is None or name not in field_types:
+            problems.append(f"{source}: unknown key {key!r}{_closest(key)}")
+            continue
+        try:
+            value = _coerce(raw, field_types[name], key)
+        except (ValueError, TypeError) as exc:
+            problems.append(f"{source}: {key}: {exc}")
+            continue
+        problem = _check_value(key, value)
+        if problem:
+            problems.append(f"{source}: {problem}")
+            continue
+        values[section][name] = value
+    if problems:
+        raise ConfigError(problems)
+    built = {name: cls(**values[name]) for name, cls in sections.items()}
+    return Config(**built, recipe=recipe)
+
+
+def flatten(nested: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in nested.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, full + "."))
+        else:
+            out[full] = value
+    return out
+
+
+def parse_set(items: list[str] | None) -> dict[str, str]:
+    """``--set section.key=value`` strings into overrides (values are parsed by the field's type)."""
+    out: dict[str, str] = {}
+    problems = []
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            problems.append(f"--set {item!r}: write section.key=value, e.g. train.lr=3e-4")
+            continue
+        out[key.strip()] = value.strip()
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def recipe_names() -> list[str]:
+    folder = resources.files("pitguard") / "recipes"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def recipe_text(name: str) -> str:
+    names = recipe_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise PitguardError(f"unknown recipe {name!r}{hint} (see `pitguard recipes`)")
+    return (resources.files("pitguard") / "recipes" / f"{name}.yaml").read_text()
+
+
+def recipe_summary(name: str) -> str:
+    """The first comment line of a recipe: the experiment it reproduces."""
+    for line in recipe_text(name).splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def _load_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise PitguardError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise PitguardError(
+            f"{source}: expected a mapping of sections (data, model, augment, train)"
+        )
+    return flatten(loaded)
+
+
+def load_config(
+    recipe: str | None = None,
+    config_file: str | Path | None = None,
+    sets: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Config:
+    """Defaults, then a recipe, then a YAML file, then ``extra``, then ``--set``: all checked at once."""
+    overrides: dict[str, Any] = {}
+    sources: list[tuple[str, dict[str, Any]]] = []
+    if recipe:
+        sources.append((f"recipe {recipe}", _load_yaml(recipe_text(recipe), f"recipe {recipe}")))
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise PitguardError(f"{path}: config file not found")
+        sources.append((str(path), _load_yaml(path.read_text(), str(path))))
+    if extra:
+        sources.append(("arguments", extra))
+    sources.append(("--set", parse_set(sets)))
+    problems: list[str] = []
+    for source, values in sources:
+        try:
+            build_config(dict(values), source)
+        except ConfigError as exc:
+            problems += exc.problems
+        overrides.update(values)
+    if problems:
+        raise ConfigError(problems)
+    if recipe:
+        overrides["recipe"] = recipe
+    return build_config(overrides)
+
+
+def config_from_dict(nested: dict) -> Config:
+    """Rebuild a Config written by ``to_dict`` (a run folder or a checkpoint)."""
+    recipe = nested.get("recipe")
+    flat = flatten({k: v for k, v in nested.items() if k != "recipe"})
+    cfg = build_config(flat, "saved config")
+    return dataclasses.replace(cfg, recipe=recipe)

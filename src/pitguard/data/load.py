@@ -1,0 +1,258 @@
+"""Decode crops into one uint8 tensor (N, C, H, W), with explicit rules for odd files and a cache."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from pitguard.data.layout import DatasetIndex, Item
+from pitguard.errors import PitguardError
+
+CACHE_VERSION = 1
+MODE_RULES = ("skip", "convert")
+SIZE_RULES = ("skip", "resize", "pad")
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How to treat files that are not plain RGB crops of the expected size."""
+
+    size: int = 128  # side of the square crops the line produces
+    modes: str = "skip"  # "skip" lists non-RGB files; "convert" converts them by the rules below
+    sizes: str = "skip"  # "skip" lists other sizes; "resize" rescales; "pad" centre-pads/crops
+    strict: bool = False  # stop at the first bad file instead of skipping and listing it
+
+    def validate(self) -> None:
+        problems = []
+        if self.modes not in MODE_RULES:
+            problems.append(f"modes={self.modes!r}: use one of {', '.join(MODE_RULES)}")
+        if self.sizes not in SIZE_RULES:
+            problems.append(f"sizes={self.sizes!r}: use one of {', '.join(SIZE_RULES)}")
+        if self.size < 8:
+            problems.append(f"size={self.size}: crops must be at least 8 px")
+        if problems:
+            raise PitguardError("decode options: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A file that was not loaded as it is, and why."""
+
+    path: str
+    kind: str  # "unreadable" or "odd"
+    reason: str
+    action: str  # "skipped" or what was done (e.g. "converted LA->RGB")
+
+
+@dataclass
+class Crops:
+    """Decoded crops in memory, ready for batched training on any device."""
+
+    images: torch.Tensor  # uint8 (N, 3, H, W)
+    labels: torch.Tensor  # int64 (N,)
+    paths: list[str]
+    classes: tuple[str, ...]
+    problems: list[Problem] = field(default_factory=list)
+    splits: list[str | None] = field(default_factory=list)
+    groups: list[str | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def select(self, mask: Sequence[bool] | np.ndarray) -> Crops:
+        idx = np.flatnonzero(np.asarray(mask))
+        t = torch.as_tensor(idx, dtype=torch.long)
+        return Crops(
+            self.images[t],
+            self.labels[t],
+            [self.paths[i] for i in idx],
+            self.classes,
+            [],
+            [self.splits[i] for i in idx] if self.splits else [],
+            [self.groups[i] for i in idx] if self.groups else [],
+        )
+
+    def split(self, name: str) -> Crops:
+        return self.select([s == name for s in self.splits])
+
+
+# Mode conversions applied with modes="convert". The masked background is black, so alpha
+# is multiplied in (transparent pixels become background) rather than dropped.
+def _to_rgb(img: Image.Image) -> tuple[np.ndarray, str]:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.uint32)
+        scale = 257 if arr.max(initial=0) > 255 else 1
+        gray = (arr // scale).clip(0, 255).astype(np.uint8)
+        return np.stack([gray] * 3, -1), f"{mode}->RGB (16-bit scaled to 8-bit, gray replicated)"
+    if mode in ("LA", "RGBA", "PA") or (mode == "P" and "transparency" in img.info):
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.uint16)
+        rgb = (rgba[..., :3] * rgba[..., 3:4] // 255).astype(np.uint8)
+        return rgb, f"{mode}->RGB (alpha multiplied into the colour)"
+    if mode == "L":
+        gray = np.asarray(img, dtype=np.uint8)
+        return np.stack([gray] * 3, -1), "L->RGB (gray replicated)"
+    return np.asarray(img.convert("RGB"), dtype=np.uint8), f"{mode}->RGB"
+
+
+def _fit_size(arr: np.ndarray, size: int, rule: str) -> np.ndarray:
+    if rule == "resize":
+        return np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR))
+    out = np.zeros((size, size, 3), np.uint8)  # "pad": centre the crop on black background
+    h, w = arr.shape[:2]
+    sy, sx = max((h - size) // 2, 0), max((w - size) // 2, 0)
+    dy, dx = max((size - h) // 2, 0), max((size - w) // 2, 0)
+    ch, cw = min(h, size), min(w, size)
+    out[dy : dy + ch, dx : dx + cw] = arr[sy : sy + ch, sx : sx + cw]
+    return out
+
+
+def decode_bytes(
+    data: bytes, name: str, opts: DecodeOptions
+) -> tuple[np.ndarray | None, Problem | None]:
+    """Decode one file's bytes to (H, W, 3) uint8, or return why it was skipped or changed."""
+    if not data:
+        return None, Problem(name, "unreadable", "empty file (0 bytes)", "skipped")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            mode, (w, h) = img.mode, img.size
+            if mode == "RGB":
+                arr, change = np.asarray(img, dtype=np.uint8), None
+            elif opts.modes == "convert":
+                arr, change = _to_rgb(img)
+            else:
+                return None, Problem(
+                    name, "odd", f"mode {mode}, expected RGB", "skipped (use modes=convert)"
+                )
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        return None, Problem(name, "unreadable", f"cannot decode: {exc}", "skipped")
+    if (w, h) != (opts.size, opts.size):
+        if opts.sizes == "skip":
+            return None, Problem(
+                name,
+                "odd",
+                f"size {w}x{h}, expected {opts.size}x{opts.size}",
+                "skipped (use sizes=resize or sizes=pad)",
+            )
+        arr = _fit_size(arr, opts.size, opts.sizes)
+        change = (
+            change + "; " if change else ""
+        ) + f"{w}x{h}->{opts.size}x{opts.size} ({opts.sizes})"
+    if change:
+        return np.ascontiguousarray(arr), Problem(name, "odd", f"mode {mode}, size {w}x{h}", change)
+    return np.ascontiguousarray(arr), None
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("PITGUARD_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pitguard"
+
+
+def _read_all(paths: list[Path]) -> list[bytes | OSError]:
+    def read(p: Path) -> bytes | OSError:
+        try:
+            return p.read_bytes()
+        except OSError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
+        return list(pool.map(read, paths))
+
+
+def load_crops(
+    index: DatasetIndex,
+    opts: DecodeOptions | None = None,
+    *,
+    items: list[Item] | None = None,
+    cache: bool = True,
+    cache_dir: Path | None = None,
+) -> Crops:
+    """Decode the dataset's crops; files that cannot be used as they are go to ``problems``."""
+    opts = opts or DecodeOptions()
+    opts.validate()
+    items = index.items if items is None else items
+    names = [index.relpath(it.path) for it in items]
+    blobs = _read_all([it.path for it in items])
+
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(json.dumps([CACHE_VERSION, opts.size, opts.modes, opts.sizes]).encode())
+    for name, blob in zip(names, blobs, strict=True):
+        digest.update(name.encode() + b"\0")
+        digest.update(
+            hashlib.blake2b(blob, digest_size=16).digest() if isinstance(blob, bytes) else b"!"
+        )
+    key = digest.hexdigest()
+    cache_path = (cache_dir or default_cache_dir()) / f"crops-{key}"
+
+    arrays: list[np.ndarray | None]
+    problems: list[Problem]
+    if cache and (cache_path / "meta.json").exists():
+        # A plain .npy reads at disk speed; an .npz member would be copied through zipfile.
+        stack = np.load(cache_path / "images.npy")
+        meta = json.loads((cache_path / "meta.json").read_text())
+        keep = np.asarray(meta["keep"], dtype=bool)
+        problems = [Problem(**p) for p in meta["problems"]]
+        if opts.strict and problems:
+            raise PitguardError(_strict_message(problems[0]))
+    else:
+        arrays, problems = [], []
+        for name, blob in zip(names, blobs, strict=True):
+            if isinstance(blob, OSError):
+                arr, prob = None, Problem(name, "unreadable", f"cannot read: {blob}", "skipped")
+            else:
+                arr, prob = decode_bytes(blob, name, opts)
+            if prob is not None:
+                if opts.strict:
+                    raise PitguardError(_strict_message(prob))
+                problems.append(prob)
+            arrays.append(arr)
+        keep = np.array([a is not None for a in arrays], dtype=bool)
+        kept = [a for a in arrays if a is not None]
+        stack = (
+            np.stack(kept).transpose(0, 3, 1, 2)
+            if kept
+            else np.zeros((0, 3, opts.size, opts.size), np.uint8)
+        )
+        stack = np.ascontiguousarray(stack)
+        if cache:
+            _write_cache(cache_path, stack, keep, problems)
+
+    kept_items = [it for it, k in zip(items, keep, strict=True) if k]
+    return Crops(
+        images=torch.from_numpy(stack),
+        labels=torch.tensor([it.label for it in kept_items], dtype=torch.long),
+        paths=[n for n, k in zip(names, keep, strict=True) if k],
+        classes=index.classes,
+        problems=problems,
+        splits=[it.split for it in kept_items],
+        groups=[it.group for it in kept_items],
+    )
+
+
+def _strict_message(p: Problem) -> str:
+    return f"{p.path}: {p.reason} (strict mode stops at the first bad file; drop --strict to skip and list)"
+
+
+def _write_cache(path: Path, stack: np.ndarray, keep: np.ndarray, problems: list[Problem]) -> None:
+    try:
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        np.save(tmp / "images.npy", stack)
+        meta = {"keep": keep.tolist(), "problems": [p.__dict__ for p in problems]}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        os.replace(tmp, path)  # the folder appears whole or not at all
+    except OSError:
+        pass  # a read-only cache folder only costs speed

@@ -1,0 +1,296 @@
+"""Models by timm name, wrapped with the input contract the production line feeds."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import timm
+import torch
+from timm.models import register_model
+from torch import nn
+
+from pitguard.errors import PitguardError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """What the deployed model takes: uint8-derived crops scaled to [0, 1], channels as stored."""
+
+    size: int = 128  # crop side the line sends
+    channels: tuple[int, ...] = (0, 1, 2)  # channels of the crop the network reads
+    scale: float = 1.0 / 255.0  # uint8 -> [0, 1]; the production line feeds [0, 1]
+    mean: tuple[float, ...] | None = None  # normalization applied after scaling, if any
+    std: tuple[float, ...] | None = None
+    downsample: int = 1  # average pooling inside the model before the backbone
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> InputContract:
+        return cls(
+            size=int(d["size"]),
+            channels=tuple(d["channels"]),
+            scale=float(d["scale"]),
+            mean=tuple(d["mean"]) if d.get("mean") is not None else None,
+            std=tuple(d["std"]) if d.get("std") is not None else None,
+            downsample=int(d.get("downsample", 1)),
+        )
+
+
+class _TinyNet(nn.Module):
+    """A small CNN with timm's classifier interface, for tests and quick CPU runs."""
+
+    def __init__(self, widths: tuple[int, ...], num_classes: int, in_chans: int, drop_rate: float):
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_chans
+        for w in widths:
+            layers += [
+                nn.Conv2d(prev, w, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(w, w, 3, padding=1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
+            ]
+            prev = w
+        self.conv_stem = layers[0]
+        self.features = nn.Sequential(*layers[1:])
+        self.num_features = prev
+        self.drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(prev, num_classes)
+        self.pretrained_cfg = {"first_conv": "conv_stem", "classifier": "head"}
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(self.conv_stem(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x).mean(dim=(2, 3))
+        return self.head(self.drop(x))
+
+
+@register_model
+def pitguard_tiny(
+    pretrained: bool = False, num_classes: int = 2, in_chans: int = 3, drop_rate: float = 0.0, **_
+):
+    """About 10k parameters: the unit tests' model."""
+    return _TinyNet((8, 16, 24), num_classes, in_chans, drop_rate)
+
+
+@register_model
+def pitguard_small(
+    pretrained: bool = False, num_classes: int = 2, in_chans: int = 3, drop_rate: float = 0.0, **_
+):
+    """About 0.3M parameters: fast enough to train and serve on two CPU cores."""
+    return _TinyNet((24, 48, 96, 160), num_classes, in_chans, drop_rate)
+
+
+class PitguardNet(nn.Module):
+    """Preprocessing of the input contract followed by a timm backbone; returns logits."""
+
+    def __init__(self, backbone: nn.Module, contract: InputContract):
+        super().__init__()
+        self.backbone = backbone
+        self.contract = contract
+        n = len(contract.channels)
+        mean = torch.tensor(contract.mean or (0.0,) * n, dtype=torch.float32)
+        std = torch.tensor(contract.std or (1.0,) * n, dtype=torch.float32)
+        self.register_buffer("channel_index", torch.tensor(contract.channels, dtype=torch.long))
+        self.register_buffer("mean", mean.view(1, n, 1, 1))
+        self.register_buffer("inv_std", (1.0 / std).view(1, n, 1, 1))
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: float crops already scaled to [0, 1], all channels, (N, C, H, W)."""
+        if x.shape[1] != len(self.contract.channels):
+            x = x.index_select(1, self.channel_index)
+        if self.contract.mean is not None:
+            x = (x - self.mean) * self.inv_std
+        if self.contract.downsample > 1:
+            x = nn.functional.avg_pool2d(x, self.contract.downsample)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.preprocess(x))
+
+
+def build_backbone(
+    name: str,
+    num_classes: int,
+    in_chans: int,
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+    img_size: int = 128,
+):
+    kwargs: dict = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
+    if drop_path_rate:
+        kwargs["drop_path_rate"] = drop_path_rate
+    if name.startswith(("vit_", "deit", "eva")):
+        kwargs["img_size"] = img_size  # ViTs are built for one input size
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
+            raise PitguardError(
+                f"model.name={name!r}: not a timm model; similar: {', '.join(close) or 'none'} "
+                "(see timm.list_models())"
+            ) from None
+        raise
+    except TypeError as exc:
+        raise PitguardError(f"model {name!r} does not accept these settings: {exc}") from None
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights from a local .safetensors, .pth or .pt file (a bare state dict or a checkpoint)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PitguardError(
+            f"{path}: weights file not found; give a local .safetensors or .pth file"
+        )
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise PitguardError(f"{path}: cannot read weights: {exc}") from None
+    for key in ("state_dict", "model", "model_state_dict", "state_dict_ema"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PitguardError(f"{path}: not a state dict of tensors")
+    prefixes = ("module.", "model.", "backbone.")
+    out = {}
+    for k, v in state.items():
+        for p in prefixes:
+            if k.startswith(p):
+                k = k[len(p) :]
+        out[k] = v
+    return out
+
+
+def load_pretrained(backbone: nn.Module, path: str | Path, in_chans: int) -> dict:
+    """Load local weights: the classifier is kept only when its shape matches, the first conv
+    is adapted to ``in_chans``; returns what was loaded and skipped."""
+    from timm.models import adapt_input_conv
+
+    state = read_state_dict(path)
+    own = backbone.state_dict()
+    first_conv = getattr(backbone, "pretrained_cfg", {}).get("first_conv")
+    loaded, skipped = [], []
+    for key, value in state.items():
+        if key not in own:
+            skipped.append(f"{key} (not in model)")
+            continue
+        if first_conv and key == f"{first_conv}.weight" and value.shape[1] != own[key].shape[1]:
+            value = adapt_input_conv(in_chans, value)
+        if value.shape != own[key].shape:
+            skipped.append(f"{key} (shape {tuple(value.shape)} vs {tuple(own[key].shape)})")
+            continue
+        own[key] = value
+        loaded.append(key)
+    if not loaded:
+        raise PitguardError(
+            f"{path}: no tensor matched the model's parameters; is it weights for this architecture?"
+        )
+    backbone.load_state_dict(own)
+    return {"loaded": len(loaded), "skipped": skipped}
+
+
+def make_contract(
+    cfg_model, size: int, data_mean: tuple[float, ...] | None = None, data_std=None
+) -> InputContract:
+    channels = tuple(cfg_model.channels)
+    mean = std = None
+    if cfg_model.normalize == "imagenet":
+        mean = tuple(IMAGENET_MEAN[c] for c in channels)
+        std = tuple(IMAGENET_STD[c] for c in channels)
+    elif cfg_model.normalize == "data":
+        mean, std = data_mean, data_std
+    return InputContract(
+        size=size, channels=channels, mean=mean, std=std, downsample=cfg_model.downsample
+    )
+
+
+def build_model(
+    name: str, num_classes: int, contract: InputContract, drop_rate=0.0, drop_path_rate=0.0
+) -> PitguardNet:
+    backbone = build_backbone(
+        name,
+        num_classes,
+        len(contract.channels),
+        drop_rate,
+        drop_path_rate,
+        contract.size // contract.downsample,
+    )
+    return PitguardNet(backbone, contract)
+
+
+def classifier_params(backbone: nn.Module) -> list[nn.Parameter]:
+    return list(backbone.get_classifier().parameters())
+
+
+def first_conv(backbone: nn.Module) -> nn.Conv2d:
+    name = getattr(backbone, "pretrained_cfg", {}).get("first_conv")
+    if name:
+        module = backbone.get_submodule(name)
+        if isinstance(module, nn.Conv2d):
+            return module
+    for module in backbone.modules():
+        if isinstance(module, nn.Conv2d):
+            return module
+    raise PitguardError("the model has no convolution to fold the normalization into")
+
+
+@torch.no_grad()
+def fold_normalization(net: PitguardNet) -> PitguardNet:
+    """Fold (x - mean) / std into the first convolution so the deployed graph takes [0, 1] input.
+
+    Exact away from the border; the first convolution's zero padding sees raw 0 (background)
+    instead of normalized 0, so border pixels differ slightly, which the export's parity check measures.
+    """
+    c = net.contract
+    if c.mean is None:
+        return net
+    conv = first_conv(net.backbone)
+    mean = net.mean.view(-1)
+    inv_std = net.inv_std.view(-1)
+    w = conv.weight * inv_std.view(1, -1, 1, 1)
+    shift = (conv.weight * (mean * inv_std).view(1, -1, 1, 1)).sum(dim=(1, 2, 3))
+    bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
+    conv.weight.copy_(w)
+    conv.bias = nn.Parameter(bias - shift)
+    folded = InputContract(c.size, c.channels, c.scale, None, None, c.downsample)
+    net.contract = folded
+    net.mean.zero_()
+    net.inv_std.fill_(1.0)
+    return net
+
+
+@torch.no_grad()
+def infer_logits(
+    net: nn.Module, images: torch.Tensor, device: torch.device | str = "cpu", batch_size: int = 256
+) -> torch.Tensor:
+    """Logits (float32, on CPU) for uint8 crops (N, C, H, W), in eval mode, batch by batch."""
+    device = torch.device(device)
+    was_training = net.training
+    net.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].to(device).float().div_(255)
+        out.append(net(x).float().cpu())
+    net.train(was_training)
+    if not out:
+        return torch.zeros(0, 0)
+    return torch.cat(out)

@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pitguard.data.layout import find_dataset
+from pitguard.data.load import DecodeOptions, load_crops
+from pitguard.errors import PitguardError
+from tests.conftest import random_crop, write_png
+
+
+@pytest.fixture
+def messy(tmp_path):
+    """Two good crops per class plus one of each kind of bad file."""
+    root = tmp_path / "messy"
+    for cls in ("clean", "pit"):
+        for i in range(2):
+            write_png(root / cls / f"ok{i}.png", random_crop(i))
+    (root / "clean" / "empty.png").write_bytes(b"")
+    good = (root / "clean" / "ok0.png").read_bytes()
+    (root / "clean" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (root / "pit" / "text.png").write_text("not an image")
+    gray = random_crop(5)[..., 0]
+    write_png(root / "pit" / "gray.png", gray)
+    rgba = np.dstack([random_crop(6), np.full((128, 128), 128, np.uint8)])
+    write_png(root / "pit" / "alpha.png", rgba)
+    Image.fromarray(random_crop(7)).convert("P").save(root / "pit" / "palette.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(root / "pit" / "deep.png")
+    write_png(root / "pit" / "small.png", random_crop(8, size=100))
+    Image.fromarray(random_crop(9)).save(root / "clean" / "jpeg.jpg", quality=95)
+    return root
+
+
+def by_path(crops):
+    return {p.path: p for p in crops.problems}
+
+
+def test_defaults_skip_and_list_every_bad_file(messy):
+    crops = load_crops(find_dataset(messy), cache=False)
+    problems = by_path(crops)
+    assert sorted(crops.paths) == [
+        "clean/jpeg.jpg",
+        "clean/ok0.png",
+        "clean/ok1.png",
+        "pit/ok0.png",
+        "pit/ok1.png",
+    ]
+    assert problems["clean/empty.png"].reason == "empty file (0 bytes)"
+    assert problems["clean/truncated.png"].kind == "unreadable"
+    assert problems["pit/text.png"].reason.startswith("cannot decode: cannot identify image file")
+    assert problems["pit/gray.png"].reason == "mode L, expected RGB"
+    assert problems["pit/gray.png"].action == "skipped (use modes=convert)"
+    assert problems["pit/alpha.png"].reason == "mode RGBA, expected RGB"
+    assert problems["pit/palette.png"].reason == "mode P, expected RGB"
+    assert problems["pit/deep.png"].reason.startswith("mode I")
+    assert problems["pit/small.png"].reason == "size 100x100, expected 128x128"
+    assert crops.images.dtype == torch.uint8 and crops.images.shape == (5, 3, 128, 128)
+    assert crops.labels.tolist() == [0, 0, 0, 1, 1]
+
+
+def test_convert_rules(messy):
+    crops = load_crops(
+        find_dataset(messy), DecodeOptions(modes="convert", sizes="pad"), cache=False
+    )
+    img = dict(zip(crops.paths, crops.images, strict=True))
+    gray = random_crop(5)[..., 0]
+    assert torch.equal(img["pit/gray.png"][1], torch.from_numpy(gray))
+    alpha = img["pit/alpha.png"].numpy().transpose(1, 2, 0)
+    assert np.array_equal(alpha, (random_crop(6).astype(np.uint16) * 128 // 255).astype(np.uint8))
+    assert torch.equal(img["pit/deep.png"][0], torch.from_numpy(gray))
+    small = img["pit/small.png"]
+    assert small.shape == (3, 128, 128) and small[:, :14].sum() == 0  # padded with background
+    actions = {p.path: p.action for p in crops.problems}
+    assert actions["pit/small.png"] == "100x100->128x128 (pad)"
+    assert actions["pit/gray.png"] == "L->RGB (gray replicated)"
+    assert "clean/empty.png" not in crops.paths
+
+
+def test_resize_rule(messy):
+    crops = load_crops(find_dataset(messy), DecodeOptions(sizes="resize"), cache=False)
+    assert "pit/small.png" in crops.paths
+
+
+def test_strict_stops_at_first_bad_file(messy):
+    with pytest.raises(
+        PitguardError, match=r"clean/empty.png: empty file \(0 bytes\) \(strict mode"
+    ):
+        load_crops(find_dataset(messy), DecodeOptions(strict=True), cache=False)
+
+
+def test_bad_option_names_the_choices():
+    with pytest.raises(PitguardError, match=r"modes='gray': use one of skip, convert"):
+        DecodeOptions(modes="gray").validate()
+
+
+def test_cache_returns_the_same_crops_and_problems(messy, tmp_path):
+    index = find_dataset(messy)
+    first = load_crops(index, cache_dir=tmp_path / "c")
+    assert len(list((tmp_path / "c").iterdir())) == 1
+    second = load_crops(index, cache_dir=tmp_path / "c")
+    assert torch.equal(first.images, second.images)
+    assert first.paths == second.paths and first.problems == second.problems
+
+
+def test_cache_key_follows_content(messy, tmp_path):
+    index = find_dataset(messy)
+    load_crops(index, cache_dir=tmp_path / "c")
+    write_png(messy / "pit" / "ok1.png", random_crop(99))
+    changed = load_crops(index, cache_dir=tmp_path / "c")
+    assert len(list((tmp_path / "c").iterdir())) == 2
+    fresh = load_crops(index, cache=False)
+    assert torch.equal(changed.images, fresh.images)

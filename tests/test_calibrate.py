@@ -1,0 +1,77 @@
+import json
+
+import pytest
+
+from pitguard.calibrate import calibrate_run, load_policy
+from pitguard.cli import main
+from pitguard.config import load_config
+from pitguard.data.synth import synthesize
+from pitguard.errors import PitguardError
+from pitguard.evaluate import evaluate_run
+from pitguard.train import train
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(tmp_path_factory):
+    """A tiny model on 1,400 synthetic crops: the calib part holds about 140 pits."""
+    root = tmp_path_factory.mktemp("cal")
+    synthesize(root / "crops", count=1400, seed=3)
+    cfg = load_config(
+        "cpu-fast",
+        sets=[
+            "model.name=pitguard_tiny",
+            "train.epochs=2",
+            "train.threads=1",
+            "train.batch_size=64",
+        ],
+        extra={"data.path": str(root / "crops")},
+    )
+    train(cfg, root / "run")
+    return root / "run"
+
+
+def test_refuses_when_calib_has_too_few_pits(calibrated_run):
+    with pytest.raises(
+        PitguardError, match=r"needs at least 299 pits with zero misses for a 1% pit-miss bound"
+    ):
+        calibrate_run(calibrated_run, max_pit_miss=0.01, confidence=0.95)
+    assert load_policy(calibrated_run) is None
+
+
+def test_calibrate_then_eval_reports_policy(calibrated_run, capsys):
+    assert (
+        main(["calibrate", str(calibrated_run), "--max-pit-miss", "0.05", "--confidence", "0.9"])
+        == 0
+    )
+    assert "ECE" in capsys.readouterr().out
+    record = json.loads((calibrated_run / "policy.json").read_text())
+    th = record["thresholds"]
+    assert th["pit_miss_bound"] <= 0.05 and th["t_low"] <= th["t_high"]
+    assert record["calibration_data"]["data"].endswith("[calib]")
+    assert (calibrated_run / "calibration" / "operating_curve.png").is_file()
+    assert (calibrated_run / "calibration" / "reliability.png").is_file()
+    policy = load_policy(calibrated_run)
+    assert float(policy.t_low) == pytest.approx(th["t_low"])
+
+    result = evaluate_run(calibrated_run, policy=policy, n_boot=100)
+    pol = result["policy"]
+    for key in (
+        "pit_miss_rate",
+        "pit_miss_ci",
+        "maybe_rate",
+        "false_reject_rate",
+        "accuracy_decided",
+    ):
+        assert key in pol
+    assert sum(pol["routes"].values()) == result["n"]
+    lo, hi = pol["pit_miss_ci"]
+    assert lo <= pol["pit_miss_rate"] <= hi
+    assert pol["pits_routed_clean"] == round(pol["pit_miss_rate"] * pol["n_pits"])
+
+
+def test_calibration_never_uses_train_val_or_test(calibrated_run):
+    for part in ("train", "val", "test"):
+        with pytest.raises(
+            PitguardError, match=rf"--split {part}: calibration never uses the train, val or test"
+        ):
+            calibrate_run(calibrated_run, part=part)

@@ -1,0 +1,121 @@
+import json
+
+import pytest
+
+from pitguard.cli import main
+from pitguard.config import build_config, config_from_dict, load_config, parse_set, recipe_names
+from pitguard.errors import ConfigError, PitguardError
+
+ALL_RECIPES = {
+    "resnet50-head-only",
+    "resnet50-aug",
+    "resnet50-aug-cosine",
+    "resnet50-aug-normalized",
+    "resnet50-difflr",
+    "resnet18-aug",
+    "mobilenetv3-large",
+    "efficientnet-b0",
+    "efficientnet-b2",
+    "efficientnet-b2-ls",
+    "convnextv2-tiny",
+    "convnextv2-tiny-ls",
+    "dinov2-vits14-probe",
+    "cpu-fast",
+}
+
+
+def test_set_values_are_parsed_by_type():
+    cfg = load_config(
+        "cpu-fast",
+        sets=["train.lr=3e-4", "model.channels=0,2", "augment.enabled=false", "train.epochs=7"],
+    )
+    assert cfg.train.lr == 3e-4 and cfg.model.channels == (0, 2)
+    assert cfg.augment.enabled is False and cfg.train.epochs == 7
+    assert cfg.recipe == "cpu-fast"
+
+
+def test_all_problems_reported_at_once_with_closest_key():
+    with pytest.raises(ConfigError) as err:
+        load_config(
+            sets=[
+                "train.lrr=1",
+                "trian.epochs=3",
+                "train.epochs=x",
+                "model.normalize=foo",
+                "train.label_smoothing=2",
+            ]
+        )
+    problems = err.value.problems
+    assert problems == [
+        "--set: unknown key 'train.lrr'; did you mean train.lr?",
+        "--set: unknown key 'trian.epochs'; did you mean train.epochs?",
+        "--set: train.epochs: expected an integer, got 'x'",
+        "--set: model.normalize='foo': choose one of none, imagenet, data",
+        "--set: train.label_smoothing=2.0: must be between 0 and 1",
+    ]
+
+
+def test_yaml_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("train:\n  optimiser: sgd\n")
+    with pytest.raises(
+        ConfigError, match=r"c.yaml: unknown key 'train.optimiser'; did you mean train.optimizer\?"
+    ):
+        load_config(config_file=bad)
+
+
+def test_malformed_set():
+    with pytest.raises(ConfigError, match=r"--set 'lr': write section.key=value"):
+        parse_set(["lr"])
+
+
+def test_unknown_recipe_suggests_name():
+    with pytest.raises(
+        PitguardError, match=r"unknown recipe 'resnet50-agu'; did you mean resnet50-aug\?"
+    ):
+        load_config("resnet50-agu")
+
+
+def test_every_published_recipe_ships_and_validates():
+    assert set(recipe_names()) == ALL_RECIPES
+    for name in recipe_names():
+        cfg = load_config(name)
+        assert cfg.recipe == name
+
+
+def test_config_round_trips_through_json():
+    cfg = load_config("efficientnet-b2-ls", sets=["model.channels=0,2"])
+    again = config_from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+
+
+def test_defaults_without_overrides():
+    assert build_config({}).train.optimizer == "adamw"
+
+
+def test_recipes_cli_lists_one_line_each(capsys):
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(ALL_RECIPES)
+    assert any(line.startswith("resnet50-aug ") and "94.05%" in line for line in lines)
+
+
+def test_train_cli_config_error_exits_2(capsys, tmp_path):
+    assert (
+        main(
+            [
+                "train",
+                "--recipe",
+                "cpu-fast",
+                "--data",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "r"),
+                "--set",
+                "train.lrr=1",
+            ]
+        )
+        == 2
+    )
+    assert "did you mean train.lr?" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing written before the config is valid

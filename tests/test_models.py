@@ -1,0 +1,71 @@
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from pitguard.errors import PitguardError
+from pitguard.models import (
+    InputContract,
+    build_backbone,
+    build_model,
+    fold_normalization,
+    load_pretrained,
+    read_state_dict,
+)
+
+
+def test_tiny_model_is_registered_and_small():
+    net = build_backbone("pitguard_tiny", 3, 2)
+    assert sum(p.numel() for p in net.parameters()) < 20_000
+    assert net(torch.rand(2, 2, 128, 128)).shape == (2, 3)
+
+
+def test_contract_selects_channels_and_downsamples():
+    net = build_model("pitguard_tiny", 2, InputContract(channels=(0, 2), downsample=2)).eval()
+    x = torch.rand(4, 3, 128, 128)
+    pre = net.preprocess(x)
+    assert pre.shape == (4, 2, 64, 64)
+    assert torch.allclose(pre[:, 1], torch.nn.functional.avg_pool2d(x[:, 2:3], 2)[:, 0])
+
+
+def test_unknown_timm_name():
+    with pytest.raises(PitguardError, match=r"model.name='resnet5000': not a timm model"):
+        build_backbone("resnet5000", 2, 3)
+
+
+def test_fold_normalization_matches_away_from_the_border():
+    torch.manual_seed(0)
+    contract = InputContract(channels=(0, 2), mean=(0.4, 0.5), std=(0.2, 0.25))
+    net = build_model("resnet18", 2, contract).eval()
+    x = torch.zeros(2, 3, 128, 128)
+    x[:, :, 32:96, 32:96] = torch.rand(2, 3, 64, 64)  # a cherry on black background
+    with torch.no_grad():
+        before = net.backbone.conv1(net.preprocess(x))
+        fold_normalization(net)
+        after = net.backbone.conv1(net.preprocess(x))
+    assert net.contract.mean is None
+    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))  # 7x7 conv, padding 3, stride 2
+    assert torch.allclose(before[inner], after[inner], atol=1e-4)
+
+
+def test_pretrained_local_file_loads_and_adapts(tmp_path):
+    src = build_backbone("resnet18", 1000, 3)
+    path = tmp_path / "r18.safetensors"
+    save_file({f"module.{k}": v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    dst = build_backbone("resnet18", 2, 2)
+    info = load_pretrained(dst, path, in_chans=2)
+    assert info["loaded"] > 50
+    assert any(s.startswith("fc.weight") for s in info["skipped"])  # 1000-class head dropped
+    assert torch.equal(dst.layer1[0].conv1.weight, src.layer1[0].conv1.weight)
+
+
+def test_torch_checkpoint_with_nested_state_dict(tmp_path):
+    path = tmp_path / "ckpt.pth"
+    torch.save({"state_dict": {"a.weight": torch.ones(2)}}, path)
+    assert list(read_state_dict(path)) == ["a.weight"]
+
+
+def test_weights_that_match_nothing_are_refused(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"foo": torch.ones(1)}, path)
+    with pytest.raises(PitguardError, match=r"no tensor matched the model's parameters"):
+        load_pretrained(build_backbone("pitguard_tiny", 2, 3), path, 3)

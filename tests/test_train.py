@@ -1,0 +1,153 @@
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from pitguard.cli import main
+from pitguard.config import load_config
+from pitguard.evaluate import evaluate_run
+from pitguard.runs import load_checkpoint, load_run
+from pitguard.train import train
+
+TINY = [
+    "model.name=pitguard_tiny",
+    "train.epochs=3",
+    "train.batch_size=32",
+    "train.threads=1",
+    "train.eval_batch_size=64",
+    "augment.motion_blur_p=0.5",
+    "augment.blur_p=0.5",
+    "augment.erase_p=0.3",
+    "model.drop_rate=0.2",
+]
+
+
+def tiny_config(data, *extra):
+    return load_config("cpu-fast", sets=[*TINY, *extra], extra={"data.path": str(data)})
+
+
+def test_resumed_run_ends_with_the_same_weights(synth_dir, tmp_path):
+    cfg = tiny_config(synth_dir, "train.ema_decay=0.9")
+    train(cfg, tmp_path / "full")
+    summary = train(cfg, tmp_path / "cut", stop_after=1)
+    assert summary["epochs_run"] == 1 and "resume" in summary["stop_reason"]
+    train(None, tmp_path / "cut", resume=True)
+    full = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
+    cut = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
+    assert cut["epoch"] == full["epoch"] == 3
+    for key, value in full["model"].items():
+        assert torch.equal(value, cut["model"][key]), key
+    for key, value in full["ema"].items():
+        assert torch.equal(value, cut["ema"][key]), key
+    # History is rewritten, never appended: one row per epoch, the same losses.
+    rows = [
+        json.loads(line) for line in (tmp_path / "cut" / "history.jsonl").read_text().splitlines()
+    ]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    full_rows = [
+        json.loads(line) for line in (tmp_path / "full" / "history.jsonl").read_text().splitlines()
+    ]
+    assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in full_rows]
+
+
+def test_same_seed_same_weights_other_seed_differs(synth_dir, tmp_path):
+    cfg = tiny_config(synth_dir, "train.epochs=1")
+    train(cfg, tmp_path / "a")
+    train(cfg, tmp_path / "b")
+    train(tiny_config(synth_dir, "train.epochs=1", "train.seed=1"), tmp_path / "c")
+    a, b, c = (load_run(tmp_path / n).net.state_dict() for n in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_run_folder_contents_and_split_never_trains_on_test(synth_dir, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(synth_dir, "train.epochs=2"), run)
+    for name in (
+        "config.json",
+        "data.json",
+        "split.csv",
+        "model.safetensors",
+        "model.json",
+        "history.csv",
+        "history.jsonl",
+        "curves.png",
+        "augment_grid.png",
+        "train_summary.json",
+        "checkpoints/best.pt",
+    ):
+        assert (run / name).is_file(), name
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"]["name"] == "pitguard_tiny" and cfg["recipe"] == "cpu-fast"
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert json.loads(json.dumps(ckpt["config"])) == cfg and ckpt["model_name"] == "pitguard_tiny"
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["selected_on"]["part"] == "val"
+    counts = json.loads((run / "data.json").read_text())["counts"]
+    assert set(counts) == {"train", "val", "calib", "test"}
+    grid = Image.open(run / "augment_grid.png")
+    assert grid.size[0] > 500
+
+
+def test_refuses_to_overwrite_a_run(synth_dir, tmp_path):
+    cfg = tiny_config(synth_dir, "train.epochs=1")
+    train(cfg, tmp_path / "r")
+    with pytest.raises(Exception, match="already holds a run; use --resume"):
+        train(cfg, tmp_path / "r")
+
+
+def test_three_class_training_and_eval(synth_dir, tmp_path):
+    data = tmp_path / "three"
+    shutil.copytree(synth_dir, data)
+    (data / "maybe").mkdir()
+    for p in sorted((data / "cherry_pit").glob("*.png"))[:40]:
+        p.rename(data / "maybe" / p.name)
+    run = tmp_path / "run3"
+    train(tiny_config(data, "train.epochs=1", "train.balance=loss"), run)
+    model = load_run(run)
+    assert model.classes == ("clean", "maybe", "pit")
+    result = evaluate_run(run, n_boot=100)
+    assert len(result["confusion_matrix"]) == 3
+    assert set(result["per_class"]) == {"clean", "maybe", "pit"}
+
+
+def test_cli_train_eval_end_to_end(synth_dir, tmp_path, capsys):
+    run = tmp_path / "cli"
+    args = ["train", "--recipe", "cpu-fast", "--data", str(synth_dir), "--out", str(run)]
+    for s in [
+        *TINY,
+        "train.epochs=2",
+        "train.balance=sampler",
+        "train.schedule=step",
+        "train.optimizer=sgd",
+    ]:
+        args += ["--set", s]
+    assert main(args) == 0
+    assert "best epoch" in capsys.readouterr().out
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(run), "--json", str(out), "--n-boot", "200"]) == 0
+    result = json.loads(out.read_text())
+    test_counts = json.loads((run / "data.json").read_text())["counts"]["test"]
+    assert result["n"] == sum(test_counts.values())
+    lo, hi = result["accuracy_ci"]
+    assert lo <= result["accuracy"] <= hi
+    assert set(result["per_class"]) == {"clean", "pit"}
+    preds = (
+        (run / "eval" / result["outputs"].rsplit("/", 1)[1] / "predictions.csv")
+        .read_text()
+        .splitlines()
+    )
+    assert preds[0] == "path,label,predicted,p_pit" and len(preds) == result["n"] + 1
+    # A class-folder directory is evaluated whole.
+    assert (
+        main(["eval", str(run), "--data", str(synth_dir), "--json", str(out), "--n-boot", "100"])
+        == 0
+    )
+    assert json.loads(out.read_text())["n"] == 240
+
+
+def test_eval_errors(synth_dir, tmp_path, capsys):
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "no model.json" in capsys.readouterr().err
