@@ -214,6 +214,41 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_twostage(args) -> int:
+    from pitguard.config import load_config
+    from pitguard.twostage import format_table, routing_table, run_twostage
+
+    data = args.data
+    if data is None and args.compare:
+        data = str(
+            Path(args.compare) / "split.csv"
+        )  # the calibrated run's own split: same test part
+    if data is None:
+        raise PitguardError("--data DIR is required (or --compare RUN to reuse that run's split)")
+    cfg = load_config(args.recipe, None, args.set, {"data.path": data})
+    mining = run_twostage(cfg, args.out, args.stage2_epochs)
+    print(
+        f"mining: {mining['mined']} of {mining['of']} train/val crops relabelled maybe "
+        f"({mining['pits_kept_clean_forever']} pits scored <= 0.35 stay clean for good)"
+    )
+    stage2 = str(Path(args.out) / "stage2")
+    reference = args.compare or stage2
+    others = [stage2] if args.compare else []
+    table = routing_table(reference, others, args.ensemble)
+    print(format_table(table))
+    _write_json(table, str(Path(args.out) / "routing_table.json"))
+    return 0
+
+
+def cmd_routing(args) -> int:
+    from pitguard.twostage import format_table, routing_table
+
+    table = routing_table(args.reference, args.runs, args.ensemble, args.data, args.split)
+    print(format_table(table))
+    _write_json(table, args.json)
+    return 0
+
+
 def cmd_recipes(args) -> int:
     from pitguard.config import recipe_names, recipe_summary, recipe_text
 
@@ -422,6 +457,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="crops to compare on (default: the runs' shared test part)")
     p.add_argument("--split", help="part of a split --data (default test)")
     p.add_argument("--json", metavar="OUT", help="write the comparison as JSON")
+
+    p = _verb(
+        sub,
+        "twostage",
+        "Reproduce the legacy two-stage maybe method and compare its routing on the same test part.",
+        [
+            "pitguard twostage --compare runs/cpu-fast --out runs/twostage --recipe cpu-fast",
+            "pitguard twostage --data crops/ --out runs/twostage --set train.epochs=10",
+        ],
+        cmd_twostage,
+    )
+    p.add_argument("--data", help="dataset (default: the --compare run's split.csv)")
+    p.add_argument("--out", required=True, help="folder for stage1/, stage2/ and the table")
+    p.add_argument("--recipe", default="cpu-fast", help="recipe of both stages (default cpu-fast)")
+    p.add_argument(
+        "--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting"
+    )
+    p.add_argument(
+        "--stage2-epochs", type=int, help="fine-tuning epochs of stage 2 (default half of stage 1)"
+    )
+    p.add_argument(
+        "--compare", metavar="RUN", help="a calibrated run to compare with on its test part"
+    )
+    p.add_argument(
+        "--ensemble", nargs="+", metavar="RUN", help="binary runs routed by disagreement"
+    )
+
+    p = _verb(
+        sub,
+        "routing",
+        "Compare clean/maybe/pit routing methods on the same crops (pit-miss, maybe, false-reject).",
+        [
+            "pitguard routing runs/cpu-fast runs/twostage/stage2",
+            "pitguard routing runs/cpu-fast --ensemble runs/a runs/b runs/c --json routing.json",
+        ],
+        cmd_routing,
+    )
+    p.add_argument("reference", help="run whose test part is used (calibrated, 3-class or binary)")
+    p.add_argument("runs", nargs="*", help="more runs to route on the same crops")
+    p.add_argument(
+        "--ensemble", nargs="+", metavar="RUN", help="binary runs routed by disagreement"
+    )
+    p.add_argument("--data", help="crops to route (default: the reference run's test part)")
+    p.add_argument("--split", help="part of a split --data (default test)")
+    p.add_argument("--json", metavar="OUT", help="write the table as JSON")
 
     p = _verb(
         sub,
