@@ -9,4 +9,11 @@ try:
 except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "load"]
+
+
+def load(bundle, backend: str = "auto", device: str = "auto", threads: int = 0):
+    """Load an exported bundle for inference; see :class:`pitguard.predict.Predictor`."""
+    from pitguard.predict import load as _load
+
+    return _load(bundle, backend, device, threads)

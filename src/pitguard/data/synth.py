@@ -223,7 +223,7 @@ def make_crop(
     patch /= patch.max() + 1e-6
     red += 90.0 * conf_amp * patch
     blue *= 1.0 - 0.35 * conf_amp * patch * rng.uniform(0.3, 1.0)
-    if not is_pit and rng.random() < 0.15 + 0.45 * d:
+    if not is_pit and rng.random() < 0.1 + 0.45 * d:
         # A broad red centre that only a careful look tells apart from a pit: wide, soft edges.
         pr = radius * rng.uniform(0.35, 0.6)
         ang, off = rng.uniform(0, 2 * np.pi), radius * rng.uniform(0, 0.35)
@@ -243,10 +243,10 @@ def make_crop(
     # --- pit: compact, brighter red, darker blue; sometimes faint, small or near the rim -------
     if is_pit:
         strength = rng.uniform(0.5, 1.0) * (1.0 - 0.5 * d)
-        if rng.random() < 0.08 + 0.37 * d:
+        if rng.random() < 0.03 + 0.4 * d:
             strength *= rng.uniform(0.25, 0.6)  # faint
         pr = radius * rng.uniform(0.2, 0.34) * (1.0 - 0.35 * d * rng.random())
-        near_rim = rng.random() < 0.08 + 0.3 * d
+        near_rim = rng.random() < 0.05 + 0.3 * d
         frac = rng.uniform(0.45, 0.75) if near_rim else rng.uniform(0.0, 0.4)
         ang = rng.uniform(0, 2 * np.pi)
         py = cy + frac * radius * aspect * math.sin(ang)

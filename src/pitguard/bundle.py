@@ -1,0 +1,81 @@
+"""The deployable bundle: weights, input contract and calibrated decision in one folder.
+
+``bundle.json`` describes everything; ``model.safetensors`` holds the deploy module's weights
+(normalization folded into the first convolution); ``model.onnx`` (and ``model.int8.onnx``,
+``model.fp16.onnx``) are the same graph for ONNX Runtime. The graph takes float crops in [0, 1],
+(N, 3, H, W) as the line sends them, and returns logits, p(pit) and the route
+(0 clean, 1 maybe, 2 pit).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from pitguard.errors import PitguardError
+from pitguard.models import InputContract, PitguardNet, build_model
+from pitguard.policy import DecisionPolicy
+
+BUNDLE_SCHEMA = 1
+ROUTES = ("clean", "maybe", "pit")
+# Below the smallest normal float32 (1.18e-38): such weights only cost CPU time as denormals.
+DENORMAL_LIMIT = 1e-30
+
+
+class DeployModule(nn.Module):
+    """What ships: the network and the decision policy as one graph."""
+
+    def __init__(self, net: PitguardNet, policy: DecisionPolicy):
+        super().__init__()
+        self.net = net
+        self.policy = policy
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = self.net(x)
+        p_pit, route = self.policy(logits)
+        return logits, p_pit, route
+
+
+def read_bundle_json(bundle: str | Path) -> dict:
+    path = Path(bundle) / "bundle.json"
+    if not path.is_file():
+        raise PitguardError(f"{bundle}: no bundle.json; give a folder written by pitguard export")
+    meta = json.loads(path.read_text())
+    if meta.get("schema_version") != BUNDLE_SCHEMA:
+        raise PitguardError(
+            f"{path}: bundle schema {meta.get('schema_version')}, this pitguard reads {BUNDLE_SCHEMA}"
+        )
+    return meta
+
+
+def build_deploy_module(meta: dict) -> DeployModule:
+    contract = InputContract.from_dict(meta["input"])
+    kwargs = meta["model_kwargs"]
+    net = build_model(
+        meta["model_name"], kwargs["num_classes"], contract, kwargs.get("drop_rate", 0.0)
+    )
+    policy = DecisionPolicy.from_dict(meta["policy"])
+    return DeployModule(net, policy).eval()
+
+
+def load_deploy_module(bundle: str | Path) -> tuple[DeployModule, dict]:
+    meta = read_bundle_json(bundle)
+    module = build_deploy_module(meta)
+    module.load_state_dict(load_file(str(Path(bundle) / "model.safetensors")))
+    return module.eval(), meta
+
+
+@torch.no_grad()
+def sanitize_denormals(module: nn.Module) -> int:
+    """Set denormal-range weights and buffers to zero; returns how many values changed."""
+    changed = 0
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        if tensor.is_floating_point():
+            tiny = (tensor.abs() < DENORMAL_LIMIT) & (tensor != 0)
+            changed += int(tiny.sum())
+            tensor[tiny] = 0.0
+    return changed
