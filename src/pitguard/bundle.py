@@ -65,7 +65,15 @@ def build_deploy_module(meta: dict) -> DeployModule:
 def load_deploy_module(bundle: str | Path) -> tuple[DeployModule, dict]:
     meta = read_bundle_json(bundle)
     module = build_deploy_module(meta)
-    module.load_state_dict(load_file(str(Path(bundle) / "model.safetensors")))
+    state = load_file(str(Path(bundle) / "model.safetensors"))
+    own = module.state_dict()
+    for key in state:
+        # Folding the normalization gave the first convolution a bias it was built without.
+        if key not in own and key.endswith(".bias"):
+            conv = module.get_submodule(key.rsplit(".", 1)[0])
+            if isinstance(conv, nn.Conv2d) and conv.bias is None:
+                conv.bias = nn.Parameter(torch.zeros(conv.out_channels))
+    module.load_state_dict(state)
     return module.eval(), meta
 
 

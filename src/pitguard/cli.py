@@ -249,6 +249,49 @@ def cmd_routing(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from pitguard.export import export_run
+
+    meta = export_run(
+        args.run,
+        args.out,
+        args.onnx,
+        args.int8,
+        args.fp16,
+        args.calib_data,
+        args.allow_uncalibrated,
+    )
+    print(f"wrote bundle {args.out}: " + ", ".join(meta["files"].values()))
+    for key, label in (("onnx", "ONNX parity"), ("int8", "INT8 gate"), ("fp16", "FP16 gate")):
+        if key in meta:
+            g = meta[key].get("parity") or meta[key]["gate"]
+            print(
+                f"{label}: max p(pit) diff {g['max_prob_diff']:.2e}, {g['route_mismatches']} route mismatches, "
+                f"accuracy {100 * g['accuracy']:.2f}% (fp32 {100 * g['accuracy_ref']:.2f}%), "
+                f"pits routed clean {g['pit_misses']} (fp32 {g['pit_misses_ref']}) on n={g['n']}"
+            )
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from pitguard.predict import load, predict_files
+
+    predictor = load(args.bundle, args.backend, args.device, args.threads)
+    result = predict_files(predictor, args.paths, Path(args.out) if args.out else None)
+    if not args.out:
+        for row in result["rows"]:
+            print(f"{row['path']},{row['route']},{row['p_pit']},{row['error']}")
+    print(
+        f"{result['n']} files: "
+        + ", ".join(f"{k} {v}" for k, v in result["routes"].items())
+        + f", failed {result['failed']}",
+        file=sys.stderr,
+    )
+    if args.out:
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 1 if result["failed"] else 0
+
+
 def cmd_recipes(args) -> int:
     from pitguard.config import recipe_names, recipe_summary, recipe_text
 
@@ -502,6 +545,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="crops to route (default: the reference run's test part)")
     p.add_argument("--split", help="part of a split --data (default test)")
     p.add_argument("--json", metavar="OUT", help="write the table as JSON")
+
+    p = _verb(
+        sub,
+        "export",
+        "Write a deployable bundle (weights, input contract, calibrated decision; ONNX/INT8/FP16).",
+        [
+            "pitguard export runs/cpu-fast --out bundles/cpu-fast --onnx",
+            "pitguard export runs/cpu-fast --out bundles/cpu-fast-q --onnx --int8 --fp16",
+            "pitguard export runs/prod --out bundles/prod --onnx --calib-data calib_crops/",
+        ],
+        cmd_export,
+    )
+    p.add_argument("run", help="a calibrated run folder")
+    p.add_argument("--out", required=True, help="bundle folder to create")
+    p.add_argument("--onnx", action="store_true", help="also write model.onnx (checked for parity)")
+    p.add_argument(
+        "--int8", action="store_true", help="also write model.int8.onnx (static PTQ, gated)"
+    )
+    p.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx for GPU (gated)")
+    p.add_argument(
+        "--calib-data",
+        help="crops for the gates and INT8 calibration (default: the run's calib part)",
+    )
+    p.add_argument(
+        "--allow-uncalibrated",
+        action="store_true",
+        help="export a run without policy (argmax, no maybe)",
+    )
+
+    p = _verb(
+        sub,
+        "predict",
+        "Classify image files and folders with a bundle; writes path, route, p_pit (exit 1 if some failed).",
+        [
+            "pitguard predict bundles/cpu-fast crops/ --out preds.csv",
+            "pitguard predict bundles/cpu-fast a.png b.png --backend torch",
+        ],
+        cmd_predict,
+    )
+    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--out", help="write a CSV (path,route,p_pit,label,error)")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        help="auto (ONNX when present), torch, onnx, onnx-int8, onnx-fp16",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
 
     p = _verb(
         sub,

@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,14 @@ def _gate_stats(labels: np.ndarray, pit_index: int, ref, new) -> dict:
 
 def export_onnx(module: DeployModule, path: Path, size: int) -> None:
     dummy = torch.rand(2, 3, size, size)
+    with warnings.catch_warnings():
+        warnings.simplefilter(
+            "ignore", DeprecationWarning
+        )  # the TorchScript exporter is chosen on purpose
+        _export(module, dummy, path)
+
+
+def _export(module: DeployModule, dummy: torch.Tensor, path: Path) -> None:
     torch.onnx.export(
         module,
         (dummy,),
@@ -98,7 +107,7 @@ def export_onnx(module: DeployModule, path: Path, size: int) -> None:
             "route": {0: "batch"},
         },
         opset_version=OPSET,
-        dynamo=False,
+        dynamo=False,  # the TorchScript exporter handles these CNNs and the policy ops reliably
     )
 
 
