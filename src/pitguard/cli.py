@@ -292,6 +292,21 @@ def cmd_predict(args) -> int:
     return 1 if result["failed"] else 0
 
 
+def cmd_serve(args) -> int:
+    from pitguard.serve import serve
+
+    serve(
+        args.bundle,
+        host=args.host,
+        port=args.port,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        backend=args.backend,
+        threads=args.threads,
+    )
+    return 0
+
+
 def cmd_recipes(args) -> int:
     from pitguard.config import recipe_names, recipe_summary, recipe_text
 
@@ -593,6 +608,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (ONNX when present), torch, onnx, onnx-int8, onnx-fp16",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+
+    p = _verb(
+        sub,
+        "serve",
+        "Serve a bundle over HTTP: POST /v1/classify (PNG files or .npy), /healthz, /metrics.",
+        [
+            "pitguard serve bundles/cpu-fast",
+            "pitguard serve bundles/cpu-fast --host 0.0.0.0 --port 8080 --max-batch 128",
+            "curl -F files=@a.png -F files=@b.png http://127.0.0.1:8000/v1/classify",
+        ],
+        cmd_serve,
+    )
+    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--max-batch", type=int, default=64, help="most crops per model call (default 64)"
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="longest wait for more requests to batch with (default 5)",
+    )
+    p.add_argument(
+        "--backend",
+        default="auto",
+        help="auto (ONNX when present), torch, onnx, onnx-int8, onnx-fp16",
+    )
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
 
     p = _verb(
