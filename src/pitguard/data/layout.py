@@ -87,7 +87,7 @@ def parse_class_mapping(spec: str | None) -> dict[str, str] | None:
     return mapping
 
 
-def _canonical(name: str, mapping: dict[str, str] | None, where: Path) -> str | None:
+def _canonical(name: str, mapping: dict[str, str] | None) -> str | None:
     if mapping is not None:
         return mapping.get(name)
     return CLASS_ALIASES.get(name.lower())
@@ -122,12 +122,6 @@ def _list_images(folder: Path) -> tuple[list[Path], list[Path]]:
     return images, other
 
 
-def _from_class_folders(root: Path, mapping, split: str | None = None):
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    found = {f.name: _canonical(f.name, mapping, root) for f in folders}
-    return folders, found
-
-
 def find_dataset(path: str | Path, class_mapping: dict[str, str] | None = None) -> DatasetIndex:
     """Index the crops at ``path`` (a class-folder dir, a split-folder dir, or a CSV manifest)."""
     root = Path(path)
@@ -158,7 +152,7 @@ def find_dataset(path: str | Path, class_mapping: dict[str, str] | None = None) 
 
 
 def _from_folders(root, subdirs, mapping, split) -> DatasetIndex:
-    found = {f.name: _canonical(f.name, mapping, root) for f in subdirs}
+    found = {f.name: _canonical(f.name, mapping) for f in subdirs}
     classes = _resolve_classes(found, root, mapping)
     items: list[Item] = []
     ignored: list[Path] = []
@@ -223,7 +217,7 @@ def _from_manifest(csv_path: Path, mapping) -> DatasetIndex:
         rows = list(reader)
     if not rows:
         raise PitguardError(f"{csv_path}: manifest has no rows; add one row per crop")
-    found = {r["label"]: _canonical(r["label"], mapping, csv_path) for r in rows}
+    found = {r["label"]: _canonical(r["label"], mapping) for r in rows}
     classes = _resolve_classes(found, csv_path, mapping)
     items = []
     for line, r in enumerate(rows, start=2):
