@@ -683,6 +683,92 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
     p.add_argument("--data", help="your own class-folder dir instead of synthetic crops")
     p.add_argument("--fast", action="store_true", help="smallest settings, for tests")
+
+    # pitguard.report imports only the standard library at load time, so help stays fast.
+    from pitguard.report import cmd_report
+
+    p = _verb(
+        sub,
+        "report",
+        "Tabulate runs (metrics with 95% intervals, guarantee, latency, paired verdict vs a "
+        "baseline) into experiments.json, experiments.md and one self-contained report.html.",
+        [
+            "pitguard report runs/",
+            "pitguard report runs/cpu-fast runs/r50 --out report-r50 --baseline runs/cpu-fast",
+            "pitguard report runs/ runs/twostage --baseline prod",
+        ],
+        cmd_report,
+    )
+    p.add_argument("paths", nargs="+", help="run folders, or folders holding run folders")
+    p.add_argument("--out", default="report", help="output folder (default report/)")
+    p.add_argument(
+        "--baseline", metavar="RUN", help="run folder or run name to compare with (default: first)"
+    )
+
+    def cmd_bench(args) -> int:
+        # Imported when the verb runs: torch stays out of `pitguard --help`.
+        from pitguard.bench import bench, format_table, parse_backends, parse_batch_sizes
+
+        result = bench(
+            args.targets,
+            parse_batch_sizes(args.batch_sizes),
+            parse_backends(args.backends),
+            threads=args.threads,
+            baseline=args.baseline,
+            min_runs=args.min_runs,
+            min_seconds=args.min_seconds,
+            device=args.device,
+            size=args.size,
+        )
+        print(format_table(result))
+        _write_json(result, args.json)
+        return 0
+
+    p = _verb(
+        sub,
+        "bench",
+        "Latency and throughput of bundles and timm models, end to end from uint8 crops.",
+        [
+            "pitguard bench runs/bundle --baseline resnet50 --batch-sizes 1,32 --json bench.json",
+            "pitguard bench resnet50 pitguard_small --backends eager,onnx,onnx-int8 --threads 2",
+            "pitguard bench runs/bundle --device cuda --backends eager,onnx --min-seconds 5",
+        ],
+        cmd_bench,
+    )
+    p.add_argument(
+        "targets",
+        nargs="+",
+        metavar="TARGET",
+        help="bundle folder or timm model name (random weights)",
+    )
+    p.add_argument(
+        "--batch-sizes", default="1,8,32", metavar="N,N", help="comma-separated (default 1,8,32)"
+    )
+    p.add_argument(
+        "--backends",
+        default="eager,onnx",
+        metavar="NAME,NAME",
+        help="comma-separated from eager, onnx, onnx-int8, onnx-fp16, eager-fp16, eager-bf16 "
+        "(default eager,onnx; on cuda eager also brings eager-fp16 and eager-bf16)",
+    )
+    p.add_argument(
+        "--threads", type=int, help="CPU threads for torch and onnxruntime (default: all cores)"
+    )
+    p.add_argument(
+        "--baseline", metavar="TARGET", help="also time this as eager and compare per crop"
+    )
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default cpu")
+    p.add_argument(
+        "--min-seconds",
+        type=float,
+        default=2.0,
+        help="time each batch size at least this long (default 2)",
+    )
+    p.add_argument(
+        "--min-runs", type=int, default=20, help="and at least this many runs (default 20)"
+    )
+    p.add_argument("--size", type=int, default=128, help="crop side for timm names (default 128)")
+    p.add_argument("--json", metavar="OUT", help="write the full result as JSON")
     return parser
 
 
