@@ -1,0 +1,259 @@
+"""pitguard bench: result structure, baseline ratios, bundle targets, skips and bad input.
+
+Tiny settings throughout; the tests check behaviour, never which backend is faster.
+"""
+
+import json
+
+import pytest
+
+from pitguard.bench import (
+    bench,
+    denormal_effect,
+    format_table,
+    parse_backends,
+    parse_batch_sizes,
+)
+from pitguard.cli import main
+from pitguard.errors import PitguardError
+
+FAST = {"warmup": 1, "min_runs": 3, "min_seconds": 0, "threads": 1}
+RECORD_KEYS = {
+    "target",
+    "backend",
+    "batch_size",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "mean_ms",
+    "ms_per_crop",
+    "crops_per_s",
+    "runs",
+}
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    """One tiny trained run exported twice: with ONNX and INT8, and with ONNX only."""
+    from pitguard.config import load_config
+    from pitguard.data.synth import synthesize
+    from pitguard.export import export_run
+    from pitguard.train import train
+
+    tmp = tmp_path_factory.mktemp("bench")
+    synthesize(tmp / "crops", count=120, seed=0)
+    cfg = load_config(
+        "cpu-fast",
+        sets=["model.name=pitguard_tiny", "train.epochs=1", "train.threads=1"],
+        extra={"data.path": str(tmp / "crops")},
+    )
+    train(cfg, tmp / "run")
+    export_run(tmp / "run", tmp / "int8", onnx=True, int8=True, allow_uncalibrated=True)
+    export_run(tmp / "run", tmp / "fp32", onnx=True, allow_uncalibrated=True)
+    return {"int8": tmp / "int8", "fp32": tmp / "fp32"}
+
+
+def check_record(r: dict) -> None:
+    assert set(r) >= RECORD_KEYS
+    assert r["runs"] >= FAST["min_runs"]
+    assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+    assert r["ms_per_crop"] == pytest.approx(r["p50_ms"] / r["batch_size"])
+    assert r["crops_per_s"] == pytest.approx(r["batch_size"] / (r["mean_ms"] / 1000))
+
+
+def test_result_structure_and_percentiles():
+    result = bench(["pitguard_tiny"], batch_sizes=(1, 3), backends=("eager", "onnx"), **FAST)
+    assert set(result) >= {"hardware", "threads", "results", "skipped", "baseline", "ratios"}
+    assert result["threads"] == 1 and result["baseline"] is None and result["ratios"] == []
+    assert result["skipped"] == []
+    hw = result["hardware"]
+    assert hw["cpu"] and hw["cores"] >= 1 and hw["torch"] and hw["onnxruntime"] and hw["platform"]
+    got = [(r["target"], r["backend"], r["batch_size"]) for r in result["results"]]
+    assert got == [
+        ("pitguard_tiny", "eager", 1),
+        ("pitguard_tiny", "eager", 3),
+        ("pitguard_tiny", "onnx", 1),
+        ("pitguard_tiny", "onnx", 3),
+    ]
+    for r in result["results"]:
+        check_record(r)
+    json.dumps(result)  # plain JSON values only
+
+
+def test_baseline_is_timed_as_eager_and_ratios_follow_from_records():
+    result = bench(
+        ["pitguard_tiny"],
+        batch_sizes=(1, 2),
+        backends=("onnx",),
+        baseline="pitguard_small",
+        **FAST,
+    )
+    assert result["baseline"] == "pitguard_small"
+    base = {
+        r["batch_size"]: r
+        for r in result["results"]
+        if r["target"] == "pitguard_small" and r["backend"] == "eager"
+    }
+    assert sorted(base) == [1, 2]
+    assert {r["backend"] for r in result["results"] if r["target"] == "pitguard_small"} == {"eager"}
+    others = [r for r in result["results"] if r["target"] != "pitguard_small"]
+    assert len(result["ratios"]) == len(others) == 2
+    for ratio, r in zip(result["ratios"], others, strict=True):
+        assert (ratio["target"], ratio["backend"], ratio["batch_size"]) == (
+            r["target"],
+            r["backend"],
+            r["batch_size"],
+        )
+        expected = base[r["batch_size"]]["ms_per_crop"] / r["ms_per_crop"]
+        assert ratio["speedup_per_crop_vs_baseline"] == pytest.approx(expected)
+    table = format_table(result)
+    assert "x baseline" in table and "base" in table and "pitguard_tiny" in table
+
+
+def test_baseline_among_targets_is_timed_once_and_gains_eager():
+    result = bench(
+        ["pitguard_tiny"], batch_sizes=(2,), backends=("onnx",), baseline="pitguard_tiny", **FAST
+    )
+    keys = [(r["target"], r["backend"]) for r in result["results"]]
+    assert keys == [("pitguard_tiny", "eager"), ("pitguard_tiny", "onnx")]
+    (ratio,) = result["ratios"]
+    eager, onnx = result["results"]
+    assert ratio["backend"] == "onnx"
+    assert ratio["speedup_per_crop_vs_baseline"] == pytest.approx(
+        eager["ms_per_crop"] / onnx["ms_per_crop"]
+    )
+
+
+def test_bundle_target_with_int8(bundles):
+    target = str(bundles["int8"])
+    result = bench([target], batch_sizes=(2,), backends=("eager", "onnx", "onnx-int8"), **FAST)
+    assert result["skipped"] == []
+    assert [(r["target"], r["backend"]) for r in result["results"]] == [
+        (target, "eager"),
+        (target, "onnx"),
+        (target, "onnx-int8"),
+    ]
+    for r in result["results"]:
+        check_record(r)
+
+
+def test_bundle_without_int8_records_a_skip(bundles):
+    target = str(bundles["fp32"])
+    result = bench([target], batch_sizes=(1,), backends=("eager", "onnx-int8"), **FAST)
+    assert [r["backend"] for r in result["results"]] == ["eager"]
+    (skip,) = result["skipped"]
+    assert skip["target"] == target and skip["backend"] == "onnx-int8"
+    assert "onnx-int8" in skip["reason"] and "--int8" in skip["reason"]
+    assert "skipped" in format_table(result)
+
+
+def test_timm_name_gets_an_int8_graph():
+    result = bench(["pitguard_tiny"], batch_sizes=(1,), backends=("onnx-int8",), **FAST)
+    assert result["skipped"] == []
+    (r,) = result["results"]
+    assert r["backend"] == "onnx-int8"
+    check_record(r)
+
+
+@pytest.mark.parametrize(
+    ("call", "needles"),
+    [
+        (lambda tmp: bench(["resnet5x_not_a_model"], **FAST), ["resnet5x_not_a_model", "timm"]),
+        (lambda tmp: bench([str(tmp)], **FAST), ["{tmp}", "bundle.json", "pitguard export"]),
+        (lambda tmp: bench([str(tmp / "missing")], **FAST), ["missing", "no such folder"]),
+        (lambda tmp: parse_batch_sizes("1,x"), ["'1,x'", "'x'", "1,8,32"]),
+        (lambda tmp: parse_batch_sizes("1,0"), ["'0'", "positive"]),
+        (lambda tmp: parse_backends("eager,tensorrt"), ["'tensorrt'", "eager, onnx"]),
+        (lambda tmp: bench(["pitguard_tiny"], backends=("tvm",), **FAST), ["'tvm'"]),
+        (lambda tmp: bench(["pitguard_tiny"], batch_sizes=(0,), **FAST), ["0", "1,8,32"]),
+        (lambda tmp: bench([], **FAST), ["no target"]),
+        (lambda tmp: bench(["pitguard_tiny"], warmup=1, min_runs=3, threads=0), ["--threads"]),
+        (lambda tmp: bench(["pitguard_tiny"], device="tpu", **FAST), ["'tpu'", "cpu or cuda"]),
+    ],
+)
+def test_bad_input_names_the_value_and_the_fix(tmp_path, call, needles):
+    with pytest.raises(PitguardError) as err:
+        call(tmp_path)
+    for needle in needles:
+        assert needle.format(tmp=tmp_path) in str(err.value)
+
+
+def test_bad_target_fails_before_any_timing(tmp_path):
+    # A typo in the last target must not cost the minutes spent timing the first ones.
+    with pytest.raises(PitguardError, match="no_such_model_xyz"):
+        bench(["pitguard_tiny", "no_such_model_xyz"], min_runs=10**9, min_seconds=10**9)
+
+
+def test_cli_writes_json_and_prints_the_table(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(
+        [
+            "bench",
+            "pitguard_tiny",
+            "--batch-sizes",
+            "1,2",
+            "--backends",
+            "eager",
+            "--threads",
+            "1",
+            "--min-seconds",
+            "0",
+            "--min-runs",
+            "3",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert [r["batch_size"] for r in result["results"]] == [1, 2]
+    assert result["threads"] == 1
+    printed = capsys.readouterr().out
+    assert "p50 ms" in printed and "crops/s" in printed and str(out) in printed
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["no_such_model_xyz"], "no_such_model_xyz"),
+        (["pitguard_tiny", "--batch-sizes", "1,x"], "'x'"),
+        (["pitguard_tiny", "--backends", "eager,trt"], "'trt'"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_the_message(args, needle, capsys):
+    assert main(["bench", *args, "--min-seconds", "0", "--min-runs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and needle in err
+
+
+def test_denormal_effect_reports_both_settings_and_the_counts():
+    result = denormal_effect(
+        "pitguard_tiny", batch_size=2, threads=1, warmup=1, min_runs=3, min_seconds=0
+    )
+    assert result["model"] == "pitguard_tiny" and result["model_name"] == "pitguard_tiny"
+    assert result["separate_processes"] is False
+    as_is, scaled = result["as_is"], result["scaled_copy"]
+    assert as_is["weights"]["denormal"] == 0  # fresh random weights hold no denormals
+    assert scaled["weights"]["denormal"] > 0
+    assert scaled["weights"]["values"] == as_is["weights"]["values"]
+    for part in (as_is, scaled):
+        assert part["flush_on"]["runs"] >= 3 and part["flush_off"]["runs"] >= 3
+        assert part["slowdown_without_flush"] == pytest.approx(
+            part["flush_off"]["p50_ms"] / part["flush_on"]["p50_ms"]
+        )
+    assert "meaningless" in scaled["note"]
+
+
+def test_denormal_effect_on_a_bundle_names_its_model(bundles):
+    result = denormal_effect(
+        str(bundles["fp32"]),
+        batch_size=1,
+        threads=1,
+        scaled=False,
+        warmup=0,
+        min_runs=2,
+        min_seconds=0,
+    )
+    assert result["kind"] == "bundle" and result["model_name"] == "pitguard_tiny"
+    assert result["denormals_zeroed_at_export"] is not None
+    assert "scaled_copy" not in result
