@@ -83,11 +83,18 @@ def run_demo(out: Path, data: str | None = None, fast: bool = False) -> int:
     bundle = out / "bundle"
     meta = export_run(run, bundle, onnx=True)
     parity = meta["onnx"]["parity"]
-    print(f"{bundle}: max p(pit) difference {parity['max_prob_diff']:.2e}, {parity['route_mismatches']} route mismatches")
+    print(
+        f"{bundle}: max p(pit) difference {parity['max_prob_diff']:.2e}, {parity['route_mismatches']} route mismatches"
+    )
     timings["export"] = time.perf_counter() - t
 
     t = _step("benchmark the bundle (CPU, end to end from uint8 crops)")
-    bench_result = bench([str(bundle)], batch_sizes=(1, 32), backends=("eager", "onnx"), min_seconds=0.5 if fast else 2.0)
+    bench_result = bench(
+        [str(bundle)],
+        batch_sizes=(1, 32),
+        backends=("eager", "onnx"),
+        min_seconds=0.5 if fast else 2.0,
+    )
     print(format_table(bench_result))
     (run / "bench.json").write_text(json.dumps(bench_result, indent=2))
     timings["bench"] = time.perf_counter() - t
@@ -107,7 +114,11 @@ def run_demo(out: Path, data: str | None = None, fast: bool = False) -> int:
 
     pol = result["policy"]
     print("\n== routing table on the test part (n={}, exact 95% intervals)".format(result["n"]))
-    for key, label in (("pit_miss", "pits routed clean"), ("false_reject", "clean routed pit"), ("maybe", "sent to review")):
+    for key, label in (
+        ("pit_miss", "pits routed clean"),
+        ("false_reject", "clean routed pit"),
+        ("maybe", "sent to review"),
+    ):
         value, (lo, hi) = pol[key + "_rate"], pol[key + "_ci"]
         print(f"  {label:<18} {100 * value:6.2f}% [{100 * lo:.2f}, {100 * hi:.2f}]")
     print("  routes: " + ", ".join(f"{k} {v}" for k, v in pol["routes"].items()))
@@ -116,6 +127,10 @@ def run_demo(out: Path, data: str | None = None, fast: bool = False) -> int:
         f"\nheadline: test accuracy {100 * result['accuracy']:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}] (n={result['n']}), "
         f"pit-miss {100 * pol['pit_miss_rate']:.2f}%, maybe {100 * pol['maybe_rate']:.2f}%"
     )
-    print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + f"; total {time.perf_counter() - started:.0f}")
+    print(
+        "timings (s): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+        + f"; total {time.perf_counter() - started:.0f}"
+    )
     print(f"report: {written['files']['html']}")
     return 0

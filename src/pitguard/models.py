@@ -107,15 +107,25 @@ class PitguardNet(nn.Module):
         self.register_buffer("mean", mean.view(1, n, 1, 1))
         self.register_buffer("inv_std", (1.0 / std).view(1, n, 1, 1))
 
-    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: float crops already scaled to [0, 1], all channels, (N, C, H, W)."""
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        """Channels and resolution the backbone reads, from float crops in [0, 1] (N, 3, H, W).
+
+        Training augments after this step: fewer pixels to warp, same composition as inference.
+        """
         if tuple(self.contract.channels) != (0, 1, 2):  # a constant: no branch in exported graphs
             x = x.index_select(1, self.channel_index)
-        if self.contract.mean is not None:
-            x = (x - self.mean) * self.inv_std
         if self.contract.downsample > 1:
             x = nn.functional.avg_pool2d(x, self.contract.downsample)
         return x
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.contract.mean is not None:
+            x = (x - self.mean) * self.inv_std
+        return x
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: float crops already scaled to [0, 1], all channels, (N, C, H, W)."""
+        return self.normalize(self.select(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.preprocess(x))

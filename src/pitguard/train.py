@@ -237,11 +237,11 @@ def train_one_epoch(
         x = images[idx].to(device, non_blocking=True).float().div_(255)
         y = labels[idx].to(device, non_blocking=True)
         with torch.no_grad():
-            x = augment(x)
+            x = augment(net.select(x))  # channel selection and pooling first: fewer pixels to warp
         if device.type == "cuda" and cfg.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = net(x)
+            logits = net.backbone(net.normalize(x))
             loss = loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -282,6 +282,13 @@ def _better(metric: str, value: float, best: float | None) -> bool:
     if best is None:
         return True
     return value < best if metric == "val_loss" else value > best
+
+
+def _as_rgb(x: torch.Tensor, channels: tuple[int, ...]) -> torch.Tensor:
+    """Selected channels back in their RGB places, for a picture a person can read."""
+    out = torch.zeros(x.shape[0], 3, *x.shape[2:], dtype=x.dtype)
+    out[:, list(channels)] = x
+    return out
 
 
 def write_history(run: Path, history: list[dict]) -> None:
@@ -412,8 +419,12 @@ def train(
         )
         print(f"resuming {run} after epoch {ckpt['epoch']}", flush=True)
     else:
-        grid = build_augment(cfg.augment).train()(train_part.images[:64].float().div(255))
-        save_grid(grid, run / "augment_grid.png")
+        with torch.no_grad():
+            seen = build_augment(cfg.augment).train()(
+                net.cpu().select(train_part.images[:64].float().div(255))
+            )
+        save_grid(_as_rgb(seen, contract.channels), run / "augment_grid.png")
+        net.to(device)
         seed_everything(cfg.train.seed)  # the grid's draws do not shift training's random stream
 
     meta = model_meta(

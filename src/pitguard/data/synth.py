@@ -83,7 +83,7 @@ def _blob(
     c, s = math.cos(theta), math.sin(theta)
     u = dx * c + dy * s
     v = (-dx * s + dy * c) / aspect
-    rho = np.hypot(u, v)
+    rho = np.sqrt(u * u + v * v)
     phi = np.arctan2(v, u)
     # Low-order radial harmonics give the lumpy, not-quite-elliptic outline of real cherries.
     rim = np.ones_like(rho)
@@ -176,7 +176,7 @@ def make_crop(
     if rng.random() < 0.08:
         r2 = radius * rng.uniform(0.6, 0.95)
         ang = rng.uniform(0, 2 * np.pi)
-        dist = (radius + r2) * rng.uniform(0.65, 0.85)
+        dist = (radius + r2) * rng.uniform(0.55, 0.75)
         # Shift both so the pair stays in frame; the final re-centring does the rest.
         share = r2 / (radius + r2)
         oy, ox = dist * math.sin(ang), dist * math.cos(ang)
@@ -251,9 +251,9 @@ def make_crop(
         ang = rng.uniform(0, 2 * np.pi)
         py = cy + frac * radius * aspect * math.sin(ang)
         px = cx + frac * radius * math.cos(ang)
-        spot = _spot(
-            size, py, px, pr * rng.uniform(0.6, 1.0), pr, rng.uniform(0, np.pi), rng.uniform(2, 4)
-        )
+        # Pits are stones seen from above: often elongated, with a flat-topped profile.
+        ry, rx = pr * rng.uniform(0.5, 0.95), pr * rng.uniform(1.0, 1.4)
+        spot = _spot(size, py, px, ry, rx, rng.uniform(0, np.pi), rng.uniform(2, 4))
         halo = _spot(size, py, px, pr * 2.2, pr * 2.2, 0.0, 2.0)
         # Flesh partly covers the pit: lumpy visibility, and less of it close to the rim.
         cover = np.clip(1.0 + 0.3 * smooth[2], 0.3, 1.3) * np.clip(depth_c / (6.0 * sc), 0, 1)
