@@ -271,33 +271,37 @@ def export_run(
                 )
             meta["files"]["onnx"] = "model.onnx"
             meta["onnx"] = {"opset": OPSET, "parity": stats}
+        variants = []
         if int8:
-            quantize_int8(tmp / "model.onnx", tmp / "model.int8.onnx", crops)
-            stats = _gate_stats(
-                ev.labels, run.pit_index, ref, run_onnx(ort_session(tmp / "model.int8.onnx"), crops)
-            )
-            _quantized_gate("INT8", stats, INT8_MAX_ACCURACY_DROP, ev.description)
-            meta["files"]["onnx_int8"] = "model.int8.onnx"
-            meta["int8"] = {
-                "method": "onnxruntime static QDQ, per-channel, calibrated on the calib crops",
-                "gate": stats,
-                "tolerances": {
-                    "max_accuracy_drop": INT8_MAX_ACCURACY_DROP,
-                    "extra_pit_misses": EXTRA_PIT_MISSES_ALLOWED,
-                },
+            method = {
+                "method": "onnxruntime static QDQ, per-channel, calibrated on the calib crops"
             }
-        if fp16:
-            convert_fp16(tmp / "model.onnx", tmp / "model.fp16.onnx")
-            stats = _gate_stats(
-                ev.labels, run.pit_index, ref, run_onnx(ort_session(tmp / "model.fp16.onnx"), crops)
+            variants.append(
+                ("int8", "model.int8.onnx", INT8_MAX_ACCURACY_DROP, quantize_int8, (crops,), method)
             )
-            _quantized_gate("FP16", stats, FP16_MAX_ACCURACY_DROP, ev.description)
-            meta["files"]["onnx_fp16"] = "model.fp16.onnx"
-            meta["fp16"] = {
-                "input_dtype": "float16",
+        if fp16:
+            variants.append(
+                (
+                    "fp16",
+                    "model.fp16.onnx",
+                    FP16_MAX_ACCURACY_DROP,
+                    convert_fp16,
+                    (),
+                    {"input_dtype": "float16"},
+                )
+            )
+        for key, filename, max_drop, make, extra_args, info in variants:
+            make(tmp / "model.onnx", tmp / filename, *extra_args)
+            stats = _gate_stats(
+                ev.labels, run.pit_index, ref, run_onnx(ort_session(tmp / filename), crops)
+            )
+            _quantized_gate(key.upper(), stats, max_drop, ev.description)
+            meta["files"][f"onnx_{key}"] = filename
+            meta[key] = {
+                **info,
                 "gate": stats,
                 "tolerances": {
-                    "max_accuracy_drop": FP16_MAX_ACCURACY_DROP,
+                    "max_accuracy_drop": max_drop,
                     "extra_pit_misses": EXTRA_PIT_MISSES_ALLOWED,
                 },
             }
