@@ -151,3 +151,16 @@ def test_cli_train_eval_end_to_end(synth_dir, tmp_path, capsys):
 def test_eval_errors(synth_dir, tmp_path, capsys):
     assert main(["eval", str(tmp_path)]) == 2
     assert "no model.json" in capsys.readouterr().err
+
+
+def _split_rows(run):
+    lines = (run / "split.csv").read_text().splitlines()[1:]
+    return sorted((str((run / ln.split(",")[0]).resolve()), ln.split(",", 1)[1]) for ln in lines)
+
+
+def test_run_keeps_the_split_it_was_given(synth_dir, tmp_path):
+    first = tmp_path / "first"
+    train(tiny_config(synth_dir, "train.epochs=1"), first)
+    second = tmp_path / "second"
+    train(tiny_config(first / "split.csv", "train.epochs=1"), second)
+    assert _split_rows(first) == _split_rows(second)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import random
 import time
 from dataclasses import replace
@@ -64,6 +65,8 @@ def prepare_data(cfg: Config, run: Path) -> tuple[Crops, dict]:
                 index, manifest, parse_fractions(cfg.data.fractions), cfg.data.split_seed, opts
             )
         index = find_dataset(manifest, {c: c for c in ("clean", "maybe", "pit")})
+    if not manifest.exists():
+        write_manifest(index, manifest)  # the run keeps the exact split it was trained on
     crops = load_crops(index, opts)
     present = set(crops.splits)
     missing = [p for p in REQUIRED_PARTS if p not in present]
@@ -75,6 +78,17 @@ def prepare_data(cfg: Config, run: Path) -> tuple[Crops, dict]:
         )
     info = _data_info(index, crops, opts)
     return crops, info
+
+
+def write_manifest(index: DatasetIndex, path: Path) -> None:
+    """The index as a manifest beside the run, paths relative to it."""
+    base = path.parent.resolve()
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "split", "group"])
+        for it in index.items:
+            rel = os.path.relpath(Path(it.path).resolve(), base)
+            writer.writerow([rel, index.classes[it.label], it.split or "", it.group or ""])
 
 
 def _data_info(index: DatasetIndex, crops: Crops, opts: DecodeOptions) -> dict:
