@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -14,11 +15,22 @@ from pitguard.evaluate import load_eval_data, run_logits
 from pitguard.runs import load_run
 
 
-def _same_split(runs) -> bool:
-    texts = {
-        (r.run / "split.csv").read_text() if (r.run / "split.csv").is_file() else None for r in runs
-    }
-    return len(texts) == 1 and None not in texts
+def split_parts(run_dir: Path) -> frozenset | None:
+    """A run's split as (crop file, part) pairs, independent of where its split.csv lies."""
+    manifest = Path(run_dir) / "split.csv"
+    if not manifest.is_file():
+        return None
+    with manifest.open(newline="") as fh:
+        return frozenset(
+            (str((manifest.parent / row["path"]).resolve()), row["split"])
+            for row in csv.DictReader(fh)
+        )
+
+
+def same_split(run_dirs) -> bool:
+    """True when every run was trained on the same split, so their test parts are the same crops."""
+    parts = {split_parts(Path(r)) for r in run_dirs}
+    return len(parts) == 1 and None not in parts
 
 
 def compare_runs(
@@ -31,7 +43,7 @@ def compare_runs(
     if len(run_dirs) < 2:
         raise PitguardError("compare needs at least two runs")
     runs = [load_run(r) for r in run_dirs]
-    if data is None and not _same_split(runs):
+    if data is None and not same_split([r.run for r in runs]):
         raise PitguardError(
             "the runs were trained on different splits, so one run's test part may be another's training data; "
             "pass --data with crops none of them trained on"

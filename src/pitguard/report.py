@@ -380,13 +380,12 @@ def collect_runs(paths) -> list[dict]:
 
 
 def _compare_with_baseline(base: dict, rec: dict) -> dict:
-    from pitguard.compare import compare_runs
+    from pitguard.compare import compare_runs, same_split
 
     out: dict = {"baseline": base["run"]}
     if rec is base:
         return {**out, "verdict": "baseline"}
-    a, b = Path(base["path"]) / "split.csv", Path(rec["path"]) / "split.csv"
-    if not (a.is_file() and b.is_file() and a.read_bytes() == b.read_bytes()):
+    if not same_split([base["path"], rec["path"]]):
         return {**out, "verdict": "not paired (different splits)", "paired": False}
     try:
         result = compare_runs([base["path"], rec["path"]])
