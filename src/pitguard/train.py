@@ -352,6 +352,8 @@ def train(
     if resume:
         ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
         cfg = config_from_dict(ckpt["config"])
+    elif cfg is None:
+        raise PitguardError("train needs a config, or resume=True to continue a run")
     elif (run / "checkpoints" / "last.pt").exists():
         raise PitguardError(
             f"{run}: already holds a run; use --resume to continue it or choose a new --out"
