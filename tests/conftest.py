@@ -54,3 +54,18 @@ def random_crop(seed: int, size: int = 128) -> np.ndarray:
     for c, level in zip((0, 2), rng.uniform(60, 180, 2), strict=True):
         img[inside, c] = (level + rng.normal(0, 20, inside.sum())).clip(1, 255)
     return img
+
+
+def train_tiny(root: Path, name: str = "run", count: int = 240, seed: int = 0, sets=()) -> Path:
+    """Train pitguard_tiny on synthetic crops in ROOT/crops (made on first use); the run folder."""
+    from pitguard.config import load_config
+    from pitguard.data.synth import synthesize
+    from pitguard.train import train
+
+    crops = root / "crops"
+    if not crops.exists():
+        synthesize(crops, count=count, seed=seed)
+    base = ["model.name=pitguard_tiny", "train.epochs=1", "train.threads=1"]
+    cfg = load_config("cpu-fast", sets=[*base, *sets], extra={"data.path": str(crops)})
+    train(cfg, root / name)
+    return root / name

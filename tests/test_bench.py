@@ -16,6 +16,7 @@ from pitguard.bench import (
 )
 from pitguard.cli import main
 from pitguard.errors import PitguardError
+from tests.conftest import train_tiny
 
 FAST = {"warmup": 1, "min_runs": 3, "min_seconds": 0, "threads": 1}
 RECORD_KEYS = {
@@ -35,19 +36,10 @@ RECORD_KEYS = {
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
     """One tiny trained run exported twice: with ONNX and INT8, and with ONNX only."""
-    from pitguard.config import load_config
-    from pitguard.data.synth import synthesize
     from pitguard.export import export_run
-    from pitguard.train import train
 
     tmp = tmp_path_factory.mktemp("bench")
-    synthesize(tmp / "crops", count=120, seed=0)
-    cfg = load_config(
-        "cpu-fast",
-        sets=["model.name=pitguard_tiny", "train.epochs=1", "train.threads=1"],
-        extra={"data.path": str(tmp / "crops")},
-    )
-    train(cfg, tmp / "run")
+    train_tiny(tmp, count=120)
     export_run(tmp / "run", tmp / "int8", onnx=True, int8=True, allow_uncalibrated=True)
     export_run(tmp / "run", tmp / "fp32", onnx=True, allow_uncalibrated=True)
     return {"int8": tmp / "int8", "fp32": tmp / "fp32"}

@@ -4,30 +4,15 @@ import pytest
 
 from pitguard.calibrate import calibrate_run, load_policy
 from pitguard.cli import main
-from pitguard.config import load_config
-from pitguard.data.synth import synthesize
 from pitguard.errors import PitguardError
 from pitguard.evaluate import evaluate_run
-from pitguard.train import train
+from tests.conftest import train_tiny
 
 
 @pytest.fixture(scope="module")
 def calibrated_run(tmp_path_factory):
     """A tiny model on 1,400 synthetic crops: the calib part holds about 140 pits."""
-    root = tmp_path_factory.mktemp("cal")
-    synthesize(root / "crops", count=1400, seed=3)
-    cfg = load_config(
-        "cpu-fast",
-        sets=[
-            "model.name=pitguard_tiny",
-            "train.epochs=2",
-            "train.threads=1",
-            "train.batch_size=64",
-        ],
-        extra={"data.path": str(root / "crops")},
-    )
-    train(cfg, root / "run")
-    return root / "run"
+    return train_tiny(tmp_path_factory.mktemp("cal"), count=1400, seed=3, sets=["train.epochs=2"])
 
 
 def test_refuses_when_calib_has_too_few_pits(calibrated_run):

@@ -9,29 +9,17 @@ import pitguard
 from pitguard import export as export_mod
 from pitguard.calibrate import calibrate_run
 from pitguard.cli import main
-from pitguard.config import load_config
 from pitguard.data.synth import synthesize
 from pitguard.errors import PitguardError
 from pitguard.export import export_run
-from pitguard.train import train
+from tests.conftest import train_tiny
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny model with a calibrated decision (5% bound: the synthetic calib part is small)."""
     root = tmp_path_factory.mktemp("exp")
-    synthesize(root / "crops", count=600, seed=5)
-    cfg = load_config(
-        "cpu-fast",
-        sets=[
-            "model.name=pitguard_tiny",
-            "train.epochs=2",
-            "train.threads=1",
-            "model.normalize=data",
-        ],
-        extra={"data.path": str(root / "crops")},
-    )
-    train(cfg, root / "run")
+    train_tiny(root, count=600, seed=5, sets=["train.epochs=2", "model.normalize=data"])
     calibrate_run(root / "run", max_pit_miss=0.05, confidence=0.9)
     return root / "run"
 

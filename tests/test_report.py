@@ -11,13 +11,11 @@ from PIL import Image
 from pitguard.bench import bench
 from pitguard.calibrate import calibrate_run, load_policy
 from pitguard.cli import main
-from pitguard.config import load_config
-from pitguard.data.synth import synthesize
 from pitguard.errors import PitguardError
 from pitguard.evaluate import evaluate_run
 from pitguard.export import export_run
 from pitguard.report import _pick_latency, section_id, write_report
-from pitguard.train import train
+from tests.conftest import train_tiny
 
 SECTION_IDS = ["table", "latency-accuracy", "run-a", "run-b"]
 
@@ -26,19 +24,8 @@ SECTION_IDS = ["table", "latency-accuracy", "run-a", "run-b"]
 def runs(tmp_path_factory) -> Path:
     """Two tiny runs on one split: a calibrated, evaluated and benched; b evaluated only."""
     root = tmp_path_factory.mktemp("report")
-    synthesize(root / "crops", count=600, seed=0)
     for name, seed in (("a", 0), ("b", 1)):
-        cfg = load_config(
-            "cpu-fast",
-            sets=[
-                "model.name=pitguard_tiny",
-                "train.epochs=2",
-                "train.threads=1",
-                f"train.seed={seed}",
-            ],
-            extra={"data.path": str(root / "crops")},
-        )
-        train(cfg, root / "runs" / name)
+        train_tiny(root, f"runs/{name}", count=600, sets=["train.epochs=2", f"train.seed={seed}"])
     a, b = root / "runs" / "a", root / "runs" / "b"
     calibrate_run(a, max_pit_miss=0.05, confidence=0.9)
     evaluate_run(a, policy=load_policy(a), n_boot=200)

@@ -20,24 +20,16 @@ from PIL import Image
 
 from pitguard.predict import Predictor
 from pitguard.serve import create_app
+from tests.conftest import train_tiny
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     """A one-epoch tiny model exported with ONNX, next to the crops it was trained on."""
-    from pitguard.config import load_config
-    from pitguard.data.synth import synthesize
     from pitguard.export import export_run
-    from pitguard.train import train
 
     tmp = tmp_path_factory.mktemp("serve")
-    synthesize(tmp / "crops", count=120, seed=0)
-    cfg = load_config(
-        "cpu-fast",
-        sets=["model.name=pitguard_tiny", "train.epochs=1", "train.threads=1"],
-        extra={"data.path": str(tmp / "crops")},
-    )
-    train(cfg, tmp / "run")
+    train_tiny(tmp, count=120)
     export_run(tmp / "run", tmp / "bundle", onnx=True, allow_uncalibrated=True)
     return tmp / "bundle"
 
