@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from pitguard.calibrate import calibrate_run, load_policy
@@ -60,3 +61,25 @@ def test_calibration_never_uses_train_val_or_test(calibrated_run):
             PitguardError, match=rf"--split {part}: calibration never uses the train, val or test"
         ):
             calibrate_run(calibrated_run, part=part)
+
+
+def test_threshold_sweep_counts_and_best_f1_under_the_recall_floor():
+    from pitguard.calibrate import threshold_sweep
+
+    p = np.array([0.05, 0.2, 0.4, 0.6, 0.8, 0.1, 0.3, 0.7])
+    is_pit = np.array([True, True, True, True, True, False, False, False])
+    sweep = threshold_sweep(p, is_pit, min_recall=0.99, n_points=11)
+    at_05 = next(r for r in sweep["rows"] if r["threshold"] == 0.5)
+    assert (at_05["tp"], at_05["fp"], at_05["tn"], at_05["fn"]) == (2, 1, 2, 3)
+    assert at_05["recall"] == 0.4 and at_05["specificity"] == pytest.approx(2 / 3)
+    # Only thresholds <= 0.05 keep every pit: the best F1 among them is at 0.0 (all called pit).
+    assert sweep["best"]["threshold"] == 0.0 and sweep["best"]["recall"] == 1.0
+
+
+def test_thresholds_cli_writes_table_and_json(calibrated_run, capsys):
+    assert main(["thresholds", str(calibrated_run), "--min-recall", "0.9"]) == 0
+    out = capsys.readouterr().out
+    assert "best F1 with recall >= 0.9" in out or "no threshold reaches recall 0.9" in out
+    sweep = json.loads((calibrated_run / "thresholds" / "sweep.json").read_text())
+    assert len(sweep["rows"]) == 101 and sweep["data"].endswith("[calib]")
+    assert (calibrated_run / "thresholds" / "sweep.png").is_file()

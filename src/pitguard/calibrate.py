@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.special import softmax
 
 from pitguard import metrics
 from pitguard.errors import PitguardError
@@ -56,9 +57,9 @@ def calibrate_run(
     n_pits = int((labels == pit).sum())
     print(f"calibrating on {ev.description}: {len(labels)} crops, {n_pits} pits", flush=True)
 
-    probs_before = _softmax(logits)
+    probs_before = softmax(logits, axis=1)
     temperature = fit_temperature(logits, labels)
-    probs_after = _softmax(logits / temperature)
+    probs_after = softmax(logits / temperature, axis=1)
     ece_before = metrics.expected_calibration_error(probs_before, labels)
     ece_after = metrics.expected_calibration_error(probs_after, labels)
 
@@ -104,12 +105,6 @@ def calibrate_run(
     write_json(out / "policy_report.json", {**record, "operating_curve": curve})
     write_json(run.run / "policy.json", record)
     return record
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def threshold_sweep(
