@@ -77,11 +77,9 @@ def load_eval_data(
 def run_logits(
     run: RunModel, crops: Crops, device: str = "auto", batch_size: int = 256
 ) -> torch.Tensor:
-    dev = torch.device(
-        "cuda"
-        if device == "auto" and torch.cuda.is_available()
-        else ("cpu" if device == "auto" else device)
-    )
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
     torch.set_flush_denormal(True)
     run.net.to(dev)
     try:

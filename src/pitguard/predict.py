@@ -82,11 +82,9 @@ class Predictor:
                 arr = arr[None]
             if arr.ndim != 4:
                 raise PitguardError(f"expected (N, H, W, C) or (N, C, H, W), got shape {arr.shape}")
-            if arr.shape[1] == 3 and arr.shape[-1] != 3:
-                pass  # already NCHW
-            elif arr.shape[-1] == 3:
-                arr = arr.transpose(0, 3, 1, 2)
-            else:
+            if arr.shape[-1] == 3 and arr.shape[1] != 3:
+                arr = arr.transpose(0, 3, 1, 2)  # NHWC -> NCHW
+            elif arr.shape[1] != 3:
                 raise PitguardError(f"expected 3 channels, got shape {arr.shape}")
             if arr.shape[2:] != (self.size, self.size):
                 raise PitguardError(
@@ -175,7 +173,6 @@ def predict_files(
         try:
             arr, problem = decode_bytes(f.read_bytes(), str(f), opts)
         except OSError as exc:
-            arr, problem = None, None
             rows.append(
                 {
                     "path": str(f),
@@ -192,14 +189,13 @@ def predict_files(
             continue
         rows.append({"path": str(f), "route": None, "p_pit": None, "label": None, "error": ""})
         good.append((i, arr))
-    row_of = {i: r for i, r in zip(range(len(files)), rows, strict=True)}
     for start in range(0, len(good), batch_size):
         chunk = good[start : start + batch_size]
         pred = predictor.predict_uint8(np.stack([a for _, a in chunk]).transpose(0, 3, 1, 2).copy())
         for (i, _), route, p, label in zip(
             chunk, pred.routes, pred.p_pit, pred.labels, strict=True
         ):
-            row_of[i].update(route=route, p_pit=f"{float(p):.6f}", label=label)
+            rows[i].update(route=route, p_pit=f"{float(p):.6f}", label=label)
     if out_csv is not None:
         out_csv.parent.mkdir(parents=True, exist_ok=True)
         with out_csv.open("w", newline="") as fh:

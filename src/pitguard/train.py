@@ -8,7 +8,6 @@ import json
 import os
 import random
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -562,7 +561,3 @@ def train(
     }
     write_json(run / "train_summary.json", summary)
     return summary
-
-
-def with_data(cfg: Config, data: str | None) -> Config:
-    return replace(cfg, data=replace(cfg.data, path=data)) if data else cfg
