@@ -62,6 +62,7 @@ def main() -> int:
         "wall_seconds": wall,
         "threads": summary["threads"],
         "device": summary["device"],
+        "precision": summary["precision"],
     }
     path = Path(args.json or out / "bench_accuracy.json")
     path.write_text(json.dumps(record, indent=2) + "\n")

@@ -119,3 +119,11 @@ def test_train_cli_config_error_exits_2(capsys, tmp_path):
     )
     assert "did you mean train.lr?" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # nothing written before the config is valid
+
+
+def test_centre_crop_checked_against_the_crop_size():
+    assert load_config("cpu-fast", sets=["model.crop=96"]).model.crop == 96
+    with pytest.raises(ConfigError, match=r"model.crop=-1: must be 0"):
+        load_config(sets=["model.crop=-1"])
+    with pytest.raises(ConfigError, match=r"model.crop=160 is larger than data.size=128"):
+        load_config(sets=["model.crop=160"])

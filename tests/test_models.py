@@ -69,3 +69,15 @@ def test_weights_that_match_nothing_are_refused(tmp_path):
     torch.save({"foo": torch.ones(1)}, path)
     with pytest.raises(PitguardError, match=r"no tensor matched the model's parameters"):
         load_pretrained(build_backbone("pitguard_tiny", 2, 3), path, 3)
+
+
+def test_contract_centre_crop_then_pool():
+    contract = InputContract(channels=(0, 2), crop=96, downsample=2)
+    assert contract.side == 48
+    net = build_model("pitguard_tiny", 2, contract).eval()
+    x = torch.rand(3, 3, 128, 128)
+    pre = net.preprocess(x)
+    assert pre.shape == (3, 2, 48, 48)
+    centre = x[:, [0, 2], 16:112, 16:112]
+    assert torch.allclose(pre, torch.nn.functional.avg_pool2d(centre, 2))
+    assert InputContract.from_dict(contract.to_dict()) == contract

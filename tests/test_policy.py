@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from fractions import Fraction
 
@@ -95,8 +96,23 @@ def test_exactly_enough_pits_with_no_overlap_is_accepted():
     y = np.arange(p.size) < 299
     th = choose_thresholds(p, y, 0.01, 0.95)
     assert th.calib_pit_misses == 0 and th.pit_miss_bound <= 0.01
-    assert th.t_low == th.t_high == pytest.approx(0.9)
+    # halfway between the clean crops' 0.1 and the pits' 0.9: no crop sits on a threshold
+    assert th.t_low == th.t_high == pytest.approx(0.5)
     assert th.calib_maybe_rate == 0.0
+
+
+def test_thresholds_never_sit_on_a_calibration_score():
+    # A threshold equal to a calibration score lets float rounding in another runtime flip
+    # that crop's route; halfway between neighbouring scores, a 1e-7 change flips nothing.
+    rng = np.random.default_rng(12)
+    p, y = _draw(rng, 400, 400)
+    for fr in (None, 0.05):
+        th = choose_thresholds(p, y, 0.02, 0.9, max_false_reject=fr)
+        for t in (th.t_low, th.t_high):
+            assert np.abs(p - np.float32(t)).min() > 0
+        routes = route(p, th.t_low, th.t_high)
+        for eps in (1e-7, -1e-7):
+            assert np.array_equal(route(p + np.float32(eps), th.t_low, th.t_high), routes)
 
 
 # --------------------------------------------------------------------------- choice vs a slow reference
@@ -107,7 +123,11 @@ def _reference(p, y, max_pit_miss, confidence, max_false_reject=None):
     p = p.astype(np.float32)
     n_pits, n_clean = int(y.sum()), int((~y).sum())
     above_one = float(np.nextafter(np.float32(1), np.float32(2)))
-    cands = sorted({float(v) for v in p} | {0.0, 1.0, above_one})
+    scores = sorted({float(v) for v in p} | {0.0, 1.0, above_one})
+    cands = [scores[0]]  # then halfway between neighbouring scores, in float32
+    for lo, hi in itertools.pairwise(scores):
+        mid = float(np.float32((lo + hi) / 2))
+        cands.append(mid if mid > lo else hi)
 
     def cp(k, n):
         return 1.0 if k == n else float(stats.beta.ppf(confidence, k + 1, n - k))

@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pitguard import train as train_module
 from pitguard.cli import main
 from pitguard.config import load_config
 from pitguard.evaluate import evaluate_run
@@ -89,6 +90,31 @@ def test_run_folder_contents_and_split_never_trains_on_test(synth_dir, tmp_path)
     assert set(counts) == {"train", "val", "calib", "test"}
     grid = Image.open(run / "augment_grid.png")
     assert grid.size[0] > 500
+
+
+def test_bf16_autocast_only_where_the_device_computes_it(monkeypatch):
+    cpu = torch.device("cpu")
+    on = load_config("cpu-fast")
+    off = load_config("cpu-fast", sets=["train.amp=false"])
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
+    assert train_module.use_bf16(on, cpu) and not train_module.use_bf16(off, cpu)
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
+    assert not train_module.use_bf16(on, cpu)
+    assert train_module.use_bf16(on, torch.device("cuda"))
+
+
+def test_summary_records_the_step_precision(synth_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
+    summary = train(tiny_config(synth_dir, "train.epochs=1"), tmp_path / "fp32")
+    assert summary["precision"] == "fp32"
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
+    summary = train(tiny_config(synth_dir, "train.epochs=1", "model.crop=96"), tmp_path / "bf16")
+    assert summary["precision"] == "bf16 autocast"
+    run = load_run(tmp_path / "bf16")
+    assert run.net.contract.crop == 96 and run.net.contract.side == 96
+    assert json.loads((tmp_path / "bf16" / "train_summary.json").read_text())["precision"] == (
+        "bf16 autocast"
+    )
 
 
 def test_refuses_to_overwrite_a_run(synth_dir, tmp_path):

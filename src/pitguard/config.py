@@ -34,6 +34,7 @@ class ModelConfig:
     channels: tuple[int, ...] = (0, 1, 2)  # input channels fed to the network (G is 0 on the line)
     normalize: str = "none"  # "none" feeds [0,1] like production; "imagenet" or "data" statistics
     downsample: int = 1  # average-pool factor applied inside the model (cheap CPU inference)
+    crop: int = 0  # centre square (px) the model reads before pooling; 0 = the whole crop
     drop_rate: float = 0.0  # dropout before the classifier
     drop_path_rate: float = 0.0  # stochastic depth, where the architecture has it
     freeze_backbone: bool = False  # train the classifier head only (the production recipe)
@@ -73,8 +74,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     balance: str = "none"  # none, loss (class-weighted loss) or sampler (balanced sampling)
     ema_decay: float = 0.0  # weight EMA decay per step; 0 disables; the EMA is what is selected
-    amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
-    channels_last: bool = True  # on GPU
+    amp: bool = True  # bf16 autocast on GPU and on CPUs with native bf16 (AVX512-BF16/AMX)
+    channels_last: bool = True  # channels-last memory layout for the training step
     select_metric: str = "val_accuracy"  # val_accuracy, val_balanced_accuracy or val_loss
     patience: int = 0  # early stopping after this many epochs without improvement; 0 = off
     max_minutes: float = 0.0  # stop after the epoch that passes this wall time; 0 = no limit
@@ -213,6 +214,8 @@ def _check_value(key: str, value: Any) -> str | None:
         return f"{key}={value!r}: must be between 0 and 1"
     if key == "model.channels" and (not value or any(c not in (0, 1, 2) for c in value)):
         return f"{key}={list(value)!r}: give channel indices among 0, 1, 2 (R, G, B)"
+    if key == "model.crop" and value < 0:
+        return f"{key}={value}: must be 0 (the whole crop) or a side in px"
     if key == "augment.motion_kernel" and value % 2 == 0:
         return f"{key}={value}: must be odd (3, 5, 7, ...)"
     return None
@@ -244,6 +247,13 @@ def build_config(overrides: dict[str, Any], source: str = "overrides") -> Config
     if problems:
         raise ConfigError(problems)
     built = {name: cls(**values[name]) for name, cls in sections.items()}
+    if built["model"].crop > built["data"].size:
+        raise ConfigError(
+            [
+                f"{source}: model.crop={built['model'].crop} is larger than data.size="
+                f"{built['data'].size}; use a centre square no larger than the crop, or 0"
+            ]
+        )
     return Config(**built, recipe=recipe)
 
 

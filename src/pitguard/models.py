@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import timm
@@ -26,6 +26,12 @@ class InputContract:
     mean: tuple[float, ...] | None = None  # normalization applied after scaling, if any
     std: tuple[float, ...] | None = None
     downsample: int = 1  # average pooling inside the model before the backbone
+    crop: int = 0  # centre square of this side taken before pooling; 0 = the whole crop
+
+    @property
+    def side(self) -> int:
+        """Side of the image the backbone reads."""
+        return (self.crop or self.size) // self.downsample
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -39,19 +45,27 @@ class InputContract:
             mean=tuple(d["mean"]) if d.get("mean") is not None else None,
             std=tuple(d["std"]) if d.get("std") is not None else None,
             downsample=int(d.get("downsample", 1)),
+            crop=int(d.get("crop", 0)),
         )
 
 
 class _TinyNet(nn.Module):
     """A small CNN with timm's classifier interface, for tests and quick CPU runs."""
 
-    def __init__(self, widths: tuple[int, ...], num_classes: int, in_chans: int, drop_rate: float):
+    def __init__(
+        self,
+        widths: tuple[int, ...],
+        num_classes: int,
+        in_chans: int,
+        drop_rate: float,
+        stem_stride: int = 2,
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         prev = in_chans
-        for w in widths:
+        for i, w in enumerate(widths):
             layers += [
-                nn.Conv2d(prev, w, 3, stride=2, padding=1, bias=False),
+                nn.Conv2d(prev, w, 3, stride=stem_stride if i == 0 else 2, padding=1, bias=False),
                 nn.BatchNorm2d(w),
                 nn.ReLU(inplace=True),
                 nn.Conv2d(w, w, 3, padding=1, bias=False),
@@ -93,6 +107,22 @@ def pitguard_small(
     return _TinyNet((24, 48, 96, 160), num_classes, in_chans, drop_rate)
 
 
+@register_model
+def pitguard_medium(
+    pretrained: bool = False, num_classes: int = 2, in_chans: int = 3, drop_rate: float = 0.0, **_
+):
+    """About 1.2M parameters: pitguard_small widened, for CPUs with bf16 or a centre crop."""
+    return _TinyNet((32, 64, 128, 256), num_classes, in_chans, drop_rate)
+
+
+@register_model
+def pitguard_fine(
+    pretrained: bool = False, num_classes: int = 2, in_chans: int = 3, drop_rate: float = 0.0, **_
+):
+    """pitguard_small without the stem's stride: full-resolution features for a centre crop."""
+    return _TinyNet((24, 48, 96, 160), num_classes, in_chans, drop_rate, stem_stride=1)
+
+
 class PitguardNet(nn.Module):
     """Preprocessing of the input contract followed by a timm backbone; returns logits."""
 
@@ -114,6 +144,10 @@ class PitguardNet(nn.Module):
         """
         if tuple(self.contract.channels) != (0, 1, 2):  # a constant: no branch in exported graphs
             x = x.index_select(1, self.channel_index)
+        if self.contract.crop:  # the segmented cherry sits at the centre of the crop
+            top = (x.shape[-2] - self.contract.crop) // 2
+            left = (x.shape[-1] - self.contract.crop) // 2
+            x = x[..., top : top + self.contract.crop, left : left + self.contract.crop]
         if self.contract.downsample > 1:
             x = nn.functional.avg_pool2d(x, self.contract.downsample)
         return x
@@ -229,7 +263,12 @@ def make_contract(
     elif cfg_model.normalize == "data":
         mean, std = data_mean, data_std
     return InputContract(
-        size=size, channels=channels, mean=mean, std=std, downsample=cfg_model.downsample
+        size=size,
+        channels=channels,
+        mean=mean,
+        std=std,
+        downsample=cfg_model.downsample,
+        crop=cfg_model.crop,
     )
 
 
@@ -242,7 +281,7 @@ def build_model(
         len(contract.channels),
         drop_rate,
         drop_path_rate,
-        contract.size // contract.downsample,
+        contract.side,
     )
     return PitguardNet(backbone, contract)
 
@@ -281,7 +320,7 @@ def fold_normalization(net: PitguardNet) -> PitguardNet:
     bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
     conv.weight.copy_(w)
     conv.bias = nn.Parameter(bias - shift)
-    folded = InputContract(c.size, c.channels, c.scale, None, None, c.downsample)
+    folded = replace(c, mean=None, std=None)
     net.contract = folded
     net.mean.zero_()
     net.inv_std.fill_(1.0)

@@ -170,13 +170,28 @@ def _prepare(p_pit: np.ndarray, is_pit: np.ndarray) -> tuple[np.ndarray, np.ndar
     return p.astype(np.float32), y
 
 
+def _midpoints(u: np.ndarray) -> np.ndarray:
+    """``u[0]``, then for each later value the float32 midpoint with its predecessor.
+
+    Where two scores are one float32 step apart the midpoint is not representable; the upper
+    score itself is kept, so every candidate stays above its predecessor and at most its score.
+    """
+    lo, hi = u[:-1].astype(np.float64), u[1:].astype(np.float64)
+    mid = ((lo + hi) / 2).astype(np.float32)
+    mid = np.where(mid > u[:-1], mid, u[1:])
+    return np.concatenate([u[:1], mid]).astype(np.float32)
+
+
 def _candidates(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidate thresholds (ascending) with the pits and clean crops scored below each.
 
-    Counts only change at observed scores, so these candidates make the search exact.
+    Counts only change at observed scores, so these candidates make the search exact. Each
+    candidate lies halfway between two neighbouring scores rather than on one: the counts are
+    the same, and no calibration crop sits on a threshold where float rounding in another
+    runtime (ONNX, INT8) could flip its route.
     """
     ends = np.array([0.0, 1.0, _ABOVE_ONE], dtype=np.float32)
-    t = np.unique(np.concatenate([p, ends]))
+    t = _midpoints(np.unique(np.concatenate([p, ends])))
     pits_below = np.searchsorted(np.sort(p[y]), t, side="left")
     clean_below = np.searchsorted(np.sort(p[~y]), t, side="left")
     return t, pits_below.astype(np.int64), clean_below.astype(np.int64)

@@ -155,6 +155,25 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX): autocast then pays off.
+
+    Elsewhere bf16 is emulated and slower than fp32, so training stays in fp32.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def use_bf16(cfg: Config, device: torch.device) -> bool:
+    """bf16 autocast for the training step: on CUDA, and on CPUs with native bf16."""
+    if not cfg.train.amp:
+        return False
+    return device.type == "cuda" or cpu_has_native_bf16()
+
+
 # ---------------------------------------------------------------- optimisation
 
 
@@ -241,7 +260,7 @@ def train_one_epoch(
         net.backbone.eval()
         net.backbone.get_classifier().train()
     augment.train()
-    use_amp = device.type == "cuda" and cfg.train.amp
+    use_amp = use_bf16(cfg, device)
     seen = correct = 0
     loss_sum = 0.0
     start = time.perf_counter()
@@ -251,7 +270,7 @@ def train_one_epoch(
         y = labels[idx].to(device, non_blocking=True)
         with torch.no_grad():
             x = augment(net.select(x))  # channel selection and pooling first: fewer pixels to warp
-        if device.type == "cuda" and cfg.train.channels_last:
+        if cfg.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = net.backbone(net.normalize(x))
@@ -398,7 +417,7 @@ def train(
         for p in net.backbone.parameters():
             p.requires_grad_(id(p) in head)
     net.to(device)
-    if device.type == "cuda" and cfg.train.channels_last:
+    if cfg.train.channels_last:
         net.to(memory_format=torch.channels_last)
 
     images = train_part.images.to(device) if device.type == "cuda" else train_part.images
@@ -557,6 +576,7 @@ def train(
         "stop_reason": stop_reason,
         "train_seconds": history[-1]["elapsed_s"] if history else 0.0,
         "device": str(device),
+        "precision": "bf16 autocast" if use_bf16(cfg, device) else "fp32",
         "threads": torch.get_num_threads(),
     }
     write_json(run / "train_summary.json", summary)
