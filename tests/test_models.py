@@ -19,6 +19,16 @@ def test_tiny_model_is_registered_and_small():
     assert net(torch.rand(2, 2, 128, 128)).shape == (2, 3)
 
 
+def test_small_and_medium_models_are_registered():
+    sizes = {}
+    for name in ("pitguard_small", "pitguard_medium"):
+        net = build_backbone(name, 2, 2)
+        assert net(torch.rand(2, 2, 96, 96)).shape == (2, 2)
+        sizes[name] = sum(p.numel() for p in net.parameters())
+    assert 400_000 < sizes["pitguard_small"] < 700_000
+    assert 1_000_000 < sizes["pitguard_medium"] < 1_500_000
+
+
 def test_contract_selects_channels_and_downsamples():
     net = build_model("pitguard_tiny", 2, InputContract(channels=(0, 2), downsample=2)).eval()
     x = torch.rand(4, 3, 128, 128)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import kornia.augmentation as K
 import torch
@@ -40,7 +41,7 @@ def build_augment(cfg: AugmentConfig) -> nn.Module:
     """The training-time augmentation as one module; identity when disabled."""
     if not cfg.enabled:
         return nn.Identity()
-    ops: list[nn.Module] = []
+    ops: list[Any] = []  # kornia augmentations
     if cfg.hflip:
         ops.append(K.RandomHorizontalFlip(p=cfg.hflip))
     if cfg.vflip:

@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -594,7 +595,7 @@ def _denormal_subjects(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # the same random weights in every process
             module = _random_module(target, size)
-    subjects = {"as_is": module}
+    subjects: dict[str, torch.nn.Module] = {"as_is": module}
     if scaled:
         twin = copy.deepcopy(module)
         _scale_into_denormals(twin, scale)
@@ -676,7 +677,7 @@ def denormal_effect(
         zeroed = meta.get("denormals_zeroed")
         model_name = meta["model_name"]
     supported = torch.set_flush_denormal(True)
-    args = {
+    args: dict[str, Any] = {
         "target": target,
         "kind": kind,
         "size": size,

@@ -233,7 +233,7 @@ def cmd_twostage(args) -> int:
     )
     stage2 = str(Path(args.out) / "stage2")
     reference = args.compare or stage2
-    others = [stage2] if args.compare else []
+    others: list[str | Path] = [stage2] if args.compare else []
     table = routing_table(reference, others, args.ensemble)
     print(format_table(table))
     _write_json(table, str(Path(args.out) / "routing_table.json"))

@@ -29,7 +29,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "resnet50"  # any timm model name, or pitguard_tiny / pitguard_small
+    name: str = "resnet50"  # any timm model name, or pitguard_tiny / _small / _medium
     pretrained_path: str | None = None  # local timm/torchvision weights; never downloaded
     channels: tuple[int, ...] = (0, 1, 2)  # input channels fed to the network (G is 0 on the line)
     normalize: str = "none"  # "none" feeds [0,1] like production; "imagenet" or "data" statistics

@@ -7,7 +7,9 @@ import json
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -227,7 +229,7 @@ def export_run(
     try:
         state = {k: v.contiguous() for k, v in module.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
-        meta = {
+        meta: dict[str, Any] = {
             "schema_version": BUNDLE_SCHEMA,
             "model_name": run.model_name,
             "model_kwargs": run.model_kwargs,
@@ -271,7 +273,7 @@ def export_run(
                 )
             meta["files"]["onnx"] = "model.onnx"
             meta["onnx"] = {"opset": OPSET, "parity": stats}
-        variants = []
+        variants: list[tuple[str, str, float, Callable[..., None], tuple, dict]] = []
         if int8:
             method = {
                 "method": "onnxruntime static QDQ, per-channel, calibrated on the calib crops"

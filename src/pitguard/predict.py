@@ -101,14 +101,14 @@ class Predictor:
                         )
                     crops.append(np.asarray(item, dtype=np.uint8))
                 elif isinstance(item, str | Path):
-                    arr, problem = decode_bytes(
+                    decoded, problem = decode_bytes(
                         Path(item).read_bytes(), str(item), DecodeOptions(size=self.size)
                     )
-                    if arr is None:
+                    if decoded is None:
                         raise PitguardError(
                             f"{item}: {problem.reason if problem else 'unreadable'}"
                         )
-                    crops.append(arr)
+                    crops.append(decoded)
                 else:
                     raise PitguardError(
                         f"item {i}: expected a PIL image or a path, got {type(item).__name__}"

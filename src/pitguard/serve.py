@@ -334,7 +334,8 @@ class CropReader:
                 raise RequestError(413, self._too_many(f"over {self.max_crops}")) from None
             raise RequestError(400, f"malformed multipart body ({detail}); {self.how}") from None
         try:
-            uploads, others = [], []
+            uploads: list[tuple[str, bytes]] = []
+            others: list[str] = []
             for key, value in form.multi_items():
                 if isinstance(value, str):
                     continue

@@ -9,6 +9,7 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import timm.optim
@@ -122,7 +123,7 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state(shuffle: torch.Generator) -> dict:
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()  # the legacy tuple form
     return {
         "python": random.getstate(),
         "numpy": {
@@ -195,7 +196,9 @@ def make_optimizer(cfg: Config, net: PitguardNet):
             {"params": no_decay, "lr": lr, "weight_decay": 0.0},
         ]
     groups = [g for g in groups if g["params"]]
-    kwargs = {"momentum": cfg.train.momentum} if cfg.train.optimizer == "sgd" else {}
+    kwargs: dict[str, Any] = (
+        {"momentum": cfg.train.momentum} if cfg.train.optimizer == "sgd" else {}
+    )
     return timm.optim.create_optimizer_v2(
         groups, opt=cfg.train.optimizer, lr=cfg.train.lr, **kwargs
     )

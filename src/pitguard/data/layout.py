@@ -115,7 +115,8 @@ def _resolve_classes(found: dict[str, str | None], where: Path, mapping: dict[st
 
 
 def _list_images(folder: Path) -> tuple[list[Path], list[Path]]:
-    images, other = [], []
+    images: list[Path] = []
+    other: list[Path] = []
     for p in sorted(folder.iterdir()):
         if p.is_file():
             (images if p.suffix.lower() in IMAGE_SUFFIXES else other).append(p)

@@ -107,7 +107,7 @@ def _to_rgb(img: Image.Image) -> tuple[np.ndarray, str]:
 
 def _fit_size(arr: np.ndarray, size: int, rule: str) -> np.ndarray:
     if rule == "resize":
-        return np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR))
+        return np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR))
     out = np.zeros((size, size, 3), np.uint8)  # "pad": centre the crop on black background
     h, w = arr.shape[:2]
     sy, sx = max((h - size) // 2, 0), max((w - size) // 2, 0)
@@ -210,6 +210,7 @@ def load_crops(
     else:
         arrays, problems = [], []
         for name, blob in zip(names, blobs, strict=True):
+            prob: Problem | None
             if isinstance(blob, OSError):
                 arr, prob = None, Problem(name, "unreadable", f"cannot read: {blob}", "skipped")
             else:
