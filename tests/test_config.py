@@ -122,8 +122,20 @@ def test_train_cli_config_error_exits_2(capsys, tmp_path):
 
 
 def test_centre_crop_checked_against_the_crop_size():
-    assert load_config("cpu-fast", sets=["model.crop=96"]).model.crop == 96
+    assert load_config("cpu-fast", sets=["model.crop=80"]).model.crop == 80
     with pytest.raises(ConfigError, match=r"model.crop=-1: must be 0"):
         load_config(sets=["model.crop=-1"])
     with pytest.raises(ConfigError, match=r"model.crop=160 is larger than data.size=128"):
         load_config(sets=["model.crop=160"])
+    with pytest.raises(ConfigError, match=r"model.crop=1 is smaller than model.downsample=2"):
+        load_config(sets=["model.crop=1", "model.downsample=2"])
+
+
+def test_relations_are_checked_on_the_merged_settings(tmp_path):
+    # size from a file, crop from --set: valid together, though not against the defaults
+    big = tmp_path / "big.yaml"
+    big.write_text("data:\n  size: 192\n")
+    cfg = load_config(config_file=big, sets=["model.crop=160"])
+    assert (cfg.data.size, cfg.model.crop) == (192, 160)
+    with pytest.raises(ConfigError, match=r"merged settings: model.crop=200 is larger"):
+        load_config(config_file=big, sets=["model.crop=200"])

@@ -126,3 +126,23 @@ def test_predict_cli_lists_bad_files_and_classifies_the_rest(run, tmp_path, caps
     good = [r for r in rows.values() if not r[4]]
     assert len(good) == 6 and all(r[1] in ("clean", "maybe", "pit") for r in good)
     assert "failed 2" in capsys.readouterr().err
+
+
+def test_bundle_schema_versions(run, tmp_path):
+    bundle = tmp_path / "b"
+    export_run(run, bundle)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["schema_version"] == 2 and meta["input"]["crop"] == 96  # the cpu-fast recipe's
+    crops = np.zeros((2, 128, 128, 3), np.uint8)
+    expected = pitguard.load(bundle, backend="torch").predict(crops).routes
+    # a schema-1 bundle (no crop field) still loads
+    old = {**meta, "schema_version": 1, "input": {**meta["input"], "crop": 0}}
+    old["input"].pop("crop")
+    (bundle / "bundle.json").write_text(json.dumps(old))
+    assert len(pitguard.load(bundle, backend="torch").predict(crops).routes) == 2
+    # a newer schema is refused with the versions this pitguard reads
+    (bundle / "bundle.json").write_text(json.dumps({**meta, "schema_version": 99}))
+    with pytest.raises(PitguardError, match=r"bundle schema 99, this pitguard reads 1, 2"):
+        pitguard.load(bundle, backend="torch")
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    assert pitguard.load(bundle, backend="torch").predict(crops).routes == expected

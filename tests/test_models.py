@@ -91,3 +91,5 @@ def test_contract_centre_crop_then_pool():
     centre = x[:, [0, 2], 16:112, 16:112]
     assert torch.allclose(pre, torch.nn.functional.avg_pool2d(centre, 2))
     assert InputContract.from_dict(contract.to_dict()) == contract
+    with pytest.raises(PitguardError, match=r"unknown field\(s\) tile: written by a newer"):
+        InputContract.from_dict({**contract.to_dict(), "tile": 4})

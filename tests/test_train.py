@@ -104,14 +104,30 @@ def test_bf16_autocast_only_where_the_device_computes_it(monkeypatch):
 
 
 def test_summary_records_the_step_precision(synth_dir, tmp_path, monkeypatch):
+    autocast_seen = []  # whether autocast was on at each training forward of the backbone
+    build = train_module.build_model
+
+    def recording_build(*args, **kwargs):
+        net = build(*args, **kwargs)
+        net.backbone.register_forward_pre_hook(
+            lambda module, _: (
+                autocast_seen.append(torch.is_autocast_enabled("cpu")) if module.training else None
+            )
+        )
+        return net
+
+    monkeypatch.setattr(train_module, "build_model", recording_build)
     monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
     summary = train(tiny_config(synth_dir, "train.epochs=1"), tmp_path / "fp32")
     assert summary["precision"] == "fp32"
+    assert autocast_seen and not any(autocast_seen)
+    autocast_seen.clear()
     monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
-    summary = train(tiny_config(synth_dir, "train.epochs=1", "model.crop=96"), tmp_path / "bf16")
+    summary = train(tiny_config(synth_dir, "train.epochs=1", "model.crop=80"), tmp_path / "bf16")
     assert summary["precision"] == "bf16 autocast"
+    assert autocast_seen and all(autocast_seen)
     run = load_run(tmp_path / "bf16")
-    assert run.net.contract.crop == 96 and run.net.contract.side == 96
+    assert run.net.contract.crop == 80 and run.net.contract.side == 80
     assert json.loads((tmp_path / "bf16" / "train_summary.json").read_text())["precision"] == (
         "bf16 autocast"
     )

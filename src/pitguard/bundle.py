@@ -20,7 +20,8 @@ from pitguard.errors import PitguardError
 from pitguard.models import InputContract, PitguardNet, build_model
 from pitguard.policy import DecisionPolicy
 
-BUNDLE_SCHEMA = 1
+BUNDLE_SCHEMA = 2  # 2: the input contract may hold a centre crop
+READABLE_BUNDLE_SCHEMAS = (1, 2)
 ROUTES = ("clean", "maybe", "pit")
 # Below the smallest normal float32 (1.18e-38): such weights only cost CPU time as denormals.
 DENORMAL_LIMIT = 1e-30
@@ -45,9 +46,11 @@ def read_bundle_json(bundle: str | Path) -> dict:
     if not path.is_file():
         raise PitguardError(f"{bundle}: no bundle.json; give a folder written by pitguard export")
     meta = json.loads(path.read_text())
-    if meta.get("schema_version") != BUNDLE_SCHEMA:
+    if meta.get("schema_version") not in READABLE_BUNDLE_SCHEMAS:
+        readable = ", ".join(str(v) for v in READABLE_BUNDLE_SCHEMAS)
         raise PitguardError(
-            f"{path}: bundle schema {meta.get('schema_version')}, this pitguard reads {BUNDLE_SCHEMA}"
+            f"{path}: bundle schema {meta.get('schema_version')}, this pitguard reads {readable}; "
+            "use the pitguard version that wrote it"
         )
     return meta
 

@@ -221,8 +221,30 @@ def _check_value(key: str, value: Any) -> str | None:
     return None
 
 
-def build_config(overrides: dict[str, Any], source: str = "overrides") -> Config:
-    """Apply flat ``section.key: value`` overrides to the defaults; report every problem at once."""
+def _check_relations(cfg: Config, source: str) -> list[str]:
+    """Problems between fields (checked on the merged config, not per source)."""
+    problems = []
+    crop, size, pool = cfg.model.crop, cfg.data.size, cfg.model.downsample
+    if crop > size:
+        problems.append(
+            f"{source}: model.crop={crop} is larger than data.size={size}; use a centre square "
+            "no larger than the crop, or 0"
+        )
+    elif crop and crop < pool:
+        problems.append(
+            f"{source}: model.crop={crop} is smaller than model.downsample={pool}; "
+            "use a larger crop or less pooling"
+        )
+    return problems
+
+
+def build_config(
+    overrides: dict[str, Any], source: str = "overrides", relations: bool = True
+) -> Config:
+    """Apply flat ``section.key: value`` overrides to the defaults; report every problem at once.
+
+    ``relations`` also checks the fields against each other (off for one source of several).
+    """
     sections = _sections()
     values: dict[str, dict[str, Any]] = {name: {} for name in sections}
     problems: list[str] = []
@@ -247,14 +269,11 @@ def build_config(overrides: dict[str, Any], source: str = "overrides") -> Config
     if problems:
         raise ConfigError(problems)
     built = {name: cls(**values[name]) for name, cls in sections.items()}
-    if built["model"].crop > built["data"].size:
-        raise ConfigError(
-            [
-                f"{source}: model.crop={built['model'].crop} is larger than data.size="
-                f"{built['data'].size}; use a centre square no larger than the crop, or 0"
-            ]
-        )
-    return Config(**built, recipe=recipe)
+    cfg = Config(**built, recipe=recipe)
+    related = _check_relations(cfg, source) if relations else []
+    if related:
+        raise ConfigError(related)
+    return cfg
 
 
 def flatten(nested: dict, prefix: str = "") -> dict[str, Any]:
@@ -339,7 +358,7 @@ def load_config(
     problems: list[str] = []
     for source, values in sources:
         try:
-            build_config(dict(values), source)
+            build_config(dict(values), source, relations=False)
         except ConfigError as exc:
             problems += exc.problems
         overrides.update(values)
@@ -347,7 +366,7 @@ def load_config(
         raise ConfigError(problems)
     if recipe:
         overrides["recipe"] = recipe
-    return build_config(overrides)
+    return build_config(overrides, "the merged settings")
 
 
 def config_from_dict(nested: dict) -> Config:

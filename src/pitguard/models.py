@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -39,6 +39,12 @@ class InputContract:
 
     @classmethod
     def from_dict(cls, d: dict) -> InputContract:
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise PitguardError(
+                f"input contract has unknown field(s) {', '.join(unknown)}: written by a newer "
+                "pitguard; use that version to read it"
+            )
         return cls(
             size=int(d["size"]),
             channels=tuple(d["channels"]),

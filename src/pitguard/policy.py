@@ -187,8 +187,8 @@ def _candidates(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
 
     Counts only change at observed scores, so these candidates make the search exact. Each
     candidate lies halfway between two neighbouring scores rather than on one: the counts are
-    the same, and no calibration crop sits on a threshold where float rounding in another
-    runtime (ONNX, INT8) could flip its route.
+    the same, and each calibration crop keeps half the gap to its neighbour as a margin against
+    float rounding in another runtime (ONNX), instead of sitting on the threshold.
     """
     ends = np.array([0.0, 1.0, _ABOVE_ONE], dtype=np.float32)
     t = _midpoints(np.unique(np.concatenate([p, ends])))
