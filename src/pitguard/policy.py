@@ -179,7 +179,7 @@ def _midpoints(u: np.ndarray) -> np.ndarray:
     lo, hi = u[:-1].astype(np.float64), u[1:].astype(np.float64)
     mid = ((lo + hi) / 2).astype(np.float32)
     mid = np.where(mid > u[:-1], mid, u[1:])
-    return np.concatenate([u[:1], mid]).astype(np.float32)
+    return np.concatenate([u[:1], mid])
 
 
 def _candidates(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import os
@@ -156,10 +157,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX): autocast then pays off.
 
-    Elsewhere bf16 is emulated and slower than fp32, so training stays in fp32.
+    Elsewhere bf16 is emulated and slower than fp32, so training stays in fp32. Read once per
+    process: every epoch asks.
     """
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
