@@ -116,13 +116,19 @@ def main() -> int:
         default="0,1,2",
         help="DataLoader worker counts tried for the baseline; the fastest counts (default 0,1,2)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="recipe overrides, e.g. train.channels_last=false",
+    )
     parser.add_argument("--json", default="runs/bench_train_throughput.json")
     args = parser.parse_args()
     data = Path(args.data)
     if not data.is_dir():
         print(f"no data at {data}", file=sys.stderr)
         return 2
-    cfg = load_config(args.recipe)
+    cfg = load_config(args.recipe, sets=args.set)
     cfg = replace(cfg, augment=replace(cfg.augment, motion_blur_p=0.0))
     torch.set_flush_denormal(True)
     torch.manual_seed(0)
@@ -190,6 +196,7 @@ def main() -> int:
 
     record = {
         "recipe": args.recipe,
+        "overrides": args.set,
         "model": cfg.model.name,
         "input": contract.to_dict(),
         "batch_size": bs,

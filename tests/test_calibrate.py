@@ -63,6 +63,17 @@ def test_calibration_never_uses_train_val_or_test(calibrated_run):
             calibrate_run(calibrated_run, part=part)
 
 
+def test_refuses_a_run_whose_split_has_no_calib_part(tmp_path):
+    """A run trained on train/val/test (calib joined training) has nothing held out to calibrate on."""
+    run = train_tiny(tmp_path, sets=["data.fractions=train=0.7,val=0.15,test=0.15"])
+    assert "calib" not in json.loads((run / "data.json").read_text())["counts"]
+    with pytest.raises(
+        PitguardError, match=r"its split has no calib part \(parts: test, train, val\)"
+    ):
+        calibrate_run(run)
+    assert load_policy(run) is None
+
+
 def test_threshold_sweep_counts_and_best_f1_under_the_recall_floor():
     from pitguard.calibrate import threshold_sweep
 

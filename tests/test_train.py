@@ -88,6 +88,9 @@ def test_run_folder_contents_and_split_never_trains_on_test(synth_dir, tmp_path)
     assert meta["selected_on"]["part"] == "val"
     counts = json.loads((run / "data.json").read_text())["counts"]
     assert set(counts) == {"train", "val", "calib", "test"}
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["n_train"] == sum(counts["train"].values())
+    assert summary["n_val"] == sum(counts["val"].values())
     grid = Image.open(run / "augment_grid.png")
     assert grid.size[0] > 500
 

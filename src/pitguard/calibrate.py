@@ -46,6 +46,13 @@ def calibrate_run(
     run = load_run(run_dir)
     if data is None:
         part = part or "calib"
+        parts = run.meta.get("data", {}).get("counts", {})
+        if parts and part not in parts:
+            raise PitguardError(
+                f"{run.run}: its split has no {part} part (parts: {', '.join(sorted(parts))}); "
+                "calibration needs crops kept out of training and selection: pass --data with "
+                "held-out crops, or train on pitguard's default split, which keeps a calib part"
+            )
     if part in FORBIDDEN_PARTS:
         raise PitguardError(
             f"--split {part}: calibration never uses the train, val or test parts; use calib (the default)"

@@ -575,6 +575,8 @@ def train(
         "run": str(run),
         "recipe": cfg.recipe,
         "model": cfg.model.name,
+        "n_train": len(train_part),
+        "n_val": len(val_part),
         "epochs_run": len(history),
         "best_epoch": best_epoch,
         "selected_on": cfg.train.select_metric,
