@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from pitguard.calibrate import calibrate_run, load_policy
+from pitguard.calibrate import calibrate_run, load_policy, sweep_run
 from pitguard.cli import main
 from pitguard.errors import PitguardError
 from pitguard.evaluate import evaluate_run
@@ -72,6 +72,9 @@ def test_refuses_a_run_whose_split_has_no_calib_part(tmp_path):
     ):
         calibrate_run(run)
     assert load_policy(run) is None
+    with pytest.raises(PitguardError, match=r"its split has no calib part"):
+        sweep_run(run)
+    assert not (run / "thresholds").exists()
 
 
 def test_threshold_sweep_counts_and_best_f1_under_the_recall_floor():

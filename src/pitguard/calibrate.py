@@ -21,7 +21,7 @@ from pitguard.policy import (
     operating_curve,
     plot_operating_curve,
 )
-from pitguard.runs import load_run, write_json
+from pitguard.runs import RunModel, load_run, write_json
 
 FORBIDDEN_PARTS = ("train", "val", "test")
 
@@ -32,6 +32,17 @@ def load_policy(run_dir: str | Path) -> DecisionPolicy | None:
     if not path.is_file():
         return None
     return DecisionPolicy.from_dict(json.loads(path.read_text())["policy"])
+
+
+def _require_part(run: RunModel, part: str) -> None:
+    """Refuse early, and say why, when the run's own split lacks the part to calibrate on."""
+    parts = run.meta.get("data", {}).get("counts", {})
+    if parts and part not in parts:
+        raise PitguardError(
+            f"{run.run}: its split has no {part} part (parts: {', '.join(sorted(parts))}); "
+            "calibration needs crops kept out of training and selection: pass --data with "
+            "held-out crops, or train on pitguard's default split, which keeps a calib part"
+        )
 
 
 def calibrate_run(
@@ -46,13 +57,7 @@ def calibrate_run(
     run = load_run(run_dir)
     if data is None:
         part = part or "calib"
-        parts = run.meta.get("data", {}).get("counts", {})
-        if parts and part not in parts:
-            raise PitguardError(
-                f"{run.run}: its split has no {part} part (parts: {', '.join(sorted(parts))}); "
-                "calibration needs crops kept out of training and selection: pass --data with "
-                "held-out crops, or train on pitguard's default split, which keeps a calib part"
-            )
+        _require_part(run, part)
     if part in FORBIDDEN_PARTS:
         raise PitguardError(
             f"--split {part}: calibration never uses the train, val or test parts; use calib (the default)"
@@ -185,6 +190,7 @@ def sweep_run(
     run = load_run(run_dir)
     if data is None:
         part = part or "calib"
+        _require_part(run, part)
     ev = load_eval_data(run, data, part)
     logits = run_logits(run, ev.crops)
     policy = load_policy(run.run) or DecisionPolicy(pit_index=run.pit_index)
