@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format typecheck clean-venv
+.PHONY: demo test bench lint format clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ test: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+# The training benchmarks on the shared crops (about 12 minutes on 2 cores); JSON under runs/.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/train_accuracy.py --out runs/bench-cpu-fast-$$(date +%Y%m%d-%H%M%S)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
