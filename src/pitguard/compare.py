@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import torch
 
 from pitguard import metrics
 from pitguard.calibrate import load_policy
+from pitguard.data.layout import find_dataset
 from pitguard.errors import PitguardError
 from pitguard.evaluate import load_eval_data, run_logits
 from pitguard.runs import load_run
@@ -20,11 +20,7 @@ def split_parts(run_dir: Path) -> frozenset | None:
     manifest = Path(run_dir) / "split.csv"
     if not manifest.is_file():
         return None
-    with manifest.open(newline="") as fh:
-        return frozenset(
-            (str((manifest.parent / row["path"]).resolve()), row["split"])
-            for row in csv.DictReader(fh)
-        )
+    return frozenset((str(it.path), it.split) for it in find_dataset(manifest).items)
 
 
 def same_split(run_dirs) -> bool:
