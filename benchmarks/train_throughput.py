@@ -39,7 +39,8 @@ from pitguard.config import load_config
 from pitguard.data.layout import find_dataset
 from pitguard.data.load import load_crops
 from pitguard.models import build_model, make_contract
-from pitguard.train import make_optimizer, make_scheduler, train_one_epoch, use_bf16
+from pitguard.optim import make_optimizer, make_scheduler
+from pitguard.train import Stepper, train_one_epoch, use_bf16
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data/cherry_classification/train"
 
@@ -156,21 +157,17 @@ def main() -> int:
         sched = make_scheduler(cfg, opt, max(1, n_images // bs))
         order = torch.randperm(len(crops))
         batches = [order[i : i + bs] for i in range(0, n_images - bs + 1, bs)]
-        _, stats = train_one_epoch(
+        stepper = Stepper(
             net,
             ema,
-            batches,
-            crops.images,
-            crops.labels,
             build_augment(cfg.augment),
             nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing),
             opt,
             sched,
-            0,
             cfg,
             device,
-            "pitguard",
         )
+        _, stats = train_one_epoch(stepper, batches, crops.images, crops.labels, 0, "pitguard")
         return stats["images_per_s"]
 
     pitguard_rate(8 * bs)  # warm up (oneDNN builds its kernels on the first steps)

@@ -1,8 +1,10 @@
-"""Shared fixtures: synthetic crops made once per test session, never committed."""
+"""Shared fixtures, made once per test session and never committed: synthetic crops, one trained
+run, its calibrated copy and its bundle. Tests that change a run or a bundle copy it first."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +17,39 @@ SHARED_TRAIN = (
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _one_thread_per_worker():
+    # Under pytest-xdist each worker is a process of its own: one torch thread each keeps the
+    # workers from competing for the same cores.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def _session_root(tmp_path_factory) -> Path:
+    """A folder shared by every pytest-xdist worker of this run (the run's own base otherwise)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def shared_once(tmp_path_factory, name: str, make) -> Path:
+    """``make(path)`` once per test run, even across xdist workers; every caller gets ``path``."""
+    from filelock import FileLock
+
+    root = _session_root(tmp_path_factory)
+    path = root / name
+    with FileLock(str(root / f"{name}.lock")):
+        if not (root / f"{name}.done").exists():
+            make(path)
+            (root / f"{name}.done").touch()
+    return path
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
-    # Tests never read or fill the user's crop cache.
-    os.environ["PITGUARD_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    # Tests never read or fill the user's crop cache; the workers of one run share theirs
+    # (entries are written whole, then renamed into place).
+    os.environ["PITGUARD_CACHE"] = str(_session_root(tmp_path_factory) / "crop-cache")
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +101,46 @@ def train_tiny(root: Path, name: str = "run", count: int = 240, seed: int = 0, s
     cfg = load_config("cpu-fast", sets=[*base, *sets], extra={"data.path": str(crops)})
     train(cfg, root / name)
     return root / name
+
+
+# The one trained model of the suite: 600 crops so the calib part holds enough pits for a 5%
+# bound; EMA off, since over a few epochs the averaged weights stay near the untrained start.
+SESSION_RUN_SETS = ("train.epochs=6", "train.ema_decay=0", "model.normalize=data")
+SESSION_MAX_PIT_MISS, SESSION_CONFIDENCE = 0.05, 0.9
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """pitguard_tiny trained on 600 synthetic crops (ROOT/crops); uncalibrated. Do not modify."""
+    return train_tiny(tmp_path_factory.mktemp("session"), count=600, seed=5, sets=SESSION_RUN_SETS)
+
+
+@pytest.fixture(scope="session")
+def calibrated_run(trained_run, tmp_path_factory) -> Path:
+    """A copy of ``trained_run`` with a calibrated decision (5% bound at 90%). Do not modify."""
+    from pitguard.calibrate import calibrate_run
+
+    run = copy_run(trained_run, tmp_path_factory.mktemp("calibrated") / "run")
+    calibrate_run(run, max_pit_miss=SESSION_MAX_PIT_MISS, confidence=SESSION_CONFIDENCE)
+    return run
+
+
+@pytest.fixture(scope="session")
+def bundle(calibrated_run, tmp_path_factory) -> Path:
+    """``calibrated_run`` exported with ONNX and INT8 graphs. Do not modify."""
+    from pitguard.deploy.export import export_run
+
+    out = tmp_path_factory.mktemp("bundle") / "bundle"
+    export_run(calibrated_run, out, onnx=True, int8=True)
+    return out
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    """A run folder copied for a test that changes it; its split still points at the same crops."""
+    shutil.copytree(run, dest)
+    manifest = dest / "split.csv"
+    if manifest.is_file():  # paths in split.csv are relative to the run: rewrite them
+        from pitguard.data.manifest import read_manifest, write_manifest
+
+        write_manifest(manifest, read_manifest(run / "split.csv"))
+    return dest

@@ -1,45 +1,46 @@
+"""Tests for pitguard.calibrate: temperature, the calibrate and thresholds verbs."""
+
 import json
 
 import numpy as np
 import pytest
+from scipy import special
 
-from pitguard.calibrate import calibrate_run, load_policy, sweep_run
+from pitguard.calibrate import calibrate_run, fit_temperature, sweep_run
 from pitguard.cli import main
 from pitguard.errors import PitguardError
 from pitguard.evaluate import evaluate_run
-from tests.conftest import train_tiny
+from pitguard.runfolder import load_policy
+from tests.conftest import copy_run, train_tiny
 
 
 @pytest.fixture(scope="module")
-def calibrated_run(tmp_path_factory):
-    """A tiny model on 1,400 synthetic crops: the calib part holds about 140 pits."""
-    return train_tiny(tmp_path_factory.mktemp("cal"), count=1400, seed=3, sets=["train.epochs=2"])
+def run_copy(trained_run, tmp_path_factory):
+    """An uncalibrated copy of the session run (600 crops: its calib part holds about 60 pits)."""
+    return copy_run(trained_run, tmp_path_factory.mktemp("cal") / "run")
 
 
-def test_refuses_when_calib_has_too_few_pits(calibrated_run):
+def test_refuses_when_calib_has_too_few_pits(run_copy):
     with pytest.raises(
         PitguardError, match=r"needs at least 299 pits with zero misses for a 1% pit-miss bound"
     ):
-        calibrate_run(calibrated_run, max_pit_miss=0.01, confidence=0.95)
-    assert load_policy(calibrated_run) is None
+        calibrate_run(run_copy, max_pit_miss=0.01, confidence=0.95)
+    assert load_policy(run_copy) is None
 
 
-def test_calibrate_then_eval_reports_policy(calibrated_run, capsys):
-    assert (
-        main(["calibrate", str(calibrated_run), "--max-pit-miss", "0.05", "--confidence", "0.9"])
-        == 0
-    )
+def test_calibrate_then_eval_reports_policy(run_copy, capsys):
+    assert main(["calibrate", str(run_copy), "--max-pit-miss", "0.05", "--confidence", "0.9"]) == 0
     assert "ECE" in capsys.readouterr().out
-    record = json.loads((calibrated_run / "policy.json").read_text())
+    record = json.loads((run_copy / "policy.json").read_text())
     th = record["thresholds"]
     assert th["pit_miss_bound"] <= 0.05 and th["t_low"] <= th["t_high"]
     assert record["calibration_data"]["data"].endswith("[calib]")
-    assert (calibrated_run / "calibration" / "operating_curve.png").is_file()
-    assert (calibrated_run / "calibration" / "reliability.png").is_file()
-    policy = load_policy(calibrated_run)
+    assert (run_copy / "calibration" / "operating_curve.png").is_file()
+    assert (run_copy / "calibration" / "reliability.png").is_file()
+    policy = load_policy(run_copy)
     assert float(policy.t_low) == pytest.approx(th["t_low"])
 
-    result = evaluate_run(calibrated_run, policy=policy, n_boot=100)
+    result = evaluate_run(run_copy, policy=policy, n_boot=100)
     pol = result["policy"]
     for key in (
         "pit_miss_rate",
@@ -55,12 +56,12 @@ def test_calibrate_then_eval_reports_policy(calibrated_run, capsys):
     assert pol["pits_routed_clean"] == round(pol["pit_miss_rate"] * pol["n_pits"])
 
 
-def test_calibration_never_uses_train_val_or_test(calibrated_run):
+def test_calibration_never_uses_train_val_or_test(run_copy):
     for part in ("train", "val", "test"):
         with pytest.raises(
             PitguardError, match=rf"--split {part}: calibration never uses the train, val or test"
         ):
-            calibrate_run(calibrated_run, part=part)
+            calibrate_run(run_copy, part=part)
 
 
 def test_refuses_a_run_whose_split_has_no_calib_part(tmp_path):
@@ -90,10 +91,24 @@ def test_threshold_sweep_counts_and_best_f1_under_the_recall_floor():
     assert sweep["best"]["threshold"] == 0.0 and sweep["best"]["recall"] == 1.0
 
 
-def test_thresholds_cli_writes_table_and_json(calibrated_run, capsys):
-    assert main(["thresholds", str(calibrated_run), "--min-recall", "0.9"]) == 0
+def test_thresholds_cli_writes_table_and_json(run_copy, capsys):
+    assert main(["thresholds", str(run_copy), "--min-recall", "0.9"]) == 0
     out = capsys.readouterr().out
     assert "best F1 with recall >= 0.9" in out or "no threshold reaches recall 0.9" in out
-    sweep = json.loads((calibrated_run / "thresholds" / "sweep.json").read_text())
+    sweep = json.loads((run_copy / "thresholds" / "sweep.json").read_text())
     assert len(sweep["rows"]) == 101 and sweep["data"].endswith("[calib]")
-    assert (calibrated_run / "thresholds" / "sweep.png").is_file()
+    assert (run_copy / "thresholds" / "sweep.png").is_file()
+
+
+def test_fit_temperature_recovers_known_temperature():
+    rng = np.random.default_rng(7)
+    z = rng.normal(scale=2.0, size=(20000, 3))
+    probs = special.softmax(z, axis=1)
+    labels = (rng.random((z.shape[0], 1)) > probs.cumsum(axis=1)).sum(axis=1)
+    t = fit_temperature(z * 3.0, labels)
+    assert t == pytest.approx(3.0, rel=0.05)
+
+
+def test_fit_temperature_rejects_bad_labels():
+    with pytest.raises(PitguardError):
+        fit_temperature(np.zeros((4, 2)), np.array([0, 1, 2, 0]))

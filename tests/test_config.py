@@ -3,8 +3,9 @@ import json
 import pytest
 
 from pitguard.cli import main
-from pitguard.config import build_config, config_from_dict, load_config, parse_set, recipe_names
+from pitguard.config import build_config, config_from_dict, load_config, parse_set
 from pitguard.errors import ConfigError, PitguardError
+from pitguard.recipes import recipe_names
 
 ALL_RECIPES = {
     "resnet50-head-only",
@@ -55,13 +56,31 @@ def test_all_problems_reported_at_once_with_closest_key():
     ]
 
 
-def test_yaml_file_errors_name_the_file(tmp_path):
+def test_yaml_file_errors_name_the_file_and_line(tmp_path):
     bad = tmp_path / "c.yaml"
-    bad.write_text("train:\n  optimiser: sgd\n")
-    with pytest.raises(
-        ConfigError, match=r"c.yaml: unknown key 'train.optimiser'; did you mean train.optimizer\?"
-    ):
+    bad.write_text("train:\n  lr: 0.1\n  optimiser: sgd\nmodel:\n  normalize: foo\n")
+    with pytest.raises(ConfigError) as err:
         load_config(config_file=bad)
+    assert err.value.problems == [
+        f"{bad}:3: unknown key 'train.optimiser'; did you mean train.optimizer?",
+        f"{bad}:5: model.normalize='foo': choose one of none, imagenet, data",
+    ]
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train:\n  lr: [1, 2\n")
+    with pytest.raises(PitguardError, match=r"broken.yaml:\d+: not valid YAML"):
+        load_config(config_file=broken)
+
+
+def test_choices_and_ranges_sit_on_the_fields():
+    from typing import get_args
+
+    from pitguard.config import DataConfig, TrainConfig, field_types
+    from pitguard.data.load import MODE_RULES
+
+    assert get_args(field_types(TrainConfig)["optimizer"]) == ("adamw", "adam", "sgd")
+    assert get_args(field_types(DataConfig)["modes"]) == MODE_RULES  # one list, read by the decoder
+    with pytest.raises(ConfigError, match=r"train.batch_size=0: must be > 0"):
+        load_config(sets=["train.batch_size=0"])
 
 
 def test_malformed_set():
@@ -123,7 +142,7 @@ def test_train_cli_config_error_exits_2(capsys, tmp_path):
 
 def test_centre_crop_checked_against_the_crop_size():
     assert load_config("cpu-fast", sets=["model.crop=80"]).model.crop == 80
-    with pytest.raises(ConfigError, match=r"model.crop=-1: must be 0"):
+    with pytest.raises(ConfigError, match=r"model.crop=-1: must be >= 0"):
         load_config(sets=["model.crop=-1"])
     with pytest.raises(ConfigError, match=r"model.crop=160 is larger than data.size=128"):
         load_config(sets=["model.crop=160"])

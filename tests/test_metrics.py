@@ -1,126 +1,17 @@
-"""Tests for pitguard.metrics: exact intervals, bootstrap, calibration, report, paired tests."""
+"""Tests for pitguard.metrics."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import warnings
 
 import numpy as np
 import pytest
-from scipy import stats
 from sklearn import metrics as skm
 
 from pitguard import metrics as M
-
-# --------------------------------------------------------------------------- exact intervals
-
-
-def test_clopper_pearson_known_values():
-    lo, hi = M.clopper_pearson(0, 10)
-    assert lo == 0.0
-    assert hi == pytest.approx(1 - 0.025 ** (1 / 10), rel=1e-9)
-    lo, hi = M.clopper_pearson(10, 10)
-    assert hi == 1.0
-    assert lo == pytest.approx(0.025 ** (1 / 10), rel=1e-9)
-    lo, hi = M.clopper_pearson(3, 20)
-    assert lo == pytest.approx(stats.beta.ppf(0.025, 3, 18), rel=1e-9)
-    assert hi == pytest.approx(stats.beta.ppf(0.975, 4, 17), rel=1e-9)
-    assert M.clopper_pearson(0, 0) == (0.0, 1.0)
-
-
-def test_cp_upper_known_values():
-    assert M.cp_upper(0, 299, 0.95) == pytest.approx(0.00997, abs=5e-5)
-    assert M.cp_upper(0, 299, 0.95) == pytest.approx(1 - 0.05 ** (1 / 299), rel=1e-9)
-    assert M.cp_upper(0, 10) == pytest.approx(1 - 0.05 ** (1 / 10), rel=1e-9)
-    # Definition: the largest p with P(Bin(n, p) <= k) >= 1 - confidence.
-    for k, n in [(0, 50), (3, 40), (17, 200)]:
-        u = M.cp_upper(k, n)
-        assert stats.binom.cdf(k, n, u) == pytest.approx(0.05, rel=1e-6)
-        assert stats.binom.cdf(k, n, u * 1.001) < 0.05
-    assert M.cp_upper(0, 0) == 1.0
-    assert M.cp_upper(5, 5) == 1.0
-
-
-def test_intervals_monotone():
-    uppers = [M.cp_upper(k, 100) for k in range(101)]
-    assert all(a < b for a, b in itertools.pairwise(uppers))
-    assert all(M.cp_upper(2, n) > M.cp_upper(2, n + 10) for n in range(10, 200, 10))
-    cps = [M.clopper_pearson(k, 50) for k in range(51)]
-    assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in itertools.pairwise(cps))
-    assert all(lo <= k / 50 <= hi for k, (lo, hi) in enumerate(cps))
-    # More confidence, wider interval; one-sided upper bound tighter than the two-sided one.
-    lo90, hi90 = M.clopper_pearson(7, 60, 0.90)
-    lo99, hi99 = M.clopper_pearson(7, 60, 0.99)
-    assert lo99 < lo90 and hi99 > hi90
-    assert M.cp_upper(7, 60) < M.clopper_pearson(7, 60)[1]
-
-
-def test_invalid_counts_raise():
-    with pytest.raises(ValueError):
-        M.clopper_pearson(5, 3)
-    with pytest.raises(ValueError):
-        M.cp_upper(-1, 3)
-
-
-def test_cp_upper_coverage_by_simulation():
-    p, n, draws = 0.05, 200, 2000
-    k = np.random.default_rng(123).binomial(n, p, size=draws)
-    upper = {int(v): M.cp_upper(int(v), n) for v in np.unique(k)}
-    covered = np.mean([upper[int(v)] >= p for v in k])
-    assert covered >= 0.95
-
-
-# --------------------------------------------------------------------------- bootstrap
-
-
-def test_bootstrap_ci_contains_mean_and_is_deterministic():
-    x = np.random.default_rng(7).normal(3.0, 1.0, size=500)
-    lo, hi = M.bootstrap_ci(np.mean, (x,), n_boot=1000, seed=1)
-    assert lo < x.mean() < hi
-    assert hi - lo == pytest.approx(2 * 1.96 / math.sqrt(500), rel=0.2)
-    assert M.bootstrap_ci(np.mean, (x,), n_boot=1000, seed=1) == (lo, hi)
-    assert M.bootstrap_ci(np.mean, (x,), n_boot=1000, seed=2) != (lo, hi)
-
-
-def test_bootstrap_ci_covers_true_mean():
-    rng = np.random.default_rng(8)
-    covered = []
-    for seed in range(200):
-        x = rng.exponential(2.0, size=150)
-        lo, hi = M.bootstrap_ci(
-            lambda v: v.mean(axis=1), (x,), n_boot=400, seed=seed, vectorized=True
-        )
-        covered.append(lo < 2.0 < hi)
-    assert 0.88 <= np.mean(covered) <= 0.99
-
-
-def test_bootstrap_ci_vectorized_matches_loop_and_resamples_jointly():
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=200)
-    b = a + rng.normal(scale=0.1, size=200)
-    loop = M.bootstrap_ci(lambda u, v: np.mean(u - v), (a, b), n_boot=300, seed=5)
-    vec = M.bootstrap_ci(
-        lambda u, v: (u - v).mean(axis=1), (a, b), n_boot=300, seed=5, vectorized=True
-    )
-    assert loop == pytest.approx(vec, rel=1e-12)
-    # Rows are resampled jointly: the paired difference stays narrow although a itself varies a lot.
-    assert vec[1] - vec[0] < 0.05
-
-
-def test_bootstrap_ci_drops_nan_resamples():
-    y = np.array([0] * 48 + [1] * 2)
-
-    def share_of_ones_given_any(v):
-        return v.mean() if v.any() else float("nan")
-
-    lo, hi = M.bootstrap_ci(share_of_ones_given_any, (y,), n_boot=500, seed=0)
-    assert np.isfinite(lo) and np.isfinite(hi) and 0 < lo <= hi
-    assert all(math.isnan(v) for v in M.bootstrap_ci(lambda v: float("nan"), (y,), n_boot=20))
-
-
-# --------------------------------------------------------------------------- calibration
+from pitguard import stats as S
 
 
 def _dirichlet_probs(rng, n, c, concentration=1.0):
@@ -130,6 +21,21 @@ def _dirichlet_probs(rng, n, c, concentration=1.0):
 def _sample_labels(rng, probs):
     u = rng.random(len(probs))[:, None]
     return (u > probs.cumsum(axis=1)).sum(axis=1)
+
+
+CLASSES = ["clean", "maybe", "pit"]
+
+
+HAND_LABELS = np.array([0, 0, 0, 1, 2, 2, 2, 2])
+
+
+HAND_PREDS = np.array([0, 0, 2, 1, 2, 2, 0, 1])
+
+
+def _hand_probs():
+    probs = np.full((len(HAND_PREDS), 3), 0.1)
+    probs[np.arange(len(HAND_PREDS)), HAND_PREDS] = 0.8
+    return probs
 
 
 def test_ece_near_zero_when_calibrated_and_large_when_overconfident():
@@ -167,19 +73,6 @@ def test_ece_bin_edges_are_right_closed():
     assert bins["count"] == [0, 0, 2, 0, 0]
 
 
-# --------------------------------------------------------------------------- report
-
-CLASSES = ["clean", "maybe", "pit"]
-HAND_LABELS = np.array([0, 0, 0, 1, 2, 2, 2, 2])
-HAND_PREDS = np.array([0, 0, 2, 1, 2, 2, 0, 1])
-
-
-def _hand_probs():
-    probs = np.full((len(HAND_PREDS), 3), 0.1)
-    probs[np.arange(len(HAND_PREDS)), HAND_PREDS] = 0.8
-    return probs
-
-
 def test_classification_report_hand_example():
     rep = M.classification_report(HAND_LABELS, _hand_probs(), CLASSES, n_boot=200, seed=0)
     assert rep["n"] == 8
@@ -197,13 +90,13 @@ def test_classification_report_hand_example():
         assert pc["recall"] == pytest.approx(recall)
         assert pc["f1"] == pytest.approx(f1)
         assert pc["support"] == support
-    assert rep["per_class"]["pit"]["recall_ci"] == pytest.approx(list(M.clopper_pearson(2, 4)))
-    assert rep["per_class"]["clean"]["precision_ci"] == pytest.approx(list(M.clopper_pearson(2, 3)))
+    assert rep["per_class"]["pit"]["recall_ci"] == pytest.approx(list(S.clopper_pearson(2, 4)))
+    assert rep["per_class"]["clean"]["precision_ci"] == pytest.approx(list(S.clopper_pearson(2, 3)))
     assert rep["balanced_accuracy"] == pytest.approx((2 / 3 + 1 + 1 / 2) / 3)
     assert rep["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 4 / 7) / 3)
     assert rep["pit_recall"] == pytest.approx(0.5)
     assert rep["pit_recall_ci"] == rep["per_class"]["pit"]["recall_ci"]
-    assert rep["pit_miss_rate_upper"] == pytest.approx(M.cp_upper(2, 4))
+    assert rep["pit_miss_rate_upper"] == pytest.approx(S.cp_upper(2, 4))
     # pit scores 0.8/0.8/0.1/0.1 against 0.1/0.1/0.8/0.1: 6 wins and 8 ties of 16 pairs.
     assert rep["roc_auc"] == pytest.approx(10 / 16)
     assert rep["log_loss"] == pytest.approx(-(5 * math.log(0.8) + 3 * math.log(0.1)) / 8)
@@ -306,62 +199,3 @@ def test_vectorised_statistics_match_sklearn():
             }
         for key, value in ref.items():
             assert rows[key][0] == pytest.approx(value, rel=1e-9, abs=1e-12), (trial, key)
-
-
-# --------------------------------------------------------------------------- paired comparisons
-
-
-def test_mcnemar_exact_hand_example():
-    a = np.array([1] * 10 + [1] * 7 + [0] * 2 + [0] * 3, dtype=bool)
-    b = np.array([1] * 10 + [0] * 7 + [1] * 2 + [0] * 3, dtype=bool)
-    res = M.mcnemar_exact(a, b)
-    assert res["n"] == 22
-    assert res["a_only_correct"] == 7 and res["b_only_correct"] == 2
-    assert res["p_value"] == pytest.approx(stats.binomtest(7, 9, 0.5).pvalue)
-    assert res["p_value"] == pytest.approx(2 * stats.binom.cdf(2, 9, 0.5))
-    assert M.mcnemar_exact(b, a)["p_value"] == pytest.approx(res["p_value"])
-    assert M.mcnemar_exact(a, a)["p_value"] == 1.0
-    json.dumps(res)
-
-
-def test_paired_bootstrap_diff_noise_and_real_difference():
-    rng = np.random.default_rng(21)
-    n = 600
-    same_a = rng.random(n) < 0.8
-    same_b = rng.random(n) < 0.8
-    res = M.paired_bootstrap_diff(same_a, same_b, seed=0)
-    assert res["within_noise"] is True
-    assert res["ci"][0] <= 0 <= res["ci"][1]
-    assert res["n"] == n
-
-    truth = rng.integers(0, 2, n)
-    good = np.where(rng.random(n) < 0.95, truth, 1 - truth) == truth
-    poor = np.where(rng.random(n) < 0.70, truth, 1 - truth) == truth
-    res = M.paired_bootstrap_diff(good, poor, seed=0)
-    assert res["within_noise"] is False
-    assert res["diff"] == pytest.approx(good.mean() - poor.mean())
-    assert 0 < res["ci"][0] < res["diff"] < res["ci"][1]
-    json.dumps(res, allow_nan=False)
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def test_plots_write_png(tmp_path):
-    rng = np.random.default_rng(2)
-    probs = _dirichlet_probs(rng, 200, 3)
-    labels = _sample_labels(rng, probs)
-    rep = M.classification_report(labels, probs, CLASSES, n_boot=20)
-    paths = [
-        M.plot_confusion_matrix(rep["confusion_matrix"], CLASSES, tmp_path / "cm.png"),
-        M.plot_roc_pr(labels == 2, probs[:, 2], tmp_path / "roc_pr.png"),
-        M.plot_roc_pr(np.zeros(5, dtype=int), np.linspace(0, 1, 5), tmp_path / "one_class.png"),
-        M.plot_reliability(M.reliability_bins(probs, labels), None, tmp_path / "rel1.png"),
-        M.plot_reliability(
-            M.reliability_bins(probs, labels),
-            M.reliability_bins(probs, labels, 5),
-            tmp_path / "sub" / "rel2.png",
-        ),
-    ]
-    for path in paths:
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,7 +9,7 @@ from pitguard import train as train_module
 from pitguard.cli import main
 from pitguard.config import load_config
 from pitguard.evaluate import evaluate_run
-from pitguard.runs import load_checkpoint, load_run
+from pitguard.runfolder import load_checkpoint, load_run
 from pitguard.train import train
 
 TINY = [

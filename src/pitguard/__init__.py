@@ -13,7 +13,7 @@ __all__ = ["__version__", "load"]
 
 
 def load(bundle, backend: str = "auto", device: str = "auto", threads: int = 0):
-    """Load an exported bundle for inference; see :class:`pitguard.predict.Predictor`."""
-    from pitguard.predict import load as _load
+    """Load an exported bundle for inference; see :class:`pitguard.deploy.predict.Predictor`."""
+    from pitguard.deploy.predict import load as _load
 
     return _load(bundle, backend, device, threads)

@@ -1,37 +1,66 @@
-"""Calibrate a run's clean/maybe/pit decision on its calib part, and measure routed crops."""
+"""Calibrate a run's clean/maybe/pit decision on its calib part: temperature, then thresholds."""
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import optimize, special
 from scipy.special import softmax
 
-from pitguard import metrics
+from pitguard import metrics, plots
+from pitguard.certify import choose_thresholds, operating_curve
 from pitguard.errors import PitguardError
-from pitguard.evaluate import load_eval_data, run_logits
-from pitguard.policy import (
-    ROUTES,
-    DecisionPolicy,
-    choose_thresholds,
-    fit_temperature,
-    operating_curve,
-    plot_operating_curve,
+from pitguard.files import write_json
+from pitguard.policy import DecisionPolicy, Route
+from pitguard.runfolder import (
+    CALIB_OPERATING_CURVE,
+    CALIB_RELIABILITY,
+    CALIB_REPORT,
+    SWEEP_JSON,
+    SWEEP_PNG,
+    RunModel,
+    RunPaths,
+    load_part,
+    load_policy,
+    load_run,
+    run_logits,
 )
-from pitguard.runs import RunModel, load_run, write_json
 
+# Search range for the temperature, as log T. Wide enough for any sane network; perfectly
+# separated logits push the optimum to the lower edge instead of towards T = 0.
+_LOG_T_BOUNDS = (math.log(1e-2), math.log(1e2))
 FORBIDDEN_PARTS = ("train", "val", "test")
 
 
-def load_policy(run_dir: str | Path) -> DecisionPolicy | None:
-    """The calibrated decision of a run folder, or None when it has not been calibrated."""
-    path = Path(run_dir) / "policy.json"
-    if not path.is_file():
-        return None
-    return DecisionPolicy.from_dict(json.loads(path.read_text())["policy"])
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature T > 0 minimising the NLL of softmax(logits / T) on held-out data."""
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels)
+    if z.ndim != 2 or z.shape[1] < 2:
+        raise PitguardError(f"logits must have shape (N, C) with C >= 2, got {z.shape}")
+    if y.shape != (z.shape[0],):
+        raise PitguardError(f"labels must have shape ({z.shape[0]},), got {y.shape}")
+    if z.shape[0] == 0:
+        raise PitguardError("cannot fit a temperature on zero samples")
+    if not np.all(np.isfinite(z)):
+        raise PitguardError("logits contain NaN or infinite values")
+    if not np.all(np.equal(np.mod(y, 1), 0)) or y.min() < 0 or y.max() >= z.shape[1]:
+        raise PitguardError(f"labels must be integers in [0, {z.shape[1]})")
+    y = y.astype(np.int64)
+    rows = np.arange(z.shape[0])
+
+    def nll(log_t: float) -> float:
+        return float(-special.log_softmax(z * math.exp(-log_t), axis=1)[rows, y].mean())
+
+    # The NLL is convex in 1/T, hence unimodal in log T: a bounded scalar search finds it.
+    res = optimize.minimize_scalar(
+        nll, bounds=_LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-7}
+    )
+    return float(math.exp(res.x))
 
 
 def _require_part(run: RunModel, part: str) -> None:
@@ -62,7 +91,7 @@ def calibrate_run(
         raise PitguardError(
             f"--split {part}: calibration never uses the train, val or test parts; use calib (the default)"
         )
-    ev = load_eval_data(run, data, part)
+    ev = load_part(run, data, part)
     logits = run_logits(run, ev.crops).double().numpy()
     labels = ev.labels
     pit = run.pit_index
@@ -81,14 +110,14 @@ def calibrate_run(
     chosen = choose_thresholds(p_pit, is_pit, max_pit_miss, confidence, max_false_reject)
     policy = DecisionPolicy(temperature, chosen.t_low, chosen.t_high, pit)
 
-    out = run.run / "calibration"
-    out.mkdir(parents=True, exist_ok=True)
+    paths = RunPaths(run.run)
+    out = paths.calibration
     curve = operating_curve(p_pit, is_pit, confidence)
-    plot_operating_curve(curve, chosen, out / "operating_curve.png")
-    metrics.plot_reliability(
+    plots.plot_operating_curve(curve, chosen, out / CALIB_OPERATING_CURVE)
+    plots.plot_reliability(
         metrics.reliability_bins(probs_before, labels),
         metrics.reliability_bins(probs_after, labels),
-        out / "reliability.png",
+        out / CALIB_RELIABILITY,
     )
     calib_routes = policy(torch.from_numpy(logits).float())[1].numpy()
     record = {
@@ -108,14 +137,14 @@ def calibrate_run(
         "thresholds": asdict(chosen),
         "ece_before": ece_before,
         "ece_after": ece_after,
-        "calib_routes": {name: int((calib_routes == i).sum()) for i, name in enumerate(ROUTES)},
+        "calib_routes": {r.label: int((calib_routes == r).sum()) for r in Route},
         "outputs": {
-            "operating_curve": str(out / "operating_curve.png"),
-            "reliability": str(out / "reliability.png"),
+            "operating_curve": str(out / CALIB_OPERATING_CURVE),
+            "reliability": str(out / CALIB_RELIABILITY),
         },
     }
-    write_json(out / "policy_report.json", {**record, "operating_curve": curve})
-    write_json(run.run / "policy.json", record)
+    write_json(out / CALIB_REPORT, {**record, "operating_curve": curve})
+    write_json(paths.policy, record)
     return record
 
 
@@ -153,33 +182,6 @@ def threshold_sweep(
     return {"min_recall": min_recall, "rows": rows, "best": best}
 
 
-def plot_sweep(sweep: dict, path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    t = [r["threshold"] for r in sweep["rows"]]
-    for key in ("accuracy", "precision", "recall", "f1", "specificity"):
-        ax.plot(t, [np.nan if r[key] is None else r[key] for r in sweep["rows"]], label=key)
-    ax.axhline(
-        sweep["min_recall"],
-        color="grey",
-        linestyle=":",
-        label=f"recall floor {sweep['min_recall']}",
-    )
-    if sweep["best"]:
-        ax.axvline(
-            sweep["best"]["threshold"], color="black", linestyle="--", label="best F1 meeting floor"
-        )
-    ax.set_xlabel("threshold on p(pit)")
-    ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
 def sweep_run(
     run_dir: str | Path,
     data: str | Path | None = None,
@@ -191,16 +193,15 @@ def sweep_run(
     if data is None:
         part = part or "calib"
         _require_part(run, part)
-    ev = load_eval_data(run, data, part)
+    ev = load_part(run, data, part)
     logits = run_logits(run, ev.crops)
     policy = load_policy(run.run) or DecisionPolicy(pit_index=run.pit_index)
     p_pit = policy(logits)[0].numpy()
     sweep = threshold_sweep(p_pit, ev.labels == run.pit_index, min_recall)
     sweep["data"] = ev.description
     sweep["n"] = len(ev.labels)
-    out = run.run / "thresholds"
-    out.mkdir(parents=True, exist_ok=True)
-    plot_sweep(sweep, out / "sweep.png")
-    write_json(out / "sweep.json", sweep)
+    out = RunPaths(run.run).thresholds
+    plots.plot_sweep(sweep, out / SWEEP_PNG)
+    write_json(out / SWEEP_JSON, sweep)
     sweep["outputs"] = str(out)
     return sweep

@@ -7,13 +7,46 @@ import difflib
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
 from pitguard.errors import ConfigError, PitguardError
+from pitguard.recipes import recipe_text
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a numeric setting, attached to its type with ``Annotated``."""
+
+    low: float
+    high: float | None = None
+    low_open: bool = False  # True: the value must be > low, not >= low
+
+    def check(self, value: float) -> str | None:
+        if self.low_open and not value > self.low:
+            return f"must be > {self.low:g}"
+        if not self.low_open and not value >= self.low:
+            return f"must be >= {self.low:g}"
+        if self.high is not None and not value <= self.high:
+            return f"must be between {self.low:g} and {self.high:g}"
+        return None
+
+
+PositiveInt = Annotated[int, Range(0, low_open=True)]
+PositiveFloat = Annotated[float, Range(0, low_open=True)]
+Fraction = Annotated[float, Range(0, 1)]  # a probability or rate in [0, 1]
+NonNegative = Annotated[float, Range(0)]
+
+ModeRule = Literal["skip", "convert"]  # non-RGB files: skip and list, or convert
+SizeRule = Literal["skip", "resize", "pad"]  # crops of another size
+Normalize = Literal["none", "imagenet", "data"]
+Optimizer = Literal["adamw", "adam", "sgd"]
+Schedule = Literal["cosine", "step", "constant"]
+Balance = Literal["none", "loss", "sampler"]
+SelectMetric = Literal["val_accuracy", "val_balanced_accuracy", "val_loss"]
+Device = Literal["auto", "cpu", "cuda"]
 
 
 @dataclass(frozen=True)
@@ -21,9 +54,9 @@ class DataConfig:
     path: str | None = None  # class-folder dir, split-folder dir or CSV manifest
     fractions: str = "train=0.55,val=0.1,calib=0.2,test=0.15"  # used when DATA has no split
     split_seed: int = 0  # the split's seed is kept apart from the training seed
-    size: int = 128  # side of the line's crops
-    modes: str = "skip"  # non-RGB files: skip or convert
-    sizes: str = "skip"  # other sizes: skip, resize or pad
+    size: PositiveInt = 128  # side of the line's crops
+    modes: ModeRule = "skip"  # non-RGB files: skip or convert
+    sizes: SizeRule = "skip"  # other sizes: skip, resize or pad
     classes: str | None = None  # explicit name mapping, e.g. good=clean,bad=pit
 
 
@@ -32,57 +65,63 @@ class ModelConfig:
     name: str = "resnet50"  # any timm model name, or pitguard_tiny / _small / _medium
     pretrained_path: str | None = None  # local timm/torchvision weights; never downloaded
     channels: tuple[int, ...] = (0, 1, 2)  # input channels fed to the network (G is 0 on the line)
-    normalize: str = "none"  # "none" feeds [0,1] like production; "imagenet" or "data" statistics
-    downsample: int = 1  # average-pool factor applied inside the model (cheap CPU inference)
-    crop: int = 0  # centre square (px) the model reads before pooling; 0 = the whole crop
-    drop_rate: float = 0.0  # dropout before the classifier
-    drop_path_rate: float = 0.0  # stochastic depth, where the architecture has it
+    normalize: Normalize = (
+        "none"  # "none" feeds [0,1] like production; "imagenet" or "data" statistics
+    )
+    downsample: PositiveInt = (
+        1  # average-pool factor applied inside the model (cheap CPU inference)
+    )
+    crop: Annotated[int, Range(0)] = (
+        0  # centre square (px) the model reads before pooling; 0 = the whole crop
+    )
+    drop_rate: Fraction = 0.0  # dropout before the classifier
+    drop_path_rate: Fraction = 0.0  # stochastic depth, where the architecture has it
     freeze_backbone: bool = False  # train the classifier head only (the production recipe)
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
     enabled: bool = True  # all augmentation off when false
-    hflip: float = 0.5  # probability of a horizontal flip
-    vflip: float = 0.5  # probability of a vertical flip
+    hflip: Fraction = 0.5  # probability of a horizontal flip
+    vflip: Fraction = 0.5  # probability of a vertical flip
     rotate: float = 180.0  # max rotation in degrees (180 = any orientation)
     translate: float = 0.1  # max shift as a fraction of the crop side
     scale_min: float = 0.9  # zoom range
     scale_max: float = 1.1
     brightness: float = 0.15  # per-channel gain in [1-b, 1+b], cherry pixels only
     contrast: float = 0.15  # per-channel contrast about the cherry's mean
-    blur_p: float = 0.1  # probability of a Gaussian blur
+    blur_p: Fraction = 0.1  # probability of a Gaussian blur
     blur_sigma: float = 1.0  # its max sigma in px
-    motion_blur_p: float = 0.2  # probability of a directional (conveyor) motion blur
-    motion_kernel: int = 5  # its kernel size in px (odd)
-    erase_p: float = 0.0  # probability of random erasing (a patch set to background)
+    motion_blur_p: Fraction = 0.2  # probability of a directional (conveyor) motion blur
+    motion_kernel: PositiveInt = 5  # its kernel size in px (odd)
+    erase_p: Fraction = 0.0  # probability of random erasing (a patch set to background)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30  # full passes over the train part
-    batch_size: int = 64
-    optimizer: str = "adamw"  # adamw, adam or sgd
-    lr: float = 1e-3  # peak learning rate of the head (and backbone unless scaled)
+    epochs: PositiveInt = 30  # full passes over the train part
+    batch_size: PositiveInt = 64  # crops per optimisation step
+    optimizer: Optimizer = "adamw"  # adamw, adam or sgd
+    lr: PositiveFloat = 1e-3  # peak learning rate of the head (and backbone unless scaled)
     backbone_lr_scale: float = 1.0  # backbone lr = lr * this (differential learning rates)
     weight_decay: float = 0.05
     momentum: float = 0.9  # sgd only
-    schedule: str = "cosine"  # cosine (with warmup), step, or constant
+    schedule: Schedule = "cosine"  # cosine (with warmup), step, or constant
     warmup_epochs: float = 1.0  # linear warmup length for cosine
-    step_epochs: int = 10  # step schedule: decay every this many epochs
+    step_epochs: PositiveInt = 10  # step schedule: decay every this many epochs
     step_gamma: float = 0.1  # step schedule: decay factor
-    label_smoothing: float = 0.0
-    balance: str = "none"  # none, loss (class-weighted loss) or sampler (balanced sampling)
-    ema_decay: float = 0.0  # weight EMA decay per step; 0 disables; the EMA is what is selected
+    label_smoothing: Fraction = 0.0  # share of the target spread over the other classes
+    balance: Balance = "none"  # none, loss (class-weighted loss) or sampler (balanced sampling)
+    ema_decay: Fraction = 0.0  # weight EMA decay per step; 0 disables; the EMA is what is selected
     amp: bool = True  # bf16 autocast on GPU and on CPUs with native bf16 (AVX512-BF16/AMX)
     channels_last: bool = True  # channels-last memory layout for the training step
-    select_metric: str = "val_accuracy"  # val_accuracy, val_balanced_accuracy or val_loss
+    select_metric: SelectMetric = "val_accuracy"  # val_accuracy, val_balanced_accuracy or val_loss
     patience: int = 0  # early stopping after this many epochs without improvement; 0 = off
     max_minutes: float = 0.0  # stop after the epoch that passes this wall time; 0 = no limit
     seed: int = 0  # seeds python, numpy, torch and the shuffles
-    device: str = "auto"  # auto, cpu or cuda
+    device: Device = "auto"  # auto, cpu or cuda
     threads: int = 0  # CPU threads; 0 = all cores
-    eval_batch_size: int = 256
+    eval_batch_size: PositiveInt = 256  # crops per inference call in validation
 
 
 @dataclass(frozen=True)
@@ -97,42 +136,19 @@ class Config:
         return dataclasses.asdict(self)
 
 
-CHOICES = {
-    "data.modes": ("skip", "convert"),
-    "data.sizes": ("skip", "resize", "pad"),
-    "model.normalize": ("none", "imagenet", "data"),
-    "train.optimizer": ("adamw", "adam", "sgd"),
-    "train.schedule": ("cosine", "step", "constant"),
-    "train.balance": ("none", "loss", "sampler"),
-    "train.select_metric": ("val_accuracy", "val_balanced_accuracy", "val_loss"),
-    "train.device": ("auto", "cpu", "cuda"),
-}
-POSITIVE = {
-    "data.size",
-    "train.epochs",
-    "train.batch_size",
-    "train.lr",
-    "model.downsample",
-    "train.eval_batch_size",
-    "train.step_epochs",
-    "augment.motion_kernel",
-}
-UNIT_INTERVAL = {
-    "augment.hflip",
-    "augment.vflip",
-    "augment.blur_p",
-    "augment.motion_blur_p",
-    "augment.erase_p",
-    "train.label_smoothing",
-    "train.ema_decay",
-    "model.drop_rate",
-    "model.drop_path_rate",
-}
-
-
 def _sections() -> dict[str, type]:
     hints = typing.get_type_hints(Config)
     return {name: hint for name, hint in hints.items() if name != "recipe"}
+
+
+def field_types(section_cls: type) -> dict[str, Any]:
+    """Each field's type with its ``Annotated`` range and ``Literal`` choices kept."""
+    return typing.get_type_hints(section_cls, include_extras=True)
+
+
+def choices(hint: Any) -> tuple[str, ...]:
+    """The choices of a ``Literal`` setting type, e.g. ``choices(ModeRule)``."""
+    return typing.get_args(hint)
 
 
 def _all_keys() -> list[str]:
@@ -158,6 +174,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Convert ``value`` (a YAML value or a command-line string) to the field's type."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if origin is Annotated:
+        return _coerce(value, args[0], key)
+    if origin is Literal:
+        return _coerce(value, type(args[0]), key)
     if origin in (typing.Union, types.UnionType):
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
@@ -172,17 +192,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in (
-            "true",
-            "yes",
-            "1",
-            "on",
-            "false",
-            "no",
-            "0",
-            "off",
-        ):
-            return value.lower() in ("true", "yes", "1", "on")
+        words = {"true": True, "yes": True, "1": True, "on": True}
+        words.update({"false": False, "no": False, "0": False, "off": False})
+        if isinstance(value, str) and value.lower() in words:
+            return words[value.lower()]
         raise ValueError(f"expected true or false, got {value!r}")
     if hint is int:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
@@ -205,17 +218,18 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     raise ValueError(f"unsupported type {hint}")
 
 
-def _check_value(key: str, value: Any) -> str | None:
-    if key in CHOICES and value not in CHOICES[key]:
-        return f"{key}={value!r}: choose one of {', '.join(CHOICES[key])}"
-    if key in POSITIVE and value is not None and value <= 0:
-        return f"{key}={value!r}: must be > 0"
-    if key in UNIT_INTERVAL and not 0.0 <= value <= 1.0:
-        return f"{key}={value!r}: must be between 0 and 1"
+def _check_value(key: str, value: Any, hint: Any) -> str | None:
+    """The value against its type's choices or range, then checks a type cannot express."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal and value not in args:
+        return f"{key}={value!r}: choose one of {', '.join(args)}"
+    if origin is Annotated and value is not None:
+        for bound in args[1:]:
+            problem = bound.check(value) if isinstance(bound, Range) else None
+            if problem:
+                return f"{key}={value!r}: {problem}"
     if key == "model.channels" and (not value or any(c not in (0, 1, 2) for c in value)):
         return f"{key}={list(value)!r}: give channel indices among 0, 1, 2 (R, G, B)"
-    if key == "model.crop" and value < 0:
-        return f"{key}={value}: must be 0 (the whole crop) or a side in px"
     if key == "augment.motion_kernel" and value % 2 == 0:
         return f"{key}={value}: must be odd (3, 5, 7, ...)"
     return None
@@ -239,11 +253,15 @@ def _check_relations(cfg: Config, source: str) -> list[str]:
 
 
 def build_config(
-    overrides: dict[str, Any], source: str = "overrides", relations: bool = True
+    overrides: dict[str, Any],
+    source: str = "overrides",
+    relations: bool = True,
+    source_of: Any = None,
 ) -> Config:
     """Apply flat ``section.key: value`` overrides to the defaults; report every problem at once.
 
-    ``relations`` also checks the fields against each other (off for one source of several).
+    ``relations`` also checks the fields against each other (off for one source of several);
+    ``source_of(key)`` may name where a key was written (a file and line).
     """
     sections = _sections()
     values: dict[str, dict[str, Any]] = {name: {} for name in sections}
@@ -252,18 +270,19 @@ def build_config(
     for key, raw in overrides.items():
         section, _, name = key.partition(".")
         cls = sections.get(section)
-        field_types = typing.get_type_hints(cls) if cls else {}
-        if cls is None or name not in field_types:
-            problems.append(f"{source}: unknown key {key!r}{_closest(key)}")
+        types_of = field_types(cls) if cls else {}
+        where = source_of(key) if callable(source_of) else source
+        if cls is None or name not in types_of:
+            problems.append(f"{where}: unknown key {key!r}{_closest(key)}")
             continue
         try:
-            value = _coerce(raw, field_types[name], key)
+            value = _coerce(raw, types_of[name], key)
         except (ValueError, TypeError) as exc:
-            problems.append(f"{source}: {key}: {exc}")
+            problems.append(f"{where}: {key}: {exc}")
             continue
-        problem = _check_value(key, value)
+        problem = _check_value(key, value, types_of[name])
         if problem:
-            problems.append(f"{source}: {problem}")
+            problems.append(f"{where}: {problem}")
             continue
         values[section][name] = value
     if problems:
@@ -302,38 +321,32 @@ def parse_set(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def recipe_names() -> list[str]:
-    folder = resources.files("pitguard") / "recipes"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
-def recipe_text(name: str) -> str:
-    names = recipe_names()
-    if name not in names:
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        raise PitguardError(f"unknown recipe {name!r}{hint} (see `pitguard recipes`)")
-    return (resources.files("pitguard") / "recipes" / f"{name}.yaml").read_text()
-
-
-def recipe_summary(name: str) -> str:
-    """The first comment line of a recipe: the experiment it reproduces."""
-    for line in recipe_text(name).splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-    return ""
-
-
-def _load_yaml(text: str, source: str) -> dict[str, Any]:
+def _load_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """Flat ``section.key`` overrides from YAML text, and the line each key is written on."""
     try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
         loaded = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise PitguardError(f"{source}: not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        raise PitguardError(f"{where}: not valid YAML: {exc}") from exc
     if not isinstance(loaded, dict):
         raise PitguardError(
             f"{source}: expected a mapping of sections (data, model, augment, train)"
         )
-    return flatten(loaded)
+    lines: dict[str, int] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for key_node, value_node in node.value:
+            key = prefix + str(key_node.value)
+            if isinstance(value_node, yaml.MappingNode):
+                walk(value_node, key + ".")
+            else:
+                lines[key] = key_node.start_mark.line + 1
+
+    if isinstance(root, yaml.MappingNode):
+        walk(root, "")
+    return flatten(loaded), lines
 
 
 def load_config(
@@ -344,21 +357,26 @@ def load_config(
 ) -> Config:
     """Defaults, then a recipe, then a YAML file, then ``extra``, then ``--set``: all checked at once."""
     overrides: dict[str, Any] = {}
-    sources: list[tuple[str, dict[str, Any]]] = []
+    sources: list[tuple[str, dict[str, Any], dict[str, int]]] = []
     if recipe:
-        sources.append((f"recipe {recipe}", _load_yaml(recipe_text(recipe), f"recipe {recipe}")))
+        name = f"recipe {recipe}"
+        sources.append((name, *_load_yaml(recipe_text(recipe), name)))
     if config_file:
         path = Path(config_file)
         if not path.is_file():
             raise PitguardError(f"{path}: config file not found")
-        sources.append((str(path), _load_yaml(path.read_text(), str(path))))
+        sources.append((str(path), *_load_yaml(path.read_text(), str(path))))
     if extra:
-        sources.append(("arguments", extra))
-    sources.append(("--set", parse_set(sets)))
+        sources.append(("arguments", extra, {}))
+    sources.append(("--set", parse_set(sets), {}))
     problems: list[str] = []
-    for source, values in sources:
+    for source, values, lines in sources:
+
+        def where(key: str, source: str = source, lines: dict[str, int] = lines) -> str:
+            return f"{source}:{lines[key]}" if key in lines else source
+
         try:
-            build_config(dict(values), source, relations=False)
+            build_config(dict(values), source, relations=False, source_of=where)
         except ConfigError as exc:
             problems += exc.problems
         overrides.update(values)

@@ -25,15 +25,16 @@ def _step(title: str) -> float:
 
 
 def run_demo(out: Path, data: str | None = None, fast: bool = False) -> int:
-    from pitguard.bench import bench, format_table
-    from pitguard.calibrate import calibrate_run, load_policy
+    from pitguard.calibrate import calibrate_run
     from pitguard.config import load_config
     from pitguard.data.audit import audit, format_audit
     from pitguard.data.synth import synthesize
+    from pitguard.deploy.bench import bench, format_table
+    from pitguard.deploy.export import export_run
+    from pitguard.deploy.predict import load, predict_files
     from pitguard.evaluate import evaluate_run, format_report
-    from pitguard.export import export_run
-    from pitguard.predict import load, predict_files
     from pitguard.report import write_report
+    from pitguard.runfolder import load_policy
     from pitguard.train import train
 
     started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Evaluation metrics, each with a 95% interval and its N, plus the diagnostic plots.
+"""Evaluation metrics, each with a 95% interval and its N (the figures are in ``plots``).
 
 Intervals:
 
@@ -12,107 +12,25 @@ Intervals:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
 from sklearn import metrics as skm
 
-CONFIDENCE = 0.95
+from pitguard.policy import Route
+from pitguard.stats import (
+    CONFIDENCE,
+    _bootstrap_index_blocks,
+    _percentile_ci,
+    clopper_pearson,
+    cp_upper,
+    finite_or_none,
+)
+
 POSITIVE_CLASS = "pit"
 # Upper bound on the number of elements of one (resamples x items) block held in memory.
 _BLOCK_ELEMENTS = 2_000_000
-
-
-# --------------------------------------------------------------------------- exact intervals
-
-
-def clopper_pearson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Two-sided exact (Clopper-Pearson) interval for k successes out of n; n == 0 -> (0, 1)."""
-    k, n = int(k), int(n)
-    if n < 0 or not 0 <= k <= max(n, 0):
-        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
-    if n == 0:
-        return 0.0, 1.0
-    ci = stats.binomtest(k, n).proportion_ci(confidence_level=confidence, method="exact")
-    return float(ci.low), float(ci.high)
-
-
-def cp_upper(k: int, n: int, confidence: float = CONFIDENCE) -> float:
-    """One-sided exact upper bound: the largest p with P(Bin(n, p) <= k) >= 1 - confidence.
-
-    n == 0 -> 1.0. For k == 0 this is 1 - (1 - confidence) ** (1 / n) (the "rule of three").
-    """
-    k, n = int(k), int(n)
-    if n < 0 or not 0 <= k <= max(n, 0):
-        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
-    if n == 0 or k == n:
-        return 1.0
-    return float(stats.beta.ppf(confidence, k + 1, n - k))
-
-
-# --------------------------------------------------------------------------- bootstrap
-
-
-def _bootstrap_index_blocks(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
-    """Yield (rows, n) blocks of resampling indices, n_boot rows in all, from one seeded stream."""
-    rng = np.random.default_rng(seed)
-    rows = max(1, _BLOCK_ELEMENTS // max(n, 1))
-    done = 0
-    while done < n_boot:
-        b = min(rows, n_boot - done)
-        yield rng.integers(0, n, size=(b, n))
-        done += b
-
-
-def _percentile_ci(values: np.ndarray, confidence: float) -> tuple[float, float]:
-    """Percentile interval of the finite values; (nan, nan) when there are none."""
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return float("nan"), float("nan")
-    alpha = 1.0 - confidence
-    lo, hi = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return float(lo), float(hi)
-
-
-def bootstrap_ci(
-    stat_fn: Callable[..., Any],
-    arrays: tuple[np.ndarray, ...],
-    n_boot: int = 1000,
-    confidence: float = CONFIDENCE,
-    seed: int = 0,
-    *,
-    vectorized: bool = False,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of stat_fn(*arrays), resampling rows jointly across arrays.
-
-    With vectorized=True, stat_fn receives each array indexed by a (B, N) index matrix, i.e.
-    shape (B, N, ...), and must return B values; otherwise it is called once per resample.
-    Resamples whose statistic is nan are dropped; (nan, nan) if none remain.
-    """
-    arrays = tuple(np.asarray(a) for a in arrays)
-    if not arrays:
-        raise ValueError("bootstrap_ci needs at least one array")
-    n = len(arrays[0])
-    if any(len(a) != n for a in arrays):
-        raise ValueError(f"arrays differ in length: {[len(a) for a in arrays]}")
-    if n == 0 or n_boot < 1:
-        return float("nan"), float("nan")
-    values = []
-    for idx in _bootstrap_index_blocks(n, n_boot, seed):
-        if vectorized:
-            out = np.asarray(stat_fn(*(a[idx] for a in arrays)), dtype=float).reshape(-1)
-            if out.shape[0] != idx.shape[0]:
-                raise ValueError(
-                    f"vectorized stat_fn returned {out.shape[0]} values for {idx.shape[0]} resamples"
-                )
-            values.append(out)
-        else:
-            values.append(np.array([float(stat_fn(*(a[row] for a in arrays))) for row in idx]))
-    return _percentile_ci(np.concatenate(values), confidence)
 
 
 # --------------------------------------------------------------------------- calibration
@@ -269,16 +187,8 @@ def _report_rows(
 # --------------------------------------------------------------------------- report
 
 
-def _num(x: Any) -> float | None:
-    """A plain float, or None for nan/inf/None (keeps the report strict JSON)."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if np.isfinite(x) else None
-
-
 def _ci(pair: tuple[float, float]) -> list[float | None]:
-    return [_num(pair[0]), _num(pair[1])]
+    return [finite_or_none(pair[0]), finite_or_none(pair[1])]
 
 
 def classification_report(
@@ -355,13 +265,13 @@ def classification_report(
     per_class = {}
     for c, name in enumerate(classes):
         per_class[name] = {
-            "precision": _num(precision[c]),
+            "precision": finite_or_none(precision[c]),
             "precision_ci": _ci(clopper_pearson(tp[c], predicted[c]))
             if predicted[c]
             else [None, None],
-            "recall": _num(recall[c]),
+            "recall": finite_or_none(recall[c]),
             "recall_ci": _ci(clopper_pearson(tp[c], support[c])) if support[c] else [None, None],
-            "f1": _num(f1[c]),
+            "f1": finite_or_none(f1[c]),
             "f1_ci": boot_ci(f"f1_{c}"),
             "support": int(support[c]),
             "predicted": int(predicted[c]),
@@ -381,32 +291,36 @@ def classification_report(
         "confidence": CONFIDENCE,
         "n_boot": int(n_boot),
         "seed": int(seed),
-        "accuracy": _num(n_correct / n),
+        "accuracy": finite_or_none(n_correct / n),
         "accuracy_ci": boot_ci("accuracy"),
         "accuracy_ci_exact": _ci(clopper_pearson(n_correct, n)),
-        "balanced_accuracy": _num(balanced_accuracy),
+        "balanced_accuracy": finite_or_none(balanced_accuracy),
         "balanced_accuracy_ci": boot_ci("balanced_accuracy"),
-        "macro_f1": _num(skm.f1_score(labels, preds, average="macro", zero_division=0)),
+        "macro_f1": finite_or_none(skm.f1_score(labels, preds, average="macro", zero_division=0)),
         "macro_f1_ci": boot_ci("macro_f1"),
         "per_class": per_class,
         "confusion_matrix": cm.astype(int).tolist(),
         "n_pit": n_pit,
-        "roc_auc": _num(skm.roc_auc_score(is_pit, p_pit)) if both_present else None,
+        "roc_auc": finite_or_none(skm.roc_auc_score(is_pit, p_pit)) if both_present else None,
         "roc_auc_ci": boot_ci("roc_auc"),
-        "pr_auc": _num(skm.average_precision_score(is_pit, p_pit)) if both_present else None,
+        "pr_auc": finite_or_none(skm.average_precision_score(is_pit, p_pit))
+        if both_present
+        else None,
         "pr_auc_ci": boot_ci("pr_auc"),
-        "log_loss": _num(skm.log_loss(labels, probs, labels=class_ids)),
+        "log_loss": finite_or_none(skm.log_loss(labels, probs, labels=class_ids)),
         "log_loss_ci": boot_ci("log_loss"),
-        "brier": _num(skm.brier_score_loss(labels, probs, labels=class_ids, scale_by_half=False)),
+        "brier": finite_or_none(
+            skm.brier_score_loss(labels, probs, labels=class_ids, scale_by_half=False)
+        ),
         "brier_ci": boot_ci("brier"),
-        "ece": _num(expected_calibration_error(probs, labels, n_bins=n_bins)),
+        "ece": finite_or_none(expected_calibration_error(probs, labels, n_bins=n_bins)),
         "ece_ci": boot_ci("ece"),
         "ece_n_bins": n_bins,
         "pit_recall": per_class[POSITIVE_CLASS]["recall"],
         "pit_recall_ci": per_class[POSITIVE_CLASS]["recall_ci"],
         "pit_missed": pit_missed,
-        "pit_miss_rate": _num(pit_missed / n_pit) if n_pit else None,
-        "pit_miss_rate_upper": _num(cp_upper(pit_missed, n_pit)) if n_pit else None,
+        "pit_miss_rate": finite_or_none(pit_missed / n_pit) if n_pit else None,
+        "pit_miss_rate_upper": finite_or_none(cp_upper(pit_missed, n_pit)) if n_pit else None,
         "ci_method": {
             "precision_ci, recall_ci, pit_recall_ci, accuracy_ci_exact": "Clopper-Pearson exact, two-sided",
             "pit_miss_rate_upper": "Clopper-Pearson exact, one-sided upper bound",
@@ -416,184 +330,31 @@ def classification_report(
     return report
 
 
-# --------------------------------------------------------------------------- paired comparisons
-
-
-def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
-    """Exact McNemar test: two-sided binomial test (p = 1/2) on the discordant pairs."""
-    a = np.asarray(correct_a).astype(bool).reshape(-1)
-    b = np.asarray(correct_b).astype(bool).reshape(-1)
-    if a.shape != b.shape:
-        raise ValueError(f"correct_a has {a.size} items but correct_b has {b.size}")
-    a_only = int((a & ~b).sum())
-    b_only = int((~a & b).sum())
-    discordant = a_only + b_only
-    p = float(stats.binomtest(a_only, discordant, 0.5).pvalue) if discordant else 1.0
-    return {
-        "n": int(a.size),
-        "a_only_correct": a_only,
-        "b_only_correct": b_only,
-        "both_correct": int((a & b).sum()),
-        "both_wrong": int((~a & ~b).sum()),
-        "p_value": min(p, 1.0),
-    }
-
-
-def paired_bootstrap_diff(
-    values_a: np.ndarray,
-    values_b: np.ndarray,
-    n_boot: int = 2000,
-    confidence: float = CONFIDENCE,
-    seed: int = 0,
-) -> dict:
-    """Bootstrap interval of mean(a) - mean(b) for per-item values measured on the same items."""
-    a = np.asarray(values_a, dtype=float).reshape(-1)
-    b = np.asarray(values_b, dtype=float).reshape(-1)
-    if a.shape != b.shape:
-        raise ValueError(f"values_a has {a.size} items but values_b has {b.size}")
-    diff = a - b
-    lo, hi = bootstrap_ci(
-        lambda d: d.mean(axis=1),
-        (diff,),
-        n_boot=n_boot,
-        confidence=confidence,
-        seed=seed,
-        vectorized=True,
-    )
-    point = float(diff.mean()) if diff.size else float("nan")
-    within = not (np.isfinite(lo) and np.isfinite(hi)) or bool(lo <= 0.0 <= hi)
-    return {
-        "n": int(a.size),
-        "diff": _num(point),
-        "ci": [_num(lo), _num(hi)],
-        "confidence": confidence,
-        "within_noise": within,
-    }
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def _new_figure(width: float, height: float):
-    """A figure drawn by the Agg canvas directly, so pyplot's global state is never touched."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", bbox_inches="tight")
-    fig.clear()
-    return path
-
-
-def plot_confusion_matrix(
-    cm: Sequence[Sequence[int]] | np.ndarray, classes: Sequence[str], path: str | Path
-) -> Path:
-    """Counts (rows = true, columns = predicted) with the row share in brackets, as a PNG."""
-    cm = np.asarray(cm, dtype=int)
-    row_total = cm.sum(axis=1, keepdims=True)
-    share = np.divide(cm, row_total, out=np.zeros(cm.shape, dtype=float), where=row_total > 0)
-    fig = _new_figure(1.6 + 1.2 * len(classes), 1.2 + 1.1 * len(classes))
-    ax = fig.add_subplot()
-    im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(im, ax=ax, label="share of true class")
-    ticks = np.arange(len(classes))
-    ax.set_xticks(ticks, labels=list(classes))
-    ax.set_yticks(ticks, labels=list(classes))
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            color = "white" if share[i, j] > 0.5 else "black"
-            ax.text(j, i, f"{cm[i, j]}\n({share[i, j]:.0%})", ha="center", va="center", color=color)
-    ax.set_title(f"confusion matrix (N={int(cm.sum())})")
-    return _save(fig, path)
-
-
-def plot_roc_pr(labels_pit: np.ndarray, p_pit: np.ndarray, path: str | Path) -> Path:
-    """ROC and precision-recall curves for pit (1) vs rest (0), side by side, as a PNG."""
-    y = np.asarray(labels_pit).astype(int).reshape(-1)
-    s = np.asarray(p_pit, dtype=float).reshape(-1)
-    n_pos = int(y.sum())
-    fig = _new_figure(10, 4.5)
-    ax_roc, ax_pr = fig.subplots(1, 2)
-    if 0 < n_pos < y.size:
-        fpr, tpr, _ = skm.roc_curve(y, s)
-        prec, rec, _ = skm.precision_recall_curve(y, s)
-        ax_roc.plot(fpr, tpr, label=f"AUC = {skm.roc_auc_score(y, s):.3f}")
-        ax_pr.step(rec, prec, where="post", label=f"AP = {skm.average_precision_score(y, s):.3f}")
-        ax_pr.axhline(n_pos / y.size, color="grey", linestyle=":", label="prevalence")
-        ax_roc.legend(loc="lower right")
-        ax_pr.legend(loc="lower left")
-    else:
-        for ax in (ax_roc, ax_pr):
-            ax.text(0.5, 0.5, "only one class present", ha="center", va="center")
-    ax_roc.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    ax_roc.set(xlabel="false positive rate", ylabel="pit recall (TPR)", title="ROC, pit vs rest")
-    ax_pr.set(xlabel="pit recall", ylabel="pit precision", title="precision-recall, pit vs rest")
-    for ax in (ax_roc, ax_pr):
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.02)
-    fig.suptitle(f"N={y.size}, pit={n_pos}")
-    return _save(fig, path)
-
-
-def plot_reliability(bins_before: dict, bins_after: dict | None, path: str | Path) -> Path:
-    """Reliability diagram (accuracy vs mean confidence per bin) before and optionally after calibration."""
-    fig = _new_figure(5.5, 5.5)
-    ax = fig.add_subplot()
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
-    for bins, name, marker in ((bins_before, "before", "o"), (bins_after, "after", "s")):
-        if bins is None:
-            continue
-        pts = [
-            (c, a, k)
-            for c, a, k in zip(bins["confidence"], bins["accuracy"], bins["count"], strict=True)
-            if k and c is not None and a is not None
-        ]
-        if not pts:
-            continue
-        conf, acc, count = (np.array(v, dtype=float) for v in zip(*pts, strict=True))
-        size = 20 + 200 * count / count.max()
-        (line,) = ax.plot(conf, acc, marker=marker, label=f"{name} (N={int(count.sum())})")
-        ax.scatter(conf, acc, s=size, alpha=0.3, color=line.get_color())
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="mean confidence", ylabel="accuracy")
-    ax.set_title("reliability (marker area ~ bin count)")
-    ax.legend(loc="upper left")
-    return _save(fig, path)
-
-
 def routed_metrics(
     routes: np.ndarray, labels: np.ndarray, classes: Sequence[str], confidence: float = CONFIDENCE
 ) -> dict:
     """Pit-miss, false-reject and maybe rates and accuracy on decided crops, each with an exact interval."""
     pit, clean = list(classes).index("pit"), list(classes).index("clean")
     is_pit, is_clean = labels == pit, labels == clean
-    decided = routes != 1
-    correct_decided = (is_pit & (routes == 2)) | (is_clean & (routes == 0))
+    decided = routes != Route.MAYBE
+    correct_decided = (is_pit & (routes == Route.PIT)) | (is_clean & (routes == Route.CLEAN))
 
     def rate(k: int, n: int) -> tuple[float | None, list[float]]:
         lo, hi = clopper_pearson(k, n, confidence)
         return (k / n if n else None), [lo, hi]
 
-    miss, miss_ci = rate(int((is_pit & (routes == 0)).sum()), int(is_pit.sum()))
-    fr, fr_ci = rate(int((is_clean & (routes == 2)).sum()), int(is_clean.sum()))
+    miss, miss_ci = rate(int((is_pit & (routes == Route.CLEAN)).sum()), int(is_pit.sum()))
+    fr, fr_ci = rate(int((is_clean & (routes == Route.PIT)).sum()), int(is_clean.sum()))
     maybe, maybe_ci = rate(int((~decided).sum()), len(routes))
     acc, acc_ci = rate(int((correct_decided & decided).sum()), int(decided.sum()))
     return {
         "n": len(routes),
         "n_pits": int(is_pit.sum()),
-        "pits_routed_clean": int((is_pit & (routes == 0)).sum()),
+        "pits_routed_clean": int((is_pit & (routes == Route.CLEAN)).sum()),
         "pit_miss_rate": miss,
         "pit_miss_ci": miss_ci,
         "pit_miss_upper": cp_upper(
-            int((is_pit & (routes == 0)).sum()), int(is_pit.sum()), confidence
+            int((is_pit & (routes == Route.CLEAN)).sum()), int(is_pit.sum()), confidence
         ),
         "false_reject_rate": fr,
         "false_reject_ci": fr_ci,
@@ -601,8 +362,6 @@ def routed_metrics(
         "maybe_ci": maybe_ci,
         "accuracy_decided": acc,
         "accuracy_decided_ci": acc_ci,
-        "routes": {
-            name: int((routes == i).sum()) for i, name in enumerate(("clean", "maybe", "pit"))
-        },
+        "routes": {r.label: int((routes == r).sum()) for r in Route},
         "interval": "exact Clopper-Pearson, 95%",
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, cast
@@ -160,6 +161,32 @@ class PitguardNet(nn.Module):
         return self.backbone(self.preprocess(x))
 
 
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What timm's ``pretrained_cfg`` says of an architecture, read in one place."""
+
+    fixed_input_size: bool = False  # built for one input size (ViT, DeiT, Swin, BEiT, CaiT, ...)
+    first_conv: str = "conv_stem"  # adapted when the input channels differ
+    classifier: str = "head"
+    mean: tuple[float, ...] = IMAGENET_MEAN  # the statistics its pretrained weights expect
+    std: tuple[float, ...] = IMAGENET_STD
+
+
+@functools.cache
+def model_defaults(name: str) -> ModelDefaults:
+    """timm's defaults for ``name``; pitguard's own small nets use the class defaults."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return ModelDefaults()
+    return ModelDefaults(
+        fixed_input_size=bool(cfg.fixed_input_size),
+        first_conv=str(cfg.first_conv or "conv_stem"),
+        classifier=str(cfg.classifier or "head"),
+        mean=tuple(cfg.mean or IMAGENET_MEAN),
+        std=tuple(cfg.std or IMAGENET_STD),
+    )
+
+
 def build_backbone(
     name: str,
     num_classes: int,
@@ -171,8 +198,8 @@ def build_backbone(
     kwargs: dict = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
-    if name.startswith(("vit_", "deit", "eva")):
-        kwargs["img_size"] = img_size  # ViTs are built for one input size
+    if model_defaults(name).fixed_input_size:
+        kwargs["img_size"] = img_size  # built for one input size: make it the crop's
     try:
         return timm.create_model(name, pretrained=False, **kwargs)
     except RuntimeError as exc:
@@ -226,7 +253,9 @@ def load_pretrained(backbone: nn.Module, path: str | Path, in_chans: int) -> dic
 
     state = read_state_dict(path)
     own = backbone.state_dict()
-    first_conv = getattr(backbone, "pretrained_cfg", {}).get("first_conv")
+    first_conv = getattr(backbone, "pretrained_cfg", {}).get(
+        "first_conv"
+    )  # set by timm.create_model
     loaded, skipped = [], []
     for key, value in state.items():
         if key not in own:

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import csv
-import functools
-import hashlib
-import json
-import os
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-import timm.optim
 import torch
-from timm.scheduler import CosineLRScheduler, StepLRScheduler
 from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm import tqdm
@@ -23,10 +17,10 @@ from tqdm import tqdm
 from pitguard import __version__
 from pitguard.augment import build_augment, save_grid
 from pitguard.config import Config, config_from_dict
-from pitguard.data.layout import DatasetIndex, find_dataset, parse_class_mapping
-from pitguard.data.load import Crops, DecodeOptions, load_crops
-from pitguard.data.split import parse_fractions, split_dataset
+from pitguard.data.prepare import prepare_data
+from pitguard.devices import cpu_has_native_bf16, pick_device
 from pitguard.errors import PitguardError
+from pitguard.files import write_json
 from pitguard.models import (
     PitguardNet,
     build_model,
@@ -35,84 +29,16 @@ from pitguard.models import (
     load_pretrained,
     make_contract,
 )
-from pitguard.runs import (
+from pitguard.optim import class_weights, epoch_order, make_optimizer, make_scheduler
+from pitguard.plots import plot_history
+from pitguard.runfolder import (
+    RunPaths,
     load_checkpoint,
     model_meta,
     save_checkpoint,
     save_model,
-    write_json,
+    write_history,
 )
-
-REQUIRED_PARTS = ("train", "val")
-
-
-# ---------------------------------------------------------------- data
-
-
-def prepare_data(cfg: Config, run: Path) -> tuple[Crops, dict]:
-    """Load the crops with a train/val/calib/test split; a class-folder dir is split here (seeded,
-    duplicate-aware) and the manifest kept in the run folder."""
-    if not cfg.data.path:
-        raise PitguardError(
-            "data.path is not set; pass --data DIR (or set data.path in the config)"
-        )
-    opts = DecodeOptions(size=cfg.data.size, modes=cfg.data.modes, sizes=cfg.data.sizes)
-    mapping = parse_class_mapping(cfg.data.classes)
-    index = find_dataset(cfg.data.path, mapping)
-    manifest = run / "split.csv"
-    if not any(it.split for it in index.items):
-        if not manifest.exists():
-            split_dataset(
-                index, manifest, parse_fractions(cfg.data.fractions), cfg.data.split_seed, opts
-            )
-        index = find_dataset(manifest, {c: c for c in ("clean", "maybe", "pit")})
-    if not manifest.exists():
-        write_manifest(index, manifest)  # the run keeps the exact split it was trained on
-    crops = load_crops(index, opts)
-    present = set(crops.splits)
-    missing = [p for p in REQUIRED_PARTS if p not in present]
-    if missing:
-        raise PitguardError(
-            f"{cfg.data.path}: the split has no {', '.join(missing)} part; found "
-            f"{', '.join(sorted(str(p) for p in present))}. Give a class-folder dir (pitguard splits it) "
-            "or a manifest/split folders with train and val"
-        )
-    info = _data_info(index, crops, opts)
-    return crops, info
-
-
-def write_manifest(index: DatasetIndex, path: Path) -> None:
-    """The index as a manifest beside the run, paths relative to it."""
-    base = path.parent.resolve()
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "label", "split", "group"])
-        for it in index.items:
-            rel = os.path.relpath(Path(it.path).resolve(), base)
-            writer.writerow([rel, index.classes[it.label], it.split or "", it.group or ""])
-
-
-def _data_info(index: DatasetIndex, crops: Crops, opts: DecodeOptions) -> dict:
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(crops.images.numpy().tobytes())
-    digest.update(crops.labels.numpy().tobytes())
-    digest.update(
-        "\n".join(f"{p},{s}" for p, s in zip(crops.paths, crops.splits, strict=True)).encode()
-    )
-    counts: dict[str, dict[str, int]] = {}
-    for lab, split in zip(crops.labels.tolist(), crops.splits, strict=True):
-        per = counts.setdefault(str(split), dict.fromkeys(crops.classes, 0))
-        per[crops.classes[lab]] += 1
-    return {
-        "root": str(index.root),
-        "layout": index.layout,
-        "classes": list(crops.classes),
-        "fingerprint": digest.hexdigest(),
-        "counts": counts,
-        "problems": [p.__dict__ for p in crops.problems],
-        "decode": opts.__dict__,
-    }
-
 
 # ---------------------------------------------------------------- reproducibility
 
@@ -149,28 +75,6 @@ def set_rng_state(state: dict, shuffle: torch.Generator) -> None:
     shuffle.set_state(state["shuffle"])
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise PitguardError("train.device=cuda but no CUDA device is available; use auto or cpu")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX): autocast then pays off.
-
-    Elsewhere bf16 is emulated and slower than fp32, so training stays in fp32. Read once per
-    process: every epoch asks.
-    """
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
 def use_bf16(cfg: Config, device: torch.device) -> bool:
     """bf16 autocast for the training step: on CUDA, and on CPUs with native bf16."""
     if not cfg.train.amp:
@@ -178,93 +82,31 @@ def use_bf16(cfg: Config, device: torch.device) -> bool:
     return device.type == "cuda" or cpu_has_native_bf16()
 
 
-# ---------------------------------------------------------------- optimisation
-
-
-def make_optimizer(cfg: Config, net: PitguardNet):
-    """Parameter groups: backbone and head (differential learning rates), no decay on norms/biases."""
-    head = {id(p) for p in classifier_params(net.backbone)}
-    groups = []
-    for is_head in (False, True):
-        if cfg.model.freeze_backbone and not is_head:
-            continue
-        lr = cfg.train.lr * (1.0 if is_head else cfg.train.backbone_lr_scale)
-        params = [
-            p for p in net.backbone.parameters() if p.requires_grad and (id(p) in head) == is_head
-        ]
-        decay = [p for p in params if p.ndim > 1]
-        no_decay = [p for p in params if p.ndim <= 1]
-        groups += [
-            {"params": decay, "lr": lr, "weight_decay": cfg.train.weight_decay},
-            {"params": no_decay, "lr": lr, "weight_decay": 0.0},
-        ]
-    groups = [g for g in groups if g["params"]]
-    kwargs: dict[str, Any] = (
-        {"momentum": cfg.train.momentum} if cfg.train.optimizer == "sgd" else {}
-    )
-    return timm.optim.create_optimizer_v2(
-        groups, opt=cfg.train.optimizer, lr=cfg.train.lr, **kwargs
-    )
-
-
-def make_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
-    t = cfg.train
-    total = t.epochs * steps_per_epoch
-    if t.schedule == "cosine":
-        return CosineLRScheduler(
-            optimizer,
-            t_initial=total,
-            lr_min=t.lr * 1e-3,
-            warmup_t=int(t.warmup_epochs * steps_per_epoch),
-            warmup_lr_init=t.lr * 1e-2,
-            warmup_prefix=True,
-            t_in_epochs=False,
-        )
-    if t.schedule == "step":
-        return StepLRScheduler(
-            optimizer,
-            decay_t=t.step_epochs * steps_per_epoch,
-            decay_rate=t.step_gamma,
-            t_in_epochs=False,
-        )
-    return StepLRScheduler(optimizer, decay_t=total + 1, decay_rate=1.0, t_in_epochs=False)
-
-
-def class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
-    counts = torch.bincount(labels, minlength=n_classes).float().clamp_min(1)
-    return counts.sum() / (n_classes * counts)
-
-
 # ---------------------------------------------------------------- epoch and validation
 
 
-def epoch_order(labels: torch.Tensor, balance: str, generator: torch.Generator) -> torch.Tensor:
-    n = len(labels)
-    if balance == "sampler":
-        weights = class_weights(labels, int(labels.max()) + 1)[labels]
-        return torch.multinomial(weights, n, replacement=True, generator=generator)
-    return torch.randperm(n, generator=generator)
+@dataclass
+class Stepper:
+    """What one optimisation step needs, built once by ``train`` and handed to each epoch."""
+
+    net: PitguardNet
+    ema: ModelEmaV3 | None
+    augment: nn.Module
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    cfg: Config
+    device: torch.device
 
 
 def train_one_epoch(
-    net,
-    ema,
-    batches,
-    images,
-    labels,
-    augment,
-    loss_fn,
-    optimizer,
-    scheduler,
-    step,
-    cfg,
-    device,
-    desc,
-):
+    st: Stepper, batches, images: torch.Tensor, labels: torch.Tensor, step: int, desc: str
+) -> tuple[int, dict]:
+    net, ema, augment, cfg, device = st.net, st.ema, st.augment, st.cfg, st.device
     net.train()
     if cfg.model.freeze_backbone:
         net.backbone.eval()
-        net.backbone.get_classifier().train()
+        cast(Any, net.backbone).get_classifier().train()
     augment.train()
     use_amp = use_bf16(cfg, device)
     seen = correct = 0
@@ -280,12 +122,12 @@ def train_one_epoch(
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = net.backbone(net.normalize(x))
-            loss = loss_fn(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
+            loss = st.loss_fn(logits.float(), y)
+        st.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        st.optimizer.step()
         step += 1
-        scheduler.step_update(step)
+        st.scheduler.step_update(step)
         if ema is not None:
             ema.update(net, step=step)
         seen += len(y)
@@ -329,38 +171,6 @@ def _as_rgb(x: torch.Tensor, channels: tuple[int, ...]) -> torch.Tensor:
     return out
 
 
-def write_history(run: Path, history: list[dict]) -> None:
-    """Rewritten whole every epoch: a resumed run never appends to an older run's rows."""
-    (run / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
-    if history:
-        with (run / "history.csv").open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(history[0]))
-            writer.writeheader()
-            writer.writerows(history)
-
-
-def plot_history(run: Path, history: list[dict]) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 3.5))
-    FigureCanvasAgg(fig)
-    epochs = [h["epoch"] for h in history]
-    ax1, ax2 = fig.subplots(1, 2)
-    ax1.plot(epochs, [h["train_loss"] for h in history], label="train")
-    ax1.plot(epochs, [h["val_loss"] for h in history], label="val")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("loss")
-    ax1.legend()
-    ax2.plot(epochs, [h["train_accuracy"] for h in history], label="train")
-    ax2.plot(epochs, [h["val_accuracy"] for h in history], label="val")
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("accuracy")
-    ax2.legend()
-    fig.tight_layout()
-    fig.savefig(run / "curves.png", dpi=100)
-
-
 # ---------------------------------------------------------------- train
 
 
@@ -372,28 +182,29 @@ def train(
     ``stop_after`` ends this call after that many epochs in total (a planned interruption).
     """
     run = Path(run)
+    paths = RunPaths(run)
     ckpt = None
     if resume:
-        ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+        ckpt = load_checkpoint(paths.last_checkpoint)
         cfg = config_from_dict(ckpt["config"])
     elif cfg is None:
         raise PitguardError("train needs a config, or resume=True to continue a run")
-    elif (run / "checkpoints" / "last.pt").exists():
+    elif paths.last_checkpoint.exists():
         raise PitguardError(
             f"{run}: already holds a run; use --resume to continue it or choose a new --out"
         )
     run.mkdir(parents=True, exist_ok=True)
-    write_json(run / "config.json", cfg.to_dict())
+    write_json(paths.config, cfg.to_dict())
 
     torch.set_flush_denormal(True)  # denormal floats slow CPU math ~10x
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = pick_device(cfg.train.device)
+    device = pick_device(cfg.train.device, "train.device")
     seed_everything(cfg.train.seed)
     shuffle = torch.Generator().manual_seed(cfg.train.seed)
 
-    crops, data_info = prepare_data(cfg, run)
-    write_json(run / "data.json", data_info)
+    crops, data_info = prepare_data(cfg, paths.split)
+    write_json(paths.data, data_info)
     train_part, val_part = crops.split("train"), crops.split("val")
     n_classes = len(crops.classes)
     print(f"data: {data_info['counts']}  classes: {', '.join(crops.classes)}", flush=True)
@@ -441,6 +252,7 @@ def train(
     )
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.train.label_smoothing)
     augment = build_augment(cfg.augment).to(device)
+    stepper = Stepper(net, ema, augment, loss_fn, optimizer, scheduler, cfg, device)
 
     start_epoch, step, best, best_epoch, bad_epochs, history = 1, 0, None, 0, 0, []
     if ckpt is not None:
@@ -463,7 +275,7 @@ def train(
             seen = build_augment(cfg.augment).train()(
                 net.cpu().select(train_part.images[:64].float().div(255))
             )
-        save_grid(_as_rgb(seen, contract.channels), run / "augment_grid.png")
+        save_grid(_as_rgb(seen, contract.channels), paths.augment_grid)
         net.to(device)
         seed_everything(cfg.train.seed)  # the grid's draws do not shift training's random stream
 
@@ -488,19 +300,7 @@ def train(
             for i in range(0, steps_per_epoch * cfg.train.batch_size, cfg.train.batch_size)
         ]
         step, stats = train_one_epoch(
-            net,
-            ema,
-            batches,
-            images,
-            labels,
-            augment,
-            loss_fn,
-            optimizer,
-            scheduler,
-            step,
-            cfg,
-            device,
-            f"epoch {epoch}/{cfg.train.epochs}",
+            stepper, batches, images, labels, step, f"epoch {epoch}/{cfg.train.epochs}"
         )
         selected = ema.module if ema is not None else net
         stats.update(
@@ -558,9 +358,9 @@ def train(
             "history": history,
             "elapsed_s": stats["elapsed_s"],
         }
-        save_checkpoint(run / "checkpoints" / "last.pt", state)
+        save_checkpoint(paths.last_checkpoint, state)
         if improved:
-            save_checkpoint(run / "checkpoints" / "best.pt", state)
+            save_checkpoint(paths.best_checkpoint, state)
         if cfg.train.patience and bad_epochs >= cfg.train.patience:
             stop_reason = f"early stop: no better {cfg.train.select_metric} for {bad_epochs} epochs"
             break
@@ -570,7 +370,7 @@ def train(
         if stop_after is not None and epoch >= stop_after:
             stop_reason = f"stopped after epoch {epoch} (resume with --resume)"
             break
-    plot_history(run, history)
+    plot_history(history, paths.curves)
     summary = {
         "run": str(run),
         "recipe": cfg.recipe,
@@ -587,5 +387,5 @@ def train(
         "precision": "bf16 autocast" if use_bf16(cfg, device) else "fp32",
         "threads": torch.get_num_threads(),
     }
-    write_json(run / "train_summary.json", summary)
+    write_json(paths.summary, summary)
     return summary

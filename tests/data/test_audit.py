@@ -74,3 +74,24 @@ def test_shared_crops_audit(shared_train):
     assert len(r["duplicates"]) == 30 and all(len(g) == 2 for g in r["duplicates"])
     assert r["channels"][1]["constant"] and r["channels"][1]["max"] == 0
     assert r["unreadable"] == [] and r["odd"] == []
+
+
+def test_channel_stats_are_exact_over_all_pixels_and_the_cherry():
+    import numpy as np
+    import torch
+
+    from pitguard.data.audit import channel_stats
+
+    rng = np.random.default_rng(1)
+    images = torch.from_numpy(rng.integers(0, 256, (6, 3, 16, 16), dtype=np.uint8))
+    images[:, :, :5] = 0  # background: zero in every channel
+    images[0, 1, 8, 8] = 0  # a zero inside the cherry stays cherry
+    x = images.double()
+    cherry = images.amax(dim=1) > 0
+    for c, stats in enumerate(channel_stats(images)):
+        inside = x[:, c][cherry]
+        assert (stats["min"], stats["max"]) == (int(x[:, c].min()), int(x[:, c].max()))
+        assert stats["mean"] == round(float(x[:, c].mean()), 3)
+        assert stats["std"] == round(float(x[:, c].std()), 3)
+        assert stats["mean_inside"] == round(float(inside.mean()), 3)
+        assert stats["std_inside"] == round(float(inside.std()), 3)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pitguard.data.manifest import ManifestRow, read_manifest
 from pitguard.errors import PitguardError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -63,6 +63,11 @@ class DatasetIndex:
     def subset(self, split: str) -> DatasetIndex:
         items = [it for it in self.items if it.split == split]
         return DatasetIndex(self.root, self.layout, self.classes, items, dict(self.class_mapping))
+
+    def manifest_rows(self) -> list[ManifestRow]:
+        return [
+            ManifestRow(it.path, self.classes[it.label], it.split, it.group) for it in self.items
+        ]
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(self.classes, 0)
@@ -205,33 +210,11 @@ def _from_split_folders(root: Path, subdirs, mapping) -> DatasetIndex:
 
 
 def _from_manifest(csv_path: Path, mapping) -> DatasetIndex:
-    base = csv_path.parent
-    with csv_path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = set(reader.fieldnames or [])
-        missing = {"path", "label"} - columns
-        if missing:
-            raise PitguardError(
-                f"{csv_path}: manifest lacks column(s) {', '.join(sorted(missing))}; "
-                f"found {', '.join(sorted(columns)) or 'none'}; expected path,label[,split][,group]"
-            )
-        rows = list(reader)
-    if not rows:
-        raise PitguardError(f"{csv_path}: manifest has no rows; add one row per crop")
-    found = {r["label"]: _canonical(r["label"], mapping) for r in rows}
+    rows = read_manifest(csv_path)
+    found = {r.label: _canonical(r.label, mapping) for r in rows}
     classes = _resolve_classes(found, csv_path, mapping)
-    items = []
-    for line, r in enumerate(rows, start=2):
-        if not r["path"]:
-            raise PitguardError(f"{csv_path}:{line}: empty path; fill it in or delete the row")
-        items.append(
-            Item(
-                (base / r["path"]).resolve()
-                if not Path(r["path"]).is_absolute()
-                else Path(r["path"]),
-                classes.index(found[r["label"]]),  # type: ignore[arg-type]
-                (r.get("split") or None),
-                (r.get("group") or None),
-            )
-        )
-    return DatasetIndex(base.resolve(), "manifest", classes, items, dict(found))  # type: ignore[arg-type]
+    items = [
+        Item(r.path, classes.index(found[r.label]), r.split, r.group)  # type: ignore[arg-type]
+        for r in rows
+    ]
+    return DatasetIndex(csv_path.parent.resolve(), "manifest", classes, items, dict(found))  # type: ignore[arg-type]

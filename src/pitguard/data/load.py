@@ -15,12 +15,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from pitguard.config import ModeRule, SizeRule, choices
 from pitguard.data.layout import DatasetIndex, Item
 from pitguard.errors import PitguardError
 
 CACHE_VERSION = 1
-MODE_RULES = ("skip", "convert")
-SIZE_RULES = ("skip", "resize", "pad")
+MODE_RULES = choices(ModeRule)
+SIZE_RULES = choices(SizeRule)
 
 
 @dataclass(frozen=True)

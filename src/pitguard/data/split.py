@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +9,7 @@ import numpy as np
 from pitguard.data.audit import duplicate_groups
 from pitguard.data.layout import DatasetIndex, find_dataset
 from pitguard.data.load import Crops, DecodeOptions, load_crops
+from pitguard.data.manifest import ManifestRow, write_manifest
 from pitguard.errors import PitguardError
 
 # Default parts: calib holds ~340 pits of the shared crops, enough for a 1% pit-miss bound at 95%
@@ -92,24 +91,13 @@ def split_dataset(
     splits = assign_splits(labels, groups, fractions, seed)
     group_of = {i: f"g{k}" for k, g in enumerate(groups) for i in g}
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    base = out.parent.resolve()
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "label", "split", "group"])
-        for i, rel in enumerate(crops.paths):
-            absolute = (index.root / rel).resolve()
-            writer.writerow(
-                [
-                    os.path.relpath(absolute, base),
-                    crops.classes[labels[i]],
-                    splits[i],
-                    group_of.get(i, ""),
-                ]
-            )
-    os.replace(tmp, out)
+    out = write_manifest(
+        out,
+        (
+            ManifestRow(index.root / rel, crops.classes[labels[i]], splits[i], group_of.get(i))
+            for i, rel in enumerate(crops.paths)
+        ),
+    )
 
     counts = {s: dict.fromkeys(crops.classes, 0) for s in fractions}
     for lab, s in zip(labels, splits, strict=True):

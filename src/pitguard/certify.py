@@ -1,0 +1,263 @@
+"""Certify the thresholds of the decision: a stated bound on pits routed clean.
+
+t_low is certified with Learn-Then-Test fixed-sequence testing: candidate thresholds are
+scanned from the lowest upward, each tested with the exact one-sided Clopper-Pearson upper
+bound on the rate of calibration pits scored below it, and the scan stops at the first
+threshold whose bound exceeds ``max_pit_miss``. The miss rate grows with the threshold, so
+every threshold before the stop is valid at level ``1 - confidence`` without a multiplicity
+correction, including one picked from that set by looking at the data. The same scan, from the
+top downward, certifies t_high when a false-reject limit is given.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from pitguard.errors import PitguardError
+from pitguard.stats import cp_upper
+
+# Smallest float32 above 1: as t_high it routes nothing to pit even when p == 1.0 exactly,
+# which saturated float32 softmax outputs do produce.
+_ABOVE_ONE = float(np.nextafter(np.float32(1.0), np.float32(2.0)))
+# Cells of the (t_low x t_high) accuracy table held in memory at once.
+_TABLE_CELLS = 4_000_000
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:g}%"
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 < value < 1.0:  # also rejects NaN
+        raise PitguardError(f"{name} must be strictly between 0 and 1, got {value!r}")
+
+
+def _max_failures(n: int, max_rate: float, confidence: float) -> int:
+    """Largest failure count whose exact upper bound stays <= max_rate (-1 if none)."""
+    bounds = cp_upper(np.arange(n + 1), n, confidence)
+    # bounds[n] == 1 > max_rate, so argmax finds the first bound over the limit.
+    return int(np.argmax(bounds > max_rate)) - 1
+
+
+def min_pits_needed(max_pit_miss: float, confidence: float) -> int:
+    """Smallest n whose exact bound with zero misses, 1 - (1-confidence)**(1/n), is <= max_pit_miss."""
+    _check_fraction("max_pit_miss", max_pit_miss)
+    _check_fraction("confidence", confidence)
+    n = max(1, math.ceil(math.log1p(-confidence) / math.log1p(-max_pit_miss)))
+    # The closed form can land one off through rounding; settle on the bound the fit uses.
+    while cp_upper(0, n, confidence) > max_pit_miss:
+        n += 1
+    while n > 1 and cp_upper(0, n - 1, confidence) <= max_pit_miss:
+        n -= 1
+    return n
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Chosen thresholds and what the calibration set says about them."""
+
+    t_low: float
+    t_high: float
+    pit_miss_bound: float
+    false_reject_bound: float | None
+    n_pits: int
+    n_clean: int
+    calib_pit_misses: int
+    calib_maybe_rate: float
+
+
+def _prepare(p_pit: np.ndarray, is_pit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(p_pit)
+    y = np.asarray(is_pit)
+    if p.ndim != 1 or y.shape != p.shape:
+        raise PitguardError(
+            f"p_pit and is_pit must be 1-D arrays of the same length, got {p.shape} and {y.shape}"
+        )
+    if p.size == 0:
+        raise PitguardError("the calibration set is empty")
+    if not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1:
+        raise PitguardError("p_pit must hold finite probabilities in [0, 1]")
+    if y.dtype != np.bool_:
+        if not np.all((y == 0) | (y == 1)):
+            raise PitguardError("is_pit must be boolean or 0/1")
+        y = y == 1
+    return p.astype(np.float32), y
+
+
+def _midpoints(u: np.ndarray) -> np.ndarray:
+    """``u[0]``, then for each later value the float32 midpoint with its predecessor.
+
+    Where two scores are one float32 step apart the midpoint is not representable; the upper
+    score itself is kept, so every candidate stays above its predecessor and at most its score.
+    """
+    lo, hi = u[:-1].astype(np.float64), u[1:].astype(np.float64)
+    mid = ((lo + hi) / 2).astype(np.float32)
+    mid = np.where(mid > u[:-1], mid, u[1:])
+    return np.concatenate([u[:1], mid])
+
+
+def _candidates(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate thresholds (ascending) with the pits and clean crops scored below each.
+
+    Counts only change at observed scores, so these candidates make the search exact. Each
+    candidate lies halfway between two neighbouring scores rather than on one: the counts are
+    the same, and each calibration crop keeps half the gap to its neighbour as a margin against
+    float rounding in another runtime (ONNX), instead of sitting on the threshold.
+    """
+    ends = np.array([0.0, 1.0, _ABOVE_ONE], dtype=np.float32)
+    t = _midpoints(np.unique(np.concatenate([p, ends])))
+    pits_below = np.searchsorted(np.sort(p[y]), t, side="left")
+    clean_below = np.searchsorted(np.sort(p[~y]), t, side="left")
+    return t, pits_below.astype(np.int64), clean_below.astype(np.int64)
+
+
+def _accuracy(
+    i: np.ndarray, j: np.ndarray, pits_below: np.ndarray, clean_below: np.ndarray, n_pits: int
+) -> np.ndarray:
+    """Accuracy among non-maybe crops for t_low index i and t_high index j (broadcasts)."""
+    # The top candidate lies above every score, so the last counts are the class totals.
+    n_total = n_pits + int(clean_below[-1])
+    correct = clean_below[i] + (n_pits - pits_below[j])
+    decided = pits_below[i] + clean_below[i] + (n_total - pits_below[j] - clean_below[j])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        acc = correct / decided
+    # Nothing decided (everything maybe) has no accuracy; never prefer it.
+    return np.where(decided > 0, acc, -np.inf)
+
+
+def _accuracy_t_high(
+    rows: np.ndarray, pits_below: np.ndarray, clean_below: np.ndarray, n_pits: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each t_low index in rows (ascending), the t_high index >= it with the best accuracy.
+
+    Ties go to the smallest t_high, i.e. the smallest maybe rate.
+    """
+    m = pits_below.size
+    best_j = np.empty(rows.size, dtype=np.int64)
+    best_acc = np.empty(rows.size, dtype=np.float64)
+    step = max(1, _TABLE_CELLS // m)
+    for s in range(0, rows.size, step):
+        r = rows[s : s + step]
+        cols = np.arange(r[0], m)  # t_high >= t_low, and rows ascend
+        acc = _accuracy(r[:, None], cols[None, :], pits_below, clean_below, n_pits)
+        acc[cols[None, :] < r[:, None]] = -np.inf
+        j = np.argmax(acc, axis=1)  # first maximum -> smallest t_high among ties
+        best_j[s : s + r.size] = cols[j]
+        best_acc[s : s + r.size] = acc[np.arange(r.size), j]
+    return best_j, best_acc
+
+
+def choose_thresholds(
+    p_pit: np.ndarray,
+    is_pit: np.ndarray,
+    max_pit_miss: float = 0.01,
+    confidence: float = 0.95,
+    max_false_reject: float | None = None,
+) -> Thresholds:
+    """Pick t_low <= t_high from calibration scores so that, with probability >= confidence,
+    the rate of pits routed clean is <= max_pit_miss.
+
+    t_low ranges over the thresholds certified by the fixed-sequence scan. With
+    max_false_reject, t_high ranges over thresholds certified the same way for clean crops
+    routed pit (scanned downward); otherwise t_high is the one maximising accuracy among
+    non-maybe calibration crops. The pair with the smallest calibration maybe rate wins
+    (ties: higher accuracy, then the lower, safer t_low). Raises PitguardError when the data
+    cannot support a bound even with zero misses.
+    """
+    p, y = _prepare(p_pit, is_pit)
+    _check_fraction("max_pit_miss", max_pit_miss)
+    _check_fraction("confidence", confidence)
+    if max_false_reject is not None:
+        _check_fraction("max_false_reject", max_false_reject)
+    n_pits = int(y.sum())
+    n_clean = int(y.size - n_pits)
+    n_total = y.size
+
+    need = min_pits_needed(max_pit_miss, confidence)
+    if n_pits < need:
+        raise PitguardError(
+            f"cannot certify t_low: needs at least {need} pits with zero misses for a "
+            f"{_pct(max_pit_miss)} pit-miss bound at {_pct(confidence)} confidence; the "
+            f"calibration data has {n_pits} pits. Add calibration pits, or relax "
+            f"max_pit_miss or confidence."
+        )
+
+    t, pits_below, clean_below = _candidates(p, y)
+    below = pits_below + clean_below
+    # Misses never decrease with t, so "stop at the first bound over the limit" keeps exactly
+    # the candidates with at most k_max misses: a prefix, never empty since t = 0 misses none.
+    k_max = _max_failures(n_pits, max_pit_miss, confidence)
+    rows = np.arange(int(np.searchsorted(pits_below, k_max, side="right")))
+
+    if max_false_reject is None:
+        cols, acc = _accuracy_t_high(rows, pits_below, clean_below, n_pits)
+    else:
+        need_clean = min_pits_needed(max_false_reject, confidence)
+        if n_clean < need_clean:
+            raise PitguardError(
+                f"cannot certify t_high: needs at least {need_clean} clean crops with zero "
+                f"false rejects for a {_pct(max_false_reject)} false-reject bound at "
+                f"{_pct(confidence)} confidence; the calibration data has {n_clean} clean "
+                f"crops. Add calibration clean crops, or relax max_false_reject or confidence."
+            )
+        false_rejects = n_clean - clean_below  # never increases with t
+        kf_max = _max_failures(n_clean, max_false_reject, confidence)
+        # Scanning downward, the certified t_high form a suffix; the top candidate (above 1)
+        # rejects nothing, so the suffix is never empty.
+        j_min = int(np.argmax(false_rejects <= kf_max))
+        # Below j_min nothing is certified; above it the smallest t_high minimises maybe.
+        # When the certified ranges overlap, t_high = t_low removes the maybe band.
+        cols = np.maximum(rows, j_min)
+        acc = _accuracy(rows, cols, pits_below, clean_below, n_pits)
+
+    maybe = below[cols] - below[rows]
+    best = int(np.lexsort((rows, -acc, maybe))[0])
+    i, j = int(rows[best]), int(cols[best])
+
+    fr_bound = None
+    if max_false_reject is not None:
+        fr_bound = float(cp_upper(n_clean - clean_below[j], n_clean, confidence))
+    return Thresholds(
+        t_low=float(t[i]),
+        t_high=float(t[j]),
+        pit_miss_bound=float(cp_upper(pits_below[i], n_pits, confidence)),
+        false_reject_bound=fr_bound,
+        n_pits=n_pits,
+        n_clean=n_clean,
+        calib_pit_misses=int(pits_below[i]),
+        calib_maybe_rate=float(maybe[best]) / n_total,
+    )
+
+
+def operating_curve(p_pit: np.ndarray, is_pit: np.ndarray, confidence: float = 0.95) -> dict:
+    """Maybe rate against the certified pit-miss bound, one point per candidate t_low.
+
+    t_high is chosen per point as in `choose_thresholds` without max_false_reject. Returns
+    lists "t_low", "t_high", "pit_miss_bound", "pit_miss_rate" (calibration), "maybe_rate",
+    "accuracy" (among non-maybe crops), plus "confidence", "n_pits", "n_clean".
+    """
+    p, y = _prepare(p_pit, is_pit)
+    _check_fraction("confidence", confidence)
+    n_pits = int(y.sum())
+    n_clean = int(y.size - n_pits)
+    if n_pits == 0:
+        raise PitguardError("the calibration data has no pits; the pit-miss rate is undefined")
+    t, pits_below, clean_below = _candidates(p, y)
+    below = pits_below + clean_below
+    rows = np.arange(t.size)
+    cols, acc = _accuracy_t_high(rows, pits_below, clean_below, n_pits)
+    bound_by_misses = cp_upper(np.arange(n_pits + 1), n_pits, confidence)
+    return {
+        "t_low": t.astype(np.float64).tolist(),
+        "t_high": t[cols].astype(np.float64).tolist(),
+        "pit_miss_bound": bound_by_misses[pits_below].tolist(),
+        "pit_miss_rate": (pits_below / n_pits).tolist(),
+        "maybe_rate": ((below[cols] - below) / y.size).tolist(),
+        "accuracy": acc.tolist(),
+        "confidence": float(confidence),
+        "n_pits": n_pits,
+        "n_clean": n_clean,
+    }

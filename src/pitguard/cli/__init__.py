@@ -1,0 +1,52 @@
+"""The ``pitguard`` command: one thin verb per pipeline stage, and the errors it reports."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+
+from pitguard import __version__
+from pitguard.cli import data_verbs, deploy_verbs, study_verbs, train_verbs
+from pitguard.cli.common import examples
+from pitguard.errors import PitguardError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, verbs in pipeline order; builds without importing any stage."""
+    parser = argparse.ArgumentParser(
+        prog="pitguard",
+        description="Train, check and ship the cherry pit crop classifier.",
+        epilog=examples(
+            "pitguard data audit ../shared/data/cherry_classification/train --json audit.json",
+            "pitguard data split ../shared/data/cherry_classification/train --out split.csv",
+            "pitguard demo",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"pitguard {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    data_verbs.add_verbs(sub)
+    train_verbs.add_verbs(sub)
+    deploy_verbs.add_verbs(sub)
+    study_verbs.add_verbs(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one verb; a :class:`PitguardError` prints ``error: ...`` and exits 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except PitguardError as exc:
+        print("error: " + textwrap.indent(str(exc), "  ").lstrip(), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,140 @@
+"""The ``pitguard data`` verbs: audit, split and synthesize crops."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from pitguard.cli.common import (
+    add_decode_args,
+    dataset_index,
+    decode_options,
+    examples,
+    verb,
+    write_json_out,
+)
+
+if TYPE_CHECKING:
+    from pitguard.cli.common import Verbs
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from pitguard.data.audit import audit, format_audit
+
+    report = audit(dataset_index(args), decode_options(args))
+    print(format_audit(report))
+    write_json_out(report, args.json)
+    return 0
+
+
+def add_audit(sub: Verbs) -> None:
+    p = verb(
+        sub,
+        "audit",
+        "Report counts, image statistics, bad files, duplicates and leakage of a dataset.",
+        [
+            "pitguard data audit ../shared/data/cherry_classification/train",
+            "pitguard data audit runs/split.csv --json audit.json",
+            "pitguard data audit my_crops/ --modes convert --sizes pad",
+        ],
+        cmd_audit,
+    )
+    p.add_argument("data", help="class-folder dir, split-folder dir, or CSV manifest")
+    p.add_argument("--json", metavar="OUT", help="write the full report as JSON")
+    add_decode_args(p)
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from pitguard.data.split import parse_fractions, split_dataset
+
+    result = split_dataset(
+        dataset_index(args),
+        args.out,
+        parse_fractions(args.fractions),
+        args.seed,
+        decode_options(args),
+    )
+    print(f"{'split':<8}" + "".join(f"{c:>10}" for c in next(iter(result["counts"].values()))))
+    for split, per in result["counts"].items():
+        print(f"{split:<8}" + "".join(f"{v:>10}" for v in per.values()))
+    print(f"duplicate groups kept whole: {result['groups_kept_whole']}")
+    if result["skipped"]:
+        print(f"skipped {len(result['skipped'])} unusable file(s), e.g. {result['skipped'][0]}")
+    print(f"wrote {result['manifest']}")
+    return 0
+
+
+def add_split(sub: Verbs) -> None:
+    p = verb(
+        sub,
+        "split",
+        "Write a seeded, stratified, duplicate-aware split manifest (path,label,split,group).",
+        [
+            "pitguard data split ../shared/data/cherry_classification/train --out split.csv",
+            "pitguard data split crops/ --out split.csv --fractions train=0.7,val=0.15,test=0.15",
+            "pitguard data split crops/ --out split.csv --seed 7",
+        ],
+        cmd_split,
+    )
+    p.add_argument("data", help="class-folder dir, split-folder dir, or CSV manifest")
+    p.add_argument(
+        "--out", required=True, metavar="MANIFEST.csv", help="where to write the manifest"
+    )
+    p.add_argument(
+        "--fractions",
+        help="NAME=FRACTION pairs adding up to 1 (default train=0.55,val=0.1,calib=0.2,test=0.15)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default 0)")
+    add_decode_args(p)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from pitguard.data.synth import synthesize
+
+    info = synthesize(
+        args.out, count=args.count, seed=args.seed, size=args.size, difficulty=args.difficulty
+    )
+    print(
+        f"wrote {info['count']} synthetic crops to {info['out']} "
+        + ", ".join(f"{k} {v}" for k, v in info["classes"].items())
+    )
+    return 0
+
+
+def add_synth(sub: Verbs) -> None:
+    p = verb(
+        sub,
+        "synth",
+        "Write procedural crops that look like the line's (clean and pit folders, balanced).",
+        [
+            "pitguard data synth synth/ --count 400",
+            "pitguard data synth hard/ --count 1000 --difficulty 0.8 --seed 3",
+        ],
+        cmd_synth,
+    )
+    p.add_argument("out", help="output folder (created; must not hold other files)")
+    p.add_argument("--count", type=int, default=400, help="number of crops (default 400)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--size", type=int, default=128, help="crop side in px (default 128)")
+    p.add_argument(
+        "--difficulty", type=float, default=0.5, help="0 easy .. 1 hard: fainter pits (default 0.5)"
+    )
+
+
+def add_verbs(sub: Verbs) -> None:
+    """The ``data`` group and its verbs."""
+    group = sub.add_parser(
+        "data",
+        help="find, audit, split and synthesize crops",
+        description="Find, audit, split and synthesize crops.",
+        epilog=examples(
+            "pitguard data audit ../shared/data/cherry_classification/train --json audit.json",
+            "pitguard data split crops/ --out split.csv --seed 7",
+            "pitguard data synth synth/ --count 400",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    data_sub = group.add_subparsers(dest="data_verb", metavar="VERB", required=True)
+    add_audit(data_sub)
+    add_split(data_sub)
+    add_synth(data_sub)

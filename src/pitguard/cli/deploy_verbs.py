@@ -1,0 +1,231 @@
+"""The deployment verbs: export a bundle, predict with it, serve it, bench it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pitguard.cli.common import verb, write_json_out
+from pitguard.deploy.backends import ALIASES, BACKENDS, SERVING  # no torch: help stays light
+
+if TYPE_CHECKING:
+    from pitguard.cli.common import Verbs
+
+
+def _serving_backends() -> str:
+    """The --backend help of predict and serve, listed from the registry."""
+    alias_of = {name: alias for alias, name in ALIASES.items()}
+    names = [f"{n} (alias {alias_of[n]})" if n in alias_of else n for n in SERVING]
+    return "auto (ONNX when present), " + ", ".join(names)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pitguard.deploy.export import export_run
+
+    meta = export_run(
+        args.run,
+        args.out,
+        args.onnx,
+        args.int8,
+        args.fp16,
+        args.calib_data,
+        args.allow_uncalibrated,
+    )
+    print(f"wrote bundle {args.out}: " + ", ".join(meta["files"].values()))
+    for key, label in (("onnx", "ONNX parity"), ("int8", "INT8 gate"), ("fp16", "FP16 gate")):
+        if key in meta:
+            g = meta[key].get("parity") or meta[key]["gate"]
+            print(
+                f"{label}: max p(pit) diff {g['max_prob_diff']:.2e}, {g['route_mismatches']} route mismatches, "
+                f"accuracy {100 * g['accuracy']:.2f}% (fp32 {100 * g['accuracy_ref']:.2f}%), "
+                f"pits routed clean {g['pit_misses']} (fp32 {g['pit_misses_ref']}) on n={g['n']}"
+            )
+    return 0
+
+
+def add_export(sub: Verbs) -> None:
+    p = verb(
+        sub,
+        "export",
+        "Write a deployable bundle (weights, input contract, calibrated decision; ONNX/INT8/FP16).",
+        [
+            "pitguard export runs/cpu-fast --out bundles/cpu-fast --onnx",
+            "pitguard export runs/cpu-fast --out bundles/cpu-fast-q --onnx --int8 --fp16",
+            "pitguard export runs/prod --out bundles/prod --onnx --calib-data calib_crops/",
+        ],
+        cmd_export,
+    )
+    p.add_argument("run", help="a calibrated run folder")
+    p.add_argument("--out", required=True, help="bundle folder to create")
+    p.add_argument("--onnx", action="store_true", help="also write model.onnx (checked for parity)")
+    p.add_argument(
+        "--int8", action="store_true", help="also write model.int8.onnx (static PTQ, gated)"
+    )
+    p.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx for GPU (gated)")
+    p.add_argument(
+        "--calib-data",
+        help="crops for the gates and INT8 calibration (default: the run's calib part)",
+    )
+    p.add_argument(
+        "--allow-uncalibrated",
+        action="store_true",
+        help="export a run without policy (argmax, no maybe)",
+    )
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pitguard.deploy.predict import load, predict_files
+
+    predictor = load(args.bundle, args.backend, args.device, args.threads)
+    result = predict_files(predictor, args.paths, Path(args.out) if args.out else None)
+    if not args.out:
+        for row in result["rows"]:
+            print(f"{row['path']},{row['route']},{row['p_pit']},{row['error']}")
+    print(
+        f"{result['n']} files: "
+        + ", ".join(f"{k} {v}" for k, v in result["routes"].items())
+        + f", failed {result['failed']}",
+        file=sys.stderr,
+    )
+    if args.out:
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 1 if result["failed"] else 0
+
+
+def add_predict(sub: Verbs) -> None:
+    p = verb(
+        sub,
+        "predict",
+        "Classify image files and folders with a bundle; writes path, route, p_pit (exit 1 if some failed).",
+        [
+            "pitguard predict bundles/cpu-fast crops/ --out preds.csv",
+            "pitguard predict bundles/cpu-fast a.png b.png --backend torch",
+        ],
+        cmd_predict,
+    )
+    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--out", help="write a CSV (path,route,p_pit,label,error)")
+    p.add_argument("--backend", default="auto", help=_serving_backends())
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pitguard.deploy.serve import serve
+
+    serve(
+        args.bundle,
+        host=args.host,
+        port=args.port,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        backend=args.backend,
+        threads=args.threads,
+    )
+    return 0
+
+
+def add_serve(sub: Verbs) -> None:
+    p = verb(
+        sub,
+        "serve",
+        "Serve a bundle over HTTP: POST /v1/classify (PNG files or .npy), /healthz, /metrics.",
+        [
+            "pitguard serve bundles/cpu-fast",
+            "pitguard serve bundles/cpu-fast --host 0.0.0.0 --port 8080 --max-batch 128",
+            "curl -F files=@a.png -F files=@b.png http://127.0.0.1:8000/v1/classify",
+        ],
+        cmd_serve,
+    )
+    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--max-batch", type=int, default=64, help="most crops per model call (default 64)"
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="longest wait for more requests to batch with (default 5)",
+    )
+    p.add_argument("--backend", default="auto", help=_serving_backends())
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pitguard.deploy.bench import bench, format_table
+    from pitguard.deploy.timing import parse_backends, parse_batch_sizes
+
+    result = bench(
+        args.targets,
+        parse_batch_sizes(args.batch_sizes),
+        parse_backends(args.backends),
+        threads=args.threads,
+        baseline=args.baseline,
+        min_runs=args.min_runs,
+        min_seconds=args.min_seconds,
+        device=args.device,
+        size=args.size,
+    )
+    print(format_table(result))
+    write_json_out(result, args.json)
+    return 0
+
+
+def add_bench(sub: Verbs) -> None:
+    p = verb(
+        sub,
+        "bench",
+        "Latency and throughput of bundles and timm models, end to end from uint8 crops.",
+        [
+            "pitguard bench runs/bundle --baseline resnet50 --batch-sizes 1,32 --json bench.json",
+            "pitguard bench resnet50 pitguard_small --backends eager,onnx,onnx-int8 --threads 2",
+            "pitguard bench runs/bundle --device cuda --backends eager,onnx --min-seconds 5",
+        ],
+        cmd_bench,
+    )
+    p.add_argument(
+        "targets",
+        nargs="+",
+        metavar="TARGET",
+        help="bundle folder or timm model name (random weights)",
+    )
+    p.add_argument(
+        "--batch-sizes", default="1,8,32", metavar="N,N", help="comma-separated (default 1,8,32)"
+    )
+    p.add_argument(
+        "--backends",
+        default="eager,onnx",
+        metavar="NAME,NAME",
+        help=f"comma-separated from {', '.join(BACKENDS)} "
+        "(default eager,onnx; on cuda eager also brings eager-fp16 and eager-bf16)",
+    )
+    p.add_argument(
+        "--threads", type=int, help="CPU threads for torch and onnxruntime (default: all cores)"
+    )
+    p.add_argument(
+        "--baseline", metavar="TARGET", help="also time this as eager and compare per crop"
+    )
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default cpu")
+    p.add_argument(
+        "--min-seconds",
+        type=float,
+        default=2.0,
+        help="time each batch size at least this long (default 2)",
+    )
+    p.add_argument(
+        "--min-runs", type=int, default=20, help="and at least this many runs (default 20)"
+    )
+    p.add_argument("--size", type=int, default=128, help="crop side for timm names (default 128)")
+    p.add_argument("--json", metavar="OUT", help="write the full result as JSON")
+
+
+def add_verbs(sub: Verbs) -> None:
+    add_export(sub)
+    add_predict(sub)
+    add_serve(sub)
+    add_bench(sub)

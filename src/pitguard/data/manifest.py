@@ -1,0 +1,73 @@
+"""The split manifest (``path,label,split,group``): its one reader and its one writer."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pitguard.errors import PitguardError
+from pitguard.files import atomic_write
+
+COLUMNS = ("path", "label", "split", "group")
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One crop of a manifest; ``path`` is absolute once read."""
+
+    path: Path
+    label: str  # the class name as written (mapped to a canonical class by the reader's caller)
+    split: str | None = None
+    group: str | None = None  # duplicate group: crops of one group share a split
+
+
+def read_manifest(csv_path: str | Path) -> list[ManifestRow]:
+    """Rows of a manifest, paths resolved against its folder; errors name the file and line."""
+    csv_path = Path(csv_path)
+    base = csv_path.parent
+    with csv_path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns = set(reader.fieldnames or [])
+        missing = {"path", "label"} - columns
+        if missing:
+            raise PitguardError(
+                f"{csv_path}: manifest lacks column(s) {', '.join(sorted(missing))}; "
+                f"found {', '.join(sorted(columns)) or 'none'}; expected path,label[,split][,group]"
+            )
+        raw = list(reader)
+    if not raw:
+        raise PitguardError(f"{csv_path}: manifest has no rows; add one row per crop")
+    rows = []
+    for line, r in enumerate(raw, start=2):
+        if not r["path"]:
+            raise PitguardError(f"{csv_path}:{line}: empty path; fill it in or delete the row")
+        path = Path(r["path"])
+        rows.append(
+            ManifestRow(
+                path if path.is_absolute() else (base / path).resolve(),
+                r["label"],
+                r.get("split") or None,
+                r.get("group") or None,
+            )
+        )
+    return rows
+
+
+def write_manifest(path: str | Path, rows: Iterable[ManifestRow]) -> Path:
+    """Write rows atomically, paths relative to the manifest's folder so the pair can move."""
+    path = Path(path)
+    base = path.parent.resolve()
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(COLUMNS)
+            for row in rows:
+                rel = os.path.relpath(Path(row.path).resolve(), base)
+                writer.writerow([rel, row.label, row.split or "", row.group or ""])
+
+    atomic_write(path, write)
+    return path

@@ -1,0 +1,65 @@
+"""The inference backends a bundle can run on: one registry for predict, serve, bench and export."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pitguard.errors import PitguardError
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    runtime: str  # "torch" (the bundle's safetensors weights) or "onnx" (an ONNX Runtime graph)
+    file_key: str  # key of its file in bundle.json's "files"
+    file_name: str  # the file pitguard export writes for it
+    export_flag: str | None  # the `pitguard export` flag that writes its graph
+    autocast: str | None = None  # torch dtype name for half-precision eager runs
+
+
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend("eager", "torch", "weights", "model.safetensors", None),
+        Backend("onnx", "onnx", "onnx", "model.onnx", "--onnx"),
+        Backend("onnx-int8", "onnx", "onnx_int8", "model.int8.onnx", "--int8"),
+        Backend("onnx-fp16", "onnx", "onnx_fp16", "model.fp16.onnx", "--fp16"),
+        Backend("eager-fp16", "torch", "weights", "model.safetensors", None, "float16"),
+        Backend("eager-bf16", "torch", "weights", "model.safetensors", None, "bfloat16"),
+    )
+}
+ALIASES = {"torch": "eager"}  # `pitguard predict --backend torch` reads as plain PyTorch
+SERVING = ("eager", "onnx", "onnx-int8", "onnx-fp16")  # what predict and serve load directly
+
+
+def get_backend(name: str, allowed: tuple[str, ...] | None = None) -> Backend:
+    """The backend called ``name`` (or an alias); the error lists the choices and the closest."""
+    name = ALIASES.get(name, name)
+    choices = allowed or tuple(BACKENDS)
+    if name not in choices:
+        close = difflib.get_close_matches(name, choices, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise PitguardError(f"backend {name!r}: unknown{hint}; choose from {', '.join(choices)}")
+    return BACKENDS[name]
+
+
+def auto_backend(files: dict[str, str]) -> Backend:
+    """ONNX Runtime when the bundle has an ONNX graph, else PyTorch."""
+    return BACKENDS["onnx" if BACKENDS["onnx"].file_key in files else "eager"]
+
+
+def ort_session(path: Path, threads: int = 0, device: str = "cpu"):
+    """An ONNX Runtime session that flushes denormals, on CUDA when asked and available."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.set_denormal_as_zero", "1")
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(str(path), opts, providers=providers)

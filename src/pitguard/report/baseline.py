@@ -1,0 +1,77 @@
+"""Pick the baseline among the reported runs and pair every run's test predictions with it.
+
+The comparison itself is ``pitguard.studies.compare``'s, on the test part the runs share; it is
+the one number of the report measured anew rather than read from the runs' files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pitguard.errors import PitguardError
+from pitguard.report.collect import run_dirs, run_names, run_record, same_file
+from pitguard.runfolder import is_run
+
+
+def _resolve_baseline(baseline, runs: list[Path], names: list[str]) -> int | list[Path]:
+    """Index of the baseline among RUNS, or RUNS with the baseline run folder put first."""
+    if baseline is None:
+        return 0
+    text = str(baseline)
+    for i, (run, name) in enumerate(zip(runs, names, strict=True)):
+        if text == name or same_file(Path(text), run):
+            return i
+    if is_run(text):
+        return [Path(text), *runs]
+    raise PitguardError(
+        f"--baseline {text}: not a run folder and not one of the runs in the report "
+        f"({', '.join(names)}); give a run folder or one of those names"
+    )
+
+
+def compare_with_baseline(base: dict, rec: dict) -> dict:
+    """REC against BASE on their shared test part, or why they were not paired."""
+    from pitguard.studies.compare import compare_runs, same_split
+
+    out: dict = {"baseline": base["run"]}
+    if rec is base:
+        return {**out, "verdict": "baseline"}
+    if not same_split([base["path"], rec["path"]]):
+        return {**out, "verdict": "not paired (different splits)", "paired": False}
+    try:
+        result = compare_runs([base["path"], rec["path"]])
+    except (PitguardError, OSError) as exc:
+        return {**out, "verdict": f"not compared: {exc}", "paired": False}
+    row = result["comparisons"][0]
+    return {
+        **out,
+        "verdict": row["verdict"],
+        "paired": True,
+        "data": result["data"],
+        "n": result["n"],
+        "accuracy_baseline": row["accuracy_baseline"],
+        "accuracy_run": row["accuracy_run"],
+        "accuracy_diff": row["accuracy_diff"],
+        "mcnemar_p": row["mcnemar"]["p_value"],
+        "mcnemar": row["mcnemar"],
+        "maybe_rate_diff": row.get("maybe_rate_diff"),
+    }
+
+
+def records_with_baseline(paths, baseline=None) -> tuple[list[dict], dict]:
+    """The records of the runs under PATHS, each compared with the baseline; and the baseline's.
+
+    The baseline (default: the first run) is a run name, a run among PATHS or another run
+    folder, which is then put first.
+    """
+    runs = run_dirs(paths)
+    names = run_names(runs)
+    which = _resolve_baseline(baseline, runs, names)
+    if isinstance(which, list):
+        runs, which = which, 0
+        names = run_names(runs)
+    records = [run_record(run, name) for run, name in zip(runs, names, strict=True)]
+    base = records[which]
+    for rec in records:
+        rec["vs_baseline"] = compare_with_baseline(base, rec)
+    return records, base

@@ -1,0 +1,200 @@
+"""The report page: one self-contained HTML file, styles inline and every image a data URI."""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from pathlib import Path
+
+from pitguard.report.collect import crop_roots
+from pitguard.report.figures import crops_grid_png, latency_accuracy_png, wrong_crops
+from pitguard.report.tables import COLUMNS, table_cells, verdict_cell
+from pitguard.runfolder import RunPaths
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2rem;color:#1d1d1f;
+background:#fff;max-width:1400px}
+h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.82rem}th,td{border:1px solid #ccc;padding:.3rem .5rem;
+text-align:left;vertical-align:top}th{background:#f2f2f2}.scroll{overflow-x:auto}
+figure{display:inline-block;margin:.5rem 1rem .5rem 0;vertical-align:top}
+figure img{max-width:640px;border:1px solid #eee}figure.wide img{max-width:100%}figcaption{font-size:.8rem;color:#555;
+max-width:640px}.na{color:#8a6d00}.notes li{font-size:.85rem}code{background:#f5f5f5;
+padding:0 .2rem}
+"""
+
+_FIGURES = [
+    ("training_curves", "training curves"),
+    ("confusion_matrix", "confusion matrix"),
+    ("roc_pr", "ROC and PR curves"),
+    ("reliability", "reliability diagram"),
+    ("operating_curve", "policy operating curve"),
+    ("most_wrong", "most wrong crops"),
+]
+
+_MISSING_FIGURE = {
+    "training_curves": "written by pitguard train",
+    "confusion_matrix": "run pitguard eval {run}",
+    "roc_pr": "run pitguard eval {run}",
+    "reliability": "run pitguard calibrate {run}",
+    "operating_curve": "run pitguard calibrate {run}",
+    "most_wrong": "run pitguard eval {run}",
+}
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _esc(text) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def section_id(name: str) -> str:
+    """The HTML id of a run's section: run-<name> with anything but [A-Za-z0-9_-] as '-'."""
+    return "run-" + re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")
+
+
+def _figure_html(title: str, png: bytes, caption: str, wide: bool = False) -> str:
+    cls = ' class="wide"' if wide else ""
+    return (
+        f'<figure{cls}><img alt="{_esc(title)}" src="{_data_uri(png)}">'
+        f"<figcaption>{_esc(title)}: {_esc(caption)}</figcaption></figure>"
+    )
+
+
+def _run_section(rec: dict) -> str:
+    run = Path(rec["path"])
+    parts = [f'<section id="{section_id(rec["run"])}">', f"<h2>{_esc(rec['run'])}</h2>"]
+    facts = [
+        ("folder", rec["path"]),
+        ("recipe", rec["recipe"] or "n/a"),
+        ("architecture", rec["architecture"] or "n/a"),
+        ("test data", f"{rec['test']['data']} (n={rec['test']['n']})" if rec["test"] else "n/a"),
+        (
+            "calibrated on",
+            f"{rec['calibration']['data']} (n={rec['calibration']['n']})"
+            if rec["calibration"]
+            else "n/a",
+        ),
+        (
+            "CPU latency",
+            f"{rec['latency_cpu']['ms_per_crop']:.3f} ms/crop ({rec['latency_cpu']['choice']}, "
+            f"{rec['latency_cpu']['cpu']}, {rec['latency_cpu']['threads']} thread(s))"
+            if rec["latency_cpu"]
+            else "n/a",
+        ),
+        ("vs baseline", verdict_cell(rec["vs_baseline"])),
+    ]
+    parts.append(
+        "<table>"
+        + "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in facts)
+        + "</table>"
+    )
+    figs = rec["figures"]
+    missing = []
+    for key, title in _FIGURES:
+        info = figs.get(key)
+        if info is None:
+            missing.append(f"{title}: n/a ({_MISSING_FIGURE[key].format(run=run)})")
+            continue
+        measured = f"{info['data']}" + (f", n={info['n']}" if info.get("n") is not None else "")
+        if key == "most_wrong":
+            crops = wrong_crops(run / info["file"], crop_roots(rec))
+            if not crops:
+                missing.append(f"{title}: n/a (no pit or clean crops in {info['file']})")
+                continue
+            png = crops_grid_png(crops)
+            caption = (
+                f"pits with the lowest p_pit (false clean first), then clean crops with the "
+                f"highest; red titles are argmax errors; {measured}"
+            )
+        else:
+            png = (run / info["file"]).read_bytes()
+            caption = measured
+        parts.append(_figure_html(title, png, caption, wide=key == "most_wrong"))
+    if missing:
+        parts.append(
+            '<ul class="notes na">' + "".join(f"<li>{_esc(m)}</li>" for m in missing) + "</ul>"
+        )
+    if rec["notes"]:
+        parts.append(
+            '<ul class="notes">' + "".join(f"<li>{_esc(n)}</li>" for n in rec["notes"]) + "</ul>"
+        )
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _latency_section(records: list[dict]) -> str:
+    bench = RunPaths(Path("RUN")).bench
+    chart = latency_accuracy_png(records)
+    without = [r["run"] for r in records if not r["latency_cpu"]]
+    no_acc = [r["run"] for r in records if r["latency_cpu"] and not r["test"]]
+    scatter = ['<section id="latency-accuracy"><h2>Latency against accuracy</h2>']
+    if chart:
+        scatter.append(
+            _figure_html(
+                "latency against accuracy",
+                chart,
+                f"CPU ms per crop from each run's {bench.name} against test accuracy",
+            )
+        )
+    else:
+        scatter.append('<p class="na">n/a: no run has both bench results and test metrics.</p>')
+    if without:
+        scatter.append(
+            f'<p class="na">No bench results: {_esc(", ".join(without))} (run pitguard export '
+            f"RUN --out BUNDLE --onnx, then pitguard bench BUNDLE --json {bench}).</p>"
+        )
+    if no_acc:
+        scatter.append(
+            f'<p class="na">No test metrics: {_esc(", ".join(no_acc))} (run pitguard eval RUN).</p>'
+        )
+    scatter.append("</section>")
+    return "".join(scatter)
+
+
+def render_html(records: list[dict], baseline: str, generated: str) -> str:
+    """One self-contained page: styles inline, every image a data URI, no scripts."""
+    head = "".join(f"<th>{_esc(c)}</th>" for c in COLUMNS)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="na">{_esc(c)}</td>' if c == "n/a" else f"<td>{_esc(c)}</td>"
+            for c in table_cells(rec)
+        )
+        + "</tr>"
+        for rec in records
+    )
+    notes = [f"{rec['run']}: {n}" for rec in records for n in rec["notes"]]
+    table = (
+        '<section id="table"><h2>Runs</h2>'
+        f"<p>Baseline: {_esc(baseline)}. Intervals are 95%; every number is read from the run's "
+        "own files. The pit-miss bound is the calibrated guarantee; measured rates are on the "
+        "test part named in the data column.</p>"
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+        "</div>"
+        + (
+            '<ul class="notes">' + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>"
+            if notes
+            else ""
+        )
+        + "</section>"
+    )
+    runs_html = "\n".join(_run_section(rec) for rec in records)
+    toc = "".join(
+        f'<li><a href="#{section_id(r["run"])}">{_esc(r["run"])}</a></li>' for r in records
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        # An empty icon keeps the browser from asking for /favicon.ico.
+        '<link rel="icon" href="data:,">'
+        f"<title>pitguard experiments</title><style>{_CSS}</style></head><body>"
+        f"<h1>pitguard experiments</h1><p>Generated {_esc(generated)}; "
+        f"{len(records)} run(s).</p>"
+        f'<nav><ul><li><a href="#table">table</a></li>'
+        f'<li><a href="#latency-accuracy">latency against accuracy</a></li>{toc}</ul></nav>'
+        f"{table}\n{_latency_section(records)}\n{runs_html}\n</body></html>\n"
+    )

@@ -1,0 +1,280 @@
+"""A run folder: the one owner of its file names, checkpoints, weights, policy and data parts.
+
+Every other stage asks this module where a run's files are and how to read them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from pitguard.config import Config, config_from_dict
+from pitguard.data.layout import find_dataset, parse_class_mapping
+from pitguard.data.load import Crops, DecodeOptions, load_crops
+from pitguard.devices import pick_device
+from pitguard.errors import PitguardError
+from pitguard.files import atomic_write, read_json, write_json
+from pitguard.models import InputContract, PitguardNet, build_model, infer_logits
+from pitguard.policy import DecisionPolicy
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where each file of a run folder lies."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    config = property(lambda self: self.root / "config.json")  # resolved settings
+    data = property(lambda self: self.root / "data.json")  # what was read, counts, fingerprint
+    split = property(lambda self: self.root / "split.csv")  # the exact split trained on
+    model = property(lambda self: self.root / "model.json")  # how to rebuild the shipped weights
+    weights = property(lambda self: self.root / "model.safetensors")
+    policy = property(lambda self: self.root / "policy.json")  # the calibrated decision
+    summary = property(lambda self: self.root / "train_summary.json")
+    history_jsonl = property(lambda self: self.root / "history.jsonl")
+    history_csv = property(lambda self: self.root / "history.csv")
+    curves = property(lambda self: self.root / "curves.png")
+    augment_grid = property(lambda self: self.root / "augment_grid.png")
+    bench = property(lambda self: self.root / "bench.json")
+    checkpoints = property(lambda self: self.root / "checkpoints")
+    last_checkpoint = property(lambda self: self.root / "checkpoints" / "last.pt")
+    best_checkpoint = property(lambda self: self.root / "checkpoints" / "best.pt")
+    evals = property(lambda self: self.root / "eval")  # one folder per evaluated data part
+    calibration = property(lambda self: self.root / "calibration")
+    thresholds = property(lambda self: self.root / "thresholds")
+
+    def eval_dir(self, ev: EvalData) -> Path:
+        keep = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in ev.description)
+        return self.evals / (keep.strip("_")[-80:] or "data")
+
+    def eval_metrics(self) -> list[Path]:
+        return sorted(self.evals.glob(f"*/{EVAL_METRICS}"))
+
+
+# Files inside an evaluation folder (RunPaths.eval_dir), the calibration and thresholds folders.
+EVAL_METRICS = "metrics.json"
+EVAL_PREDICTIONS = "predictions.csv"
+EVAL_CONFUSION = "confusion_matrix.png"
+EVAL_ROC_PR = "roc_pr.png"
+CALIB_REPORT = "policy_report.json"
+CALIB_OPERATING_CURVE = "operating_curve.png"
+CALIB_RELIABILITY = "reliability.png"
+SWEEP_JSON = "sweep.json"
+SWEEP_PNG = "sweep.png"
+
+# Folder names inside a run that are never runs themselves.
+INNER_FOLDERS = frozenset({"checkpoints", "eval", "calibration", "thresholds"})
+
+
+def is_run(path: str | Path) -> bool:
+    return RunPaths(Path(path)).model.is_file()
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """torch.save of tensors and plain data only (loadable with weights_only=True), then rename."""
+    atomic_write(path, lambda tmp: torch.save({"schema_version": SCHEMA_VERSION, **payload}, tmp))
+
+
+def load_checkpoint(path: Path) -> dict:
+    if not path.is_file():
+        raise PitguardError(f"{path}: checkpoint not found; is this a pitguard run folder?")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    version = ckpt.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise PitguardError(
+            f"{path}: checkpoint schema {version}, this pitguard reads {SCHEMA_VERSION}; "
+            "use the pitguard version that wrote it"
+        )
+    return ckpt
+
+
+def write_history(run: Path, history: list[dict]) -> None:
+    """Rewritten whole every epoch: a resumed run never appends to an older run's rows."""
+    import csv
+
+    paths = RunPaths(run)
+    atomic_write(
+        paths.history_jsonl,
+        lambda tmp: tmp.write_text("".join(json.dumps(h) + "\n" for h in history)),
+    )
+    if history:
+
+        def write_csv(tmp: Path) -> None:
+            with tmp.open("w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=list(history[0]))
+                writer.writeheader()
+                writer.writerows(history)
+
+        atomic_write(paths.history_csv, write_csv)
+
+
+# --------------------------------------------------------------------------- weights
+
+
+@dataclass
+class RunModel:
+    """A trained (or imported) model read back from a run folder."""
+
+    run: Path
+    net: PitguardNet
+    classes: tuple[str, ...]
+    model_name: str
+    model_kwargs: dict
+    config: Config | None
+    meta: dict
+
+    @property
+    def pit_index(self) -> int:
+        return self.classes.index("pit")
+
+
+def save_model(run: Path, net: PitguardNet, meta: dict) -> None:
+    """Weights that ship: safetensors plus model.json describing how to rebuild the network."""
+    paths = RunPaths(run)
+    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    atomic_write(paths.weights, lambda tmp: save_file(state, str(tmp)))
+    write_json(paths.model, {"schema_version": SCHEMA_VERSION, **meta})
+
+
+def model_meta(
+    name: str,
+    kwargs: dict,
+    contract: InputContract,
+    classes: tuple[str, ...],
+    cfg: Config | None,
+    extra=None,
+) -> dict:
+    return {
+        "model_name": name,
+        "model_kwargs": kwargs,
+        "input": contract.to_dict(),
+        "classes": list(classes),
+        "config": cfg.to_dict() if cfg is not None else None,
+        **(extra or {}),
+    }
+
+
+def load_run(run: str | Path) -> RunModel:
+    """The shipped weights of a run folder (``model.safetensors`` + ``model.json``)."""
+    run = Path(run)
+    paths = RunPaths(run)
+    meta_path = paths.model
+    if not meta_path.is_file():
+        hint = " (training has not finished an epoch yet?)" if paths.checkpoints.is_dir() else ""
+        raise PitguardError(
+            f"{run}: no model.json{hint}; give a run folder written by pitguard train"
+        )
+    meta = json.loads(meta_path.read_text())
+    contract = InputContract.from_dict(meta["input"])
+    kwargs = meta["model_kwargs"]
+    net = build_model(
+        meta["model_name"], kwargs["num_classes"], contract, kwargs.get("drop_rate", 0.0)
+    )
+    net.load_state_dict(load_file(str(paths.weights)))
+    net.eval()
+    cfg = config_from_dict(meta["config"]) if meta.get("config") else None
+    return RunModel(run, net, tuple(meta["classes"]), meta["model_name"], kwargs, cfg, meta)
+
+
+def load_policy(run: str | Path) -> DecisionPolicy | None:
+    """The calibrated decision of a run folder, or None when it has not been calibrated."""
+    record = read_json(RunPaths(Path(run)).policy)
+    return DecisionPolicy.from_dict(record["policy"]) if record else None
+
+
+# --------------------------------------------------------------------------- data parts
+
+
+@dataclass
+class EvalData:
+    """Crops of one data part, labelled with the run's class indices."""
+
+    crops: Crops
+    labels: np.ndarray  # class indices of the run's classes
+    source: Path  # the dataset read (class folders, split folders or a manifest)
+    part: str  # the split part read, or "all"
+
+    @property
+    def description(self) -> str:
+        """For people: ``source [part]``. Stages read ``source`` and ``part`` instead."""
+        return f"{self.source} [{self.part}]"
+
+
+def split_source(run: RunModel) -> Path:
+    """The manifest a run was trained from (its own split.csv, or the data it was given)."""
+    own = RunPaths(run.run).split
+    if own.is_file():
+        return own
+    if run.config is not None and run.config.data.path:
+        return Path(run.config.data.path)
+    raise PitguardError(f"{run.run}: the run records no data; pass --data DIR")
+
+
+def split_parts(run: str | Path) -> frozenset | None:
+    """A run's split as (crop file, part) pairs, independent of where its split.csv lies."""
+    manifest = RunPaths(Path(run)).split
+    if not manifest.is_file():
+        return None
+    return frozenset((str(it.path), it.split) for it in find_dataset(manifest).items)
+
+
+def load_part(
+    run: RunModel, data: str | Path | None, part: str | None, classes: str | None = None
+) -> EvalData:
+    """Crops to evaluate: DATA's ``part`` when it has splits (default test), else all of DATA."""
+    source = Path(data) if data is not None else split_source(run)
+    index = find_dataset(source, parse_class_mapping(classes))
+    opts = DecodeOptions(
+        size=run.net.contract.size,
+        modes=run.config.data.modes if run.config else "skip",
+        sizes=run.config.data.sizes if run.config else "skip",
+    )
+    if any(it.split for it in index.items):
+        part = part or "test"
+        items = [it for it in index.items if it.split == part]
+        if not items:
+            raise PitguardError(
+                f"{source}: no '{part}' part; found {', '.join(index.splits())}; choose --split"
+            )
+    else:
+        if part:
+            raise PitguardError(
+                f"{source}: has no splits, so --split {part} does not apply; it is evaluated whole"
+            )
+        items, part = index.items, "all"
+    unknown = [c for c in index.classes if c not in run.classes]
+    if unknown:
+        raise PitguardError(
+            f"{source}: class(es) {', '.join(unknown)} are not among the run's classes "
+            f"{', '.join(run.classes)}"
+        )
+    crops = load_crops(index, opts, items=items)
+    if len(crops) == 0:
+        raise PitguardError(f"{source} [{part}]: no readable crops")
+    remap = np.array([run.classes.index(c) for c in index.classes])
+    return EvalData(crops, remap[crops.labels.numpy()], source, part)
+
+
+def run_logits(
+    run: RunModel, crops: Crops, device: str = "auto", batch_size: int = 256
+) -> torch.Tensor:
+    dev = pick_device(device)
+    torch.set_flush_denormal(True)  # denormal floats slow CPU math ~10x
+    run.net.to(dev)
+    try:
+        return infer_logits(run.net, crops.images, dev, batch_size)
+    finally:
+        run.net.cpu()

@@ -1,0 +1,73 @@
+"""Tests for pitguard.deploy.export: bundles, ONNX parity and the INT8 gate."""
+
+import json
+
+import pytest
+import torch
+
+from pitguard.cli import main
+from pitguard.deploy import export as export_mod
+from pitguard.deploy.bundle import sanitize_denormals
+from pitguard.deploy.export import export_run
+from pitguard.errors import PitguardError
+from tests.conftest import SESSION_MAX_PIT_MISS, copy_run
+
+
+def test_bundle_with_onnx_and_int8_passes_gates(calibrated_run, bundle):
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["files"] == {
+        "weights": "model.safetensors",
+        "onnx": "model.onnx",
+        "onnx_int8": "model.int8.onnx",
+    }
+    assert meta["input"]["mean"] is None  # data normalization folded into the first conv
+    assert meta["policy"] == json.loads((calibrated_run / "policy.json").read_text())["policy"]
+    assert meta["guarantee"]["max_pit_miss"] == SESSION_MAX_PIT_MISS
+    parity = meta["onnx"]["parity"]
+    assert parity["max_prob_diff"] <= 1e-4 and parity["route_mismatches"] == 0
+    assert parity["data"].endswith("[calib]")
+    assert meta["int8"]["gate"]["pit_misses"] <= meta["int8"]["gate"]["pit_misses_ref"]
+    assert meta["provenance"]["data"]["fingerprint"]
+
+
+def test_export_cli_reports_parity(calibrated_run, tmp_path, capsys):
+    assert main(["export", str(calibrated_run), "--out", str(tmp_path / "b"), "--onnx"]) == 0
+    out = capsys.readouterr().out
+    assert "ONNX parity" in out and "0 route mismatches" in out
+
+
+def test_parity_failure_is_refused_with_numbers(calibrated_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(export_mod, "MAX_PROB_DIFF", -1.0)
+    with pytest.raises(
+        PitguardError,
+        match=r"ONNX parity failed on .*\[calib\]: max p\(pit\) difference .* no bundle written",
+    ):
+        export_run(calibrated_run, tmp_path / "bad", onnx=True)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_int8_gate_refuses_with_numbers(calibrated_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(export_mod, "INT8_MAX_ACCURACY_DROP", -1.0)
+    with pytest.raises(
+        PitguardError,
+        match=r"INT8 refused on .*: accuracy .* pits routed clean .* no bundle written",
+    ):
+        export_run(calibrated_run, tmp_path / "bad", int8=True)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_uncalibrated_run_needs_explicit_flag(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path / "run")
+    with pytest.raises(PitguardError, match=r"not calibrated; run `pitguard calibrate"):
+        export_run(run, tmp_path / "u")
+    meta = export_run(run, tmp_path / "u", allow_uncalibrated=True)
+    assert meta["guarantee"] is None and meta["policy"]["t_low"] == meta["policy"]["t_high"] == 0.5
+
+
+def test_weights_in_the_denormal_range_are_zeroed():
+    layer = torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        layer.weight[0, 0] = 1e-32  # tiny enough to turn denormal in the first products
+        layer.weight[0, 1] = -1e-35
+    assert sanitize_denormals(layer) == 2
+    assert layer.weight[0, 0] == 0 and layer.weight[0, 1] == 0 and layer.weight[1, 1] != 0

@@ -1,0 +1,92 @@
+import json
+from pathlib import Path
+
+from pitguard.report.collect import pick_latency, run_record
+from tests.conftest import copy_run
+
+
+def _metrics(run: Path) -> dict:
+    (path,) = run.glob("eval/*/metrics.json")
+    return json.loads(path.read_text())
+
+
+def test_numbers_equal_the_runs_own_files(runs, report):
+    _, out = report
+    records = {r["run"]: r for r in json.loads((out / "experiments.json").read_text())["runs"]}
+    assert set(records) == {"a", "b"}
+    for name in ("a", "b"):
+        rec, metrics = records[name], _metrics(runs / name)
+        for key in (
+            "accuracy",
+            "accuracy_ci",
+            "macro_f1",
+            "macro_f1_ci",
+            "pit_recall",
+            "pit_recall_ci",
+            "data",
+            "n",
+        ):
+            assert rec["test"][key] == metrics[key], (name, key)
+        assert rec["test"]["part"] == "test" and metrics["data"].endswith("[test]")
+        assert rec["architecture"] == "pitguard_tiny" and rec["recipe"] == "cpu-fast"
+        assert rec["size_bytes"] == (runs / name / "model.safetensors").stat().st_size
+        assert rec["parameters"] > 1000
+        assert rec["figures"]["confusion_matrix"]["data"] == metrics["data"]
+
+    policy = json.loads((runs / "a" / "policy.json").read_text())
+    measured = _metrics(runs / "a")["policy"]
+    a = records["a"]
+    assert a["calibration"]["guarantee"]["max_pit_miss"] == policy["guarantee"]["max_pit_miss"]
+    assert a["calibration"]["guarantee"]["confidence"] == policy["guarantee"]["confidence"]
+    for key in ("pit_miss_rate", "pit_miss_ci", "pit_miss_upper", "maybe_rate", "maybe_ci"):
+        assert a["policy_test"][key] == measured[key], key
+
+    bench_result = json.loads((runs / "a" / "bench.json").read_text())
+    (row,) = [
+        r for r in bench_result["results"] if r["backend"] == "eager" and r["batch_size"] == 32
+    ]
+    assert a["latency_cpu"]["ms_per_crop"] == row["ms_per_crop"]
+    assert a["latency_cpu"]["backend"] == "eager" and "no onnx" in a["latency_cpu"]["choice"]
+
+    b = records["b"]
+    assert b["calibration"] is None and b["policy_test"] is None and b["latency_cpu"] is None
+    assert any("pitguard calibrate" in n for n in b["notes"])
+    assert any("pitguard bench" in n for n in b["notes"])
+
+
+def test_baseline_comparison_is_paired(report):
+    result, _ = report
+    records = {r["run"]: r for r in result["runs"]}
+    assert result["baseline"] == "a"
+    assert records["a"]["vs_baseline"]["verdict"] == "baseline"
+    vs = records["b"]["vs_baseline"]
+    assert vs["paired"] is True and vs["baseline"] == "a"
+    assert vs["verdict"] in ("within noise", "difference beyond noise")
+    assert 0.0 <= vs["mcnemar_p"] <= 1.0 and vs["n"] == records["b"]["test"]["n"]
+
+
+def test_part_comes_from_the_structured_keys(runs, tmp_path):
+    # A metrics file written before "source" and "part" were recorded has no part: its data
+    # string is shown as it is, never parsed.
+    run = copy_run(runs / "b", tmp_path / "b")
+    (path,) = run.glob("eval/*/metrics.json")
+    metrics = json.loads(path.read_text())
+    assert metrics["part"] == "test" and metrics["source"]
+    old = {k: v for k, v in metrics.items() if k not in ("source", "part")}
+    path.write_text(json.dumps(old))
+    rec = run_record(run, "b")
+    assert rec["test"]["part"] == "" and rec["test"]["data"] == metrics["data"]
+    assert any("not the run's own test part" in n for n in rec["notes"])
+
+
+def test_latency_prefers_onnx_at_batch_32():
+    def rec(backend, batch, ms):
+        return {"target": "bundles/x", "backend": backend, "batch_size": batch, "ms_per_crop": ms}
+
+    results = [rec("eager", 32, 1.0), rec("onnx", 1, 0.5), rec("onnx", 32, 0.25)]
+    pick = pick_latency({"results": results, "threads": 4, "hardware": {"cpu": "x"}})
+    assert (pick["backend"], pick["batch_size"], pick["ms_per_crop"]) == ("onnx", 32, 0.25)
+    pick = pick_latency({"results": results[:2], "hardware": {}})
+    assert (pick["backend"], pick["batch_size"]) == ("eager", 32)
+    cuda_only = [{**rec("eager", 32, 0.1), "device": "cuda"}]
+    assert pick_latency({"results": cuda_only}) is None

@@ -1,0 +1,47 @@
+import json
+import shutil
+
+import pytest
+
+from pitguard.cli import main
+from pitguard.errors import PitguardError
+from pitguard.report import write_report
+from pitguard.report.html import section_id
+
+
+def test_missing_pieces_are_na_with_hints(runs, tmp_path):
+    bare = tmp_path / "bare" / "c"
+    bare.mkdir(parents=True)
+    for name in ("model.json", "model.safetensors", "config.json"):
+        shutil.copy(runs / "b" / name, bare / name)
+    result = write_report([runs / "a", tmp_path / "bare"], tmp_path / "out")
+    c = result["runs"][1]
+    assert c["run"] == "c" and c["test"] is None and c["calibration"] is None
+    assert c["vs_baseline"]["verdict"] == "not paired (different splits)"
+    assert any(f"pitguard eval {bare}" in n for n in c["notes"])
+    row = result["table"].splitlines()[3]
+    assert row.startswith("| c |") and row.count("n/a") >= 8
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert f'id="{section_id("c")}"' in page and "run pitguard eval" in page
+
+
+def test_bad_path_names_the_path_and_the_fix(tmp_path, capsys):
+    empty = tmp_path / "nothing_here"
+    empty.mkdir()
+    with pytest.raises(PitguardError, match=r"nothing_here: not a run folder and holds none"):
+        write_report([empty], tmp_path / "out")
+    with pytest.raises(PitguardError, match=r"missing: no such folder; give a run folder"):
+        write_report([tmp_path / "missing"], tmp_path / "out")
+    assert main(["report", str(empty), "--out", str(tmp_path / "out")]) == 2
+    assert "pitguard train" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_prints_table_and_honours_baseline(runs, tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert main(["report", str(runs), "--out", str(out), "--baseline", "b"]) == 0
+    printed = capsys.readouterr().out
+    assert "| run | recipe |" in printed and str(out / "report.html") in printed
+    data = json.loads((out / "experiments.json").read_text())
+    assert data["baseline"] == "b"
+    assert data["runs"][1]["vs_baseline"]["verdict"] == "baseline"

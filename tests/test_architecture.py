@@ -1,0 +1,146 @@
+"""The house plan, checked: wings import only downward, no cycles, small modules with a stated job."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pitguard"
+MAX_LINES = 400
+
+# Lower ranks never import higher ones. Modules of one rank may import each other (no cycles).
+RANKS: dict[str, int] = {
+    "errors": 0,
+    "files": 0,
+    "recipes": 0,
+    "config": 1,
+    "devices": 1,
+    "data": 2,
+    "policy": 2,
+    "stats": 2,
+    "augment": 3,
+    "models": 3,
+    "plots": 3,
+    "runfolder": 4,
+    "metrics": 4,
+    "certify": 3,
+    "optim": 4,
+    "train": 5,
+    "evaluate": 5,
+    "calibrate": 5,
+    "deploy": 5,
+    "studies": 6,
+    "report": 6,
+    "demo": 6,
+    "cli": 7,
+    "__init__": 7,  # the package's `pitguard.load` shortcut into deploy
+    "__main__": 7,
+}
+# Inference is a wing of its own: nothing that trains, calibrates or evaluates.
+DEPLOY_NEVER = (
+    "train",
+    "augment",
+    "optim",
+    "calibrate",
+    "certify",
+    "evaluate",
+    "metrics",
+    "studies",
+    "report",
+    "cli",
+    "demo",
+    "data.split",
+    "data.audit",
+    "data.prepare",
+)
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).with_suffix("")
+        parts = rel.parts[:-1] if rel.name == "__init__" and len(rel.parts) > 1 else rel.parts
+        out[".".join(parts)] = path
+    return out
+
+
+def _imports(path: Path) -> set[str]:
+    """pitguard modules imported anywhere in the file (lazy imports inside functions included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "pitguard":
+                found |= {alias.name for alias in node.names}
+            elif node.module.startswith("pitguard."):
+                base = node.module.removeprefix("pitguard.")
+                # `from pitguard.pkg import module` imports that module
+                subs = {f"{base}.{a.name}" for a in node.names} & set(_modules())
+                found |= subs or {base}
+        elif isinstance(node, ast.Import):
+            found |= {
+                a.name.removeprefix("pitguard.")
+                for a in node.names
+                if a.name.startswith("pitguard.")
+            }
+    return found
+
+
+def _rank(module: str) -> int:
+    return RANKS[module.split(".")[0]]
+
+
+MODULES = _modules()
+GRAPH = {
+    m: {i for i in _imports(p) if i.split(".")[0] in RANKS and i != "__version__"}
+    for m, p in MODULES.items()
+}
+
+
+def test_every_module_has_a_rank():
+    assert sorted({m.split(".")[0] for m in MODULES} - set(RANKS)) == []
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_point_down_only(module):
+    if module == "__init__":
+        return
+    upward = sorted(i for i in GRAPH[module] if _rank(i) > _rank(module))
+    assert upward == [], f"{module} (rank {_rank(module)}) imports higher wings: {upward}"
+
+
+def test_deploy_imports_nothing_from_training():
+    for module, imported in GRAPH.items():
+        if module.startswith("deploy"):
+            bad = sorted(i for i in imported if i.startswith(DEPLOY_NEVER))
+            assert bad == [], f"{module} imports training code: {bad}"
+
+
+def test_no_import_cycles():
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(GRAPH.get(node, ())):
+            if nxt == node:
+                continue
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join([*trail, node, nxt]))
+            if nxt in GRAPH and not state.get(nxt):
+                visit(nxt, [*trail, node])
+        state[node] = 2
+
+    for module in sorted(GRAPH):
+        if not state.get(module):
+            visit(module, [])
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_modules_are_small_and_state_their_job(module):
+    path = MODULES[module]
+    text = path.read_text()
+    assert len(text.splitlines()) <= MAX_LINES, f"{path.name}: over {MAX_LINES} lines"
+    if text.strip():
+        doc = ast.get_docstring(ast.parse(text))
+        assert doc and doc.splitlines()[0].strip(), f"{module}: no first-line docstring"

@@ -1,0 +1,215 @@
+"""Tests for pitguard.certify."""
+
+from __future__ import annotations
+
+import itertools
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from pitguard.certify import choose_thresholds, min_pits_needed, operating_curve
+from pitguard.errors import PitguardError
+from pitguard.policy import route
+
+# Synthetic scores whose true error rates are known in closed form.
+PIT_AB = (5.0, 1.5)
+
+
+CLEAN_AB = (1.5, 5.0)
+
+
+def _draw(rng: np.random.Generator, n_pits: int, n_clean: int) -> tuple[np.ndarray, np.ndarray]:
+    p = np.concatenate([rng.beta(*PIT_AB, n_pits), rng.beta(*CLEAN_AB, n_clean)])
+    y = np.concatenate([np.ones(n_pits, bool), np.zeros(n_clean, bool)])
+    return p, y
+
+
+def _reference(p, y, max_pit_miss, confidence, max_false_reject=None):
+    """Literal, loop-by-loop version of the selection rule."""
+    p = p.astype(np.float32)
+    n_pits, n_clean = int(y.sum()), int((~y).sum())
+    above_one = float(np.nextafter(np.float32(1), np.float32(2)))
+    scores = sorted({float(v) for v in p} | {0.0, 1.0, above_one})
+    cands = [scores[0]]  # then halfway between neighbouring scores, in float32
+    for lo, hi in itertools.pairwise(scores):
+        mid = float(np.float32((lo + hi) / 2))
+        cands.append(mid if mid > lo else hi)
+
+    def cp(k, n):
+        return 1.0 if k == n else float(stats.beta.ppf(confidence, k + 1, n - k))
+
+    lows = []
+    for t in cands:  # fixed sequence, safest first
+        if cp(int(np.sum(y & (p < t))), n_pits) > max_pit_miss:
+            break
+        lows.append(t)
+    highs = None
+    if max_false_reject is not None:
+        highs = []
+        for t in reversed(cands):
+            if cp(int(np.sum(~y & (p >= t))), n_clean) > max_false_reject:
+                break
+            highs.append(t)
+
+    def acc(tl, th):
+        correct = int(np.sum(~y & (p < tl))) + int(np.sum(y & (p >= th)))
+        decided = int(np.sum(p < tl)) + int(np.sum(p >= th))
+        return Fraction(correct, decided) if decided else Fraction(-1)
+
+    best = None
+    for tl in lows:
+        if highs is None:
+            options = [th for th in cands if th >= tl]
+            th = max(options, key=lambda h: (acc(tl, h), -h))
+        else:
+            th = min(h for h in highs if h >= tl)  # certified t_high form a suffix
+        maybe = int(np.sum((p >= tl) & (p < th)))
+        key = (maybe, -acc(tl, th), tl)
+        if best is None or key < best[0]:
+            best = (key, tl, th)
+    return best[1], best[2]
+
+
+def test_min_pits_needed_exact():
+    n = min_pits_needed(0.01, 0.95)
+    assert n == 299
+    assert 1 - 0.05 ** (1 / 299) <= 0.01 < 1 - 0.05 ** (1 / 298)
+    # Same number from the general Clopper-Pearson bound at zero failures.
+    assert stats.beta.ppf(0.95, 1, n) <= 0.01 < stats.beta.ppf(0.95, 1, n - 1)
+    assert min_pits_needed(0.02, 0.9) == 114
+
+
+def test_refuses_when_too_few_pits():
+    rng = np.random.default_rng(2)
+    p, y = _draw(rng, 120, 500)
+    with pytest.raises(PitguardError) as err:
+        choose_thresholds(p, y, max_pit_miss=0.01, confidence=0.95)
+    msg = str(err.value)
+    assert "299" in msg and "120 pits" in msg and "1%" in msg and "95%" in msg
+
+
+def test_refuses_when_too_few_clean_for_false_reject_bound():
+    rng = np.random.default_rng(3)
+    p, y = _draw(rng, 400, 50)
+    with pytest.raises(PitguardError) as err:
+        choose_thresholds(p, y, 0.02, 0.95, max_false_reject=0.01)
+    assert "299" in str(err.value) and "50 clean" in str(err.value)
+
+
+def test_exactly_enough_pits_with_no_overlap_is_accepted():
+    p = np.concatenate([np.full(299, 0.9), np.full(100, 0.1)])
+    y = np.arange(p.size) < 299
+    th = choose_thresholds(p, y, 0.01, 0.95)
+    assert th.calib_pit_misses == 0 and th.pit_miss_bound <= 0.01
+    # halfway between the clean crops' 0.1 and the pits' 0.9: no crop sits on a threshold
+    assert th.t_low == th.t_high == pytest.approx(0.5)
+    assert th.calib_maybe_rate == 0.0
+
+
+def test_thresholds_never_sit_on_a_calibration_score():
+    # A threshold equal to a calibration score lets float rounding in another runtime flip
+    # that crop's route; halfway between neighbouring scores, a 1e-7 change flips nothing.
+    rng = np.random.default_rng(12)
+    p, y = _draw(rng, 400, 400)
+    for fr in (None, 0.05):
+        th = choose_thresholds(p, y, 0.02, 0.9, max_false_reject=fr)
+        for t in (th.t_low, th.t_high):
+            assert np.abs(p - np.float32(t)).min() > 0
+        routes = route(p, th.t_low, th.t_high)
+        for eps in (1e-7, -1e-7):
+            assert np.array_equal(route(p + np.float32(eps), th.t_low, th.t_high), routes)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("false_reject", [None, 0.1])
+def test_choice_matches_reference(seed, false_reject):
+    rng = np.random.default_rng(100 + seed)
+    p, y = _draw(rng, 80, 70)
+    if seed % 2:  # coarse scores: many ties and repeated values
+        p = np.round(p, 1)
+    th = choose_thresholds(p, y, 0.15, 0.8, max_false_reject=false_reject)
+    assert (th.t_low, th.t_high) == _reference(p, y, 0.15, 0.8, false_reject)
+
+
+def test_choice_consistent_with_its_own_numbers_and_curve():
+    rng = np.random.default_rng(11)
+    p, y = _draw(rng, 500, 500)
+    th = choose_thresholds(p, y, 0.03, 0.9)
+    r = route(p, th.t_low, th.t_high)
+    assert th.calib_pit_misses == int(np.sum(y & (r == 0)))
+    assert th.calib_maybe_rate == pytest.approx(np.mean(r == 1))
+    assert th.pit_miss_bound == pytest.approx(
+        stats.beta.ppf(0.9, th.calib_pit_misses + 1, 500 - th.calib_pit_misses)
+    )
+    assert th.pit_miss_bound <= 0.03
+    assert th.false_reject_bound is None
+    assert (th.n_pits, th.n_clean) == (500, 500)
+
+    curve = operating_curve(p, y, confidence=0.9)
+    n = len(curve["t_low"])
+    for key in ("t_high", "pit_miss_bound", "pit_miss_rate", "maybe_rate", "accuracy"):
+        assert len(curve[key]) == n
+    assert np.all(np.diff(curve["t_low"]) > 0)
+    assert np.all(np.diff(curve["pit_miss_bound"]) >= 0)
+    assert np.all(np.asarray(curve["t_high"]) >= np.asarray(curve["t_low"]))
+    k = curve["t_low"].index(th.t_low)
+    assert curve["t_high"][k] == th.t_high
+    assert curve["maybe_rate"][k] == pytest.approx(th.calib_maybe_rate)
+    # Every threshold up to the chosen one is certified (fixed-sequence prefix).
+    assert max(curve["pit_miss_bound"][: k + 1]) <= 0.03
+
+
+def test_thresholds_ordered_even_for_a_bad_classifier():
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        p, y = _draw(rng, 200, 200)
+        y = rng.permutation(y) if rng.random() < 0.5 else ~y  # useless or inverted scores
+        for fr in (None, 0.05):
+            th = choose_thresholds(p, y, 0.05, 0.9, max_false_reject=fr)
+            assert 0.0 <= th.t_low <= th.t_high
+            assert th.pit_miss_bound <= 0.05
+
+
+def test_overlapping_certified_ranges_leave_no_maybe():
+    rng = np.random.default_rng(6)
+    p = np.concatenate([rng.uniform(0.8, 1.0, 400), rng.uniform(0.0, 0.2, 400)])
+    y = np.arange(800) < 400
+    th = choose_thresholds(p, y, 0.02, 0.95, max_false_reject=0.02)
+    assert th.t_low == th.t_high and th.calib_maybe_rate == 0.0
+    assert th.pit_miss_bound <= 0.02 and th.false_reject_bound <= 0.02
+
+
+def test_pit_miss_guarantee_by_simulation():
+    rng = np.random.default_rng(20240611)
+    draws, alpha = 300, 0.02
+    true_miss, t_low = [], []
+    for _ in range(draws):
+        p, y = _draw(rng, 600, 600)
+        th = choose_thresholds(p, y, max_pit_miss=alpha, confidence=0.9)
+        true_miss.append(stats.beta.cdf(th.t_low, *PIT_AB))
+        t_low.append(th.t_low)
+    true_miss = np.asarray(true_miss)
+    coverage = np.mean(true_miss <= alpha)
+    assert coverage >= 0.87, coverage  # nominal 0.90; 300 draws leave ~0.017 of noise
+    # Not vacuous: thresholds are well above 0 and the miss rate is of the order of the limit.
+    assert np.mean(np.asarray(t_low) > 0) >= 0.99
+    assert np.median(true_miss) >= 0.25 * alpha
+
+
+def test_false_reject_guarantee_by_simulation():
+    rng = np.random.default_rng(20240612)
+    draws, limit = 300, 0.02
+    false_reject, pit_miss, t_high = [], [], []
+    for _ in range(draws):
+        p, y = _draw(rng, 600, 600)
+        th = choose_thresholds(p, y, max_pit_miss=limit, confidence=0.9, max_false_reject=limit)
+        assert th.t_low <= th.t_high and th.false_reject_bound <= limit
+        false_reject.append(stats.beta.sf(th.t_high, *CLEAN_AB))
+        pit_miss.append(stats.beta.cdf(th.t_low, *PIT_AB))
+        t_high.append(th.t_high)
+    assert np.mean(np.asarray(false_reject) <= limit) >= 0.87
+    assert np.mean(np.asarray(pit_miss) <= limit) >= 0.87
+    assert np.mean(np.asarray(t_high) < 1.0) >= 0.99
+    assert np.median(false_reject) >= 0.25 * limit
