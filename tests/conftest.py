@@ -32,19 +32,6 @@ def _session_root(tmp_path_factory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
-def shared_once(tmp_path_factory, name: str, make) -> Path:
-    """``make(path)`` once per test run, even across xdist workers; every caller gets ``path``."""
-    from filelock import FileLock
-
-    root = _session_root(tmp_path_factory)
-    path = root / name
-    with FileLock(str(root / f"{name}.lock")):
-        if not (root / f"{name}.done").exists():
-            make(path)
-            (root / f"{name}.done").touch()
-    return path
-
-
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     # Tests never read or fill the user's crop cache; the workers of one run share theirs
@@ -138,9 +125,10 @@ def bundle(calibrated_run, tmp_path_factory) -> Path:
 def copy_run(run: Path, dest: Path) -> Path:
     """A run folder copied for a test that changes it; its split still points at the same crops."""
     shutil.copytree(run, dest)
-    manifest = dest / "split.csv"
-    if manifest.is_file():  # paths in split.csv are relative to the run: rewrite them
-        from pitguard.data.manifest import read_manifest, write_manifest
+    from pitguard.data.manifest import read_manifest, write_manifest
+    from pitguard.runfolder import RunPaths
 
-        write_manifest(manifest, read_manifest(run / "split.csv"))
+    manifest = RunPaths(dest).split
+    if manifest.is_file():  # its paths are relative to the run folder: rewrite them
+        write_manifest(manifest, read_manifest(RunPaths(run).split))
     return dest

@@ -20,12 +20,13 @@ def run_copy(trained_run, tmp_path_factory):
     return copy_run(trained_run, tmp_path_factory.mktemp("cal") / "run")
 
 
-def test_refuses_when_calib_has_too_few_pits(run_copy):
+def test_refuses_when_calib_has_too_few_pits(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path / "run")
     with pytest.raises(
         PitguardError, match=r"needs at least 299 pits with zero misses for a 1% pit-miss bound"
     ):
-        calibrate_run(run_copy, max_pit_miss=0.01, confidence=0.95)
-    assert load_policy(run_copy) is None
+        calibrate_run(run, max_pit_miss=0.01, confidence=0.95)
+    assert load_policy(run) is None and not (run / "calibration").exists()
 
 
 def test_calibrate_then_eval_reports_policy(run_copy, capsys):

@@ -74,11 +74,15 @@ def test_yaml_file_errors_name_the_file_and_line(tmp_path):
 def test_choices_and_ranges_sit_on_the_fields():
     from typing import get_args
 
-    from pitguard.config import DataConfig, TrainConfig, field_types
-    from pitguard.data.load import MODE_RULES
+    from pitguard.config import TrainConfig, field_types
+    from pitguard.data.load import DecodeOptions
 
     assert get_args(field_types(TrainConfig)["optimizer"]) == ("adamw", "adam", "sgd")
-    assert get_args(field_types(DataConfig)["modes"]) == MODE_RULES  # one list, read by the decoder
+    # the decoder refuses exactly what the setting refuses, naming the same choices
+    with pytest.raises(PitguardError, match=r"modes='keep': use one of skip, convert"):
+        DecodeOptions(modes="keep").validate()
+    with pytest.raises(ConfigError, match=r"data.modes='keep': choose one of skip, convert"):
+        load_config(sets=["data.modes=keep"])
     with pytest.raises(ConfigError, match=r"train.batch_size=0: must be > 0"):
         load_config(sets=["train.batch_size=0"])
 
@@ -142,7 +146,9 @@ def test_train_cli_config_error_exits_2(capsys, tmp_path):
 
 def test_centre_crop_checked_against_the_crop_size():
     assert load_config("cpu-fast", sets=["model.crop=80"]).model.crop == 80
-    with pytest.raises(ConfigError, match=r"model.crop=-1: must be >= 0"):
+    with pytest.raises(
+        ConfigError, match=r"model.crop=-1: must be 0 \(the whole crop\) or a side in px"
+    ):
         load_config(sets=["model.crop=-1"])
     with pytest.raises(ConfigError, match=r"model.crop=160 is larger than data.size=128"):
         load_config(sets=["model.crop=160"])

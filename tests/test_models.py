@@ -93,3 +93,13 @@ def test_contract_centre_crop_then_pool():
     assert InputContract.from_dict(contract.to_dict()) == contract
     with pytest.raises(PitguardError, match=r"unknown field\(s\) tile: written by a newer"):
         InputContract.from_dict({**contract.to_dict(), "tile": 4})
+
+
+def test_model_defaults_come_from_timms_pretrained_cfg():
+    from pitguard.models import model_defaults
+
+    for name in ("vit_small_patch16_224", "swin_tiny_patch4_window7_224", "cait_xxs24_224"):
+        assert model_defaults(name).fixed_input_size, name
+    assert not model_defaults("resnet50").fixed_input_size
+    assert model_defaults("resnet50").first_conv == "conv1"
+    assert model_defaults("pitguard_tiny") == model_defaults("pitguard_small")  # own nets: defaults

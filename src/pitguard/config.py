@@ -23,21 +23,25 @@ class Range:
     low: float
     high: float | None = None
     low_open: bool = False  # True: the value must be > low, not >= low
+    hint: str | None = None  # what a valid value is, in words, when the bounds say too little
 
     def check(self, value: float) -> str | None:
-        if self.low_open and not value > self.low:
-            return f"must be > {self.low:g}"
-        if not self.low_open and not value >= self.low:
-            return f"must be >= {self.low:g}"
-        if self.high is not None and not value <= self.high:
+        below = value <= self.low if self.low_open else value < self.low
+        above = self.high is not None and value > self.high
+        if not (below or above):
+            return None
+        if self.hint:
+            return f"must be {self.hint}"
+        if self.high is not None:
             return f"must be between {self.low:g} and {self.high:g}"
-        return None
+        return f"must be {'>' if self.low_open else '>='} {self.low:g}"
 
 
 PositiveInt = Annotated[int, Range(0, low_open=True)]
 PositiveFloat = Annotated[float, Range(0, low_open=True)]
 Fraction = Annotated[float, Range(0, 1)]  # a probability or rate in [0, 1]
 NonNegative = Annotated[float, Range(0)]
+CropSide = Annotated[int, Range(0, hint="0 (the whole crop) or a side in px")]
 
 ModeRule = Literal["skip", "convert"]  # non-RGB files: skip and list, or convert
 SizeRule = Literal["skip", "resize", "pad"]  # crops of another size
@@ -65,15 +69,9 @@ class ModelConfig:
     name: str = "resnet50"  # any timm model name, or pitguard_tiny / _small / _medium
     pretrained_path: str | None = None  # local timm/torchvision weights; never downloaded
     channels: tuple[int, ...] = (0, 1, 2)  # input channels fed to the network (G is 0 on the line)
-    normalize: Normalize = (
-        "none"  # "none" feeds [0,1] like production; "imagenet" or "data" statistics
-    )
-    downsample: PositiveInt = (
-        1  # average-pool factor applied inside the model (cheap CPU inference)
-    )
-    crop: Annotated[int, Range(0)] = (
-        0  # centre square (px) the model reads before pooling; 0 = the whole crop
-    )
+    normalize: Normalize = "none"  # "none" feeds [0,1] like production; or imagenet/data stats
+    downsample: PositiveInt = 1  # average pooling inside the model (cheap CPU inference)
+    crop: CropSide = 0  # centre square (px) the model reads before pooling; 0 = the whole crop
     drop_rate: Fraction = 0.0  # dropout before the classifier
     drop_path_rate: Fraction = 0.0  # stochastic depth, where the architecture has it
     freeze_backbone: bool = False  # train the classifier head only (the production recipe)
@@ -104,10 +102,10 @@ class TrainConfig:
     optimizer: Optimizer = "adamw"  # adamw, adam or sgd
     lr: PositiveFloat = 1e-3  # peak learning rate of the head (and backbone unless scaled)
     backbone_lr_scale: float = 1.0  # backbone lr = lr * this (differential learning rates)
-    weight_decay: float = 0.05
+    weight_decay: NonNegative = 0.05  # on weights only, never on norms or biases
     momentum: float = 0.9  # sgd only
     schedule: Schedule = "cosine"  # cosine (with warmup), step, or constant
-    warmup_epochs: float = 1.0  # linear warmup length for cosine
+    warmup_epochs: NonNegative = 1.0  # linear warmup length for cosine
     step_epochs: PositiveInt = 10  # step schedule: decay every this many epochs
     step_gamma: float = 0.1  # step schedule: decay factor
     label_smoothing: Fraction = 0.0  # share of the target spread over the other classes
@@ -117,7 +115,7 @@ class TrainConfig:
     channels_last: bool = True  # channels-last memory layout for the training step
     select_metric: SelectMetric = "val_accuracy"  # val_accuracy, val_balanced_accuracy or val_loss
     patience: int = 0  # early stopping after this many epochs without improvement; 0 = off
-    max_minutes: float = 0.0  # stop after the epoch that passes this wall time; 0 = no limit
+    max_minutes: NonNegative = 0.0  # stop after the epoch that passes this wall time; 0 = no limit
     seed: int = 0  # seeds python, numpy, torch and the shuffles
     device: Device = "auto"  # auto, cpu or cuda
     threads: int = 0  # CPU threads; 0 = all cores

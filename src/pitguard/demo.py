@@ -6,8 +6,6 @@ synthesize -> audit -> split -> train -> eval -> calibrate -> export (+ parity) 
 
 from __future__ import annotations
 
-import csv
-import json
 import time
 from pathlib import Path
 
@@ -28,13 +26,15 @@ def run_demo(out: Path, data: str | None = None, fast: bool = False) -> int:
     from pitguard.calibrate import calibrate_run
     from pitguard.config import load_config
     from pitguard.data.audit import audit, format_audit
+    from pitguard.data.manifest import read_manifest
     from pitguard.data.synth import synthesize
     from pitguard.deploy.bench import bench, format_table
     from pitguard.deploy.export import export_run
     from pitguard.deploy.predict import load, predict_files
     from pitguard.evaluate import evaluate_run, format_report
+    from pitguard.files import write_json
     from pitguard.report import write_report
-    from pitguard.runfolder import load_policy
+    from pitguard.runfolder import RunPaths, load_policy
     from pitguard.train import train
 
     started = time.perf_counter()
@@ -56,7 +56,7 @@ def run_demo(out: Path, data: str | None = None, fast: bool = False) -> int:
     t = _step(f"audit {data_dir}")
     report = audit(data_dir)
     print(format_audit(report))
-    (out / "audit.json").write_text(json.dumps(report, indent=2))
+    write_json(out / "audit.json", report)
     timings["audit"] = time.perf_counter() - t
 
     t = _step("train (cpu-fast recipe; split seeded and duplicate-aware)")
@@ -97,13 +97,11 @@ def run_demo(out: Path, data: str | None = None, fast: bool = False) -> int:
         min_seconds=0.5 if fast else 2.0,
     )
     print(format_table(bench_result))
-    (run / "bench.json").write_text(json.dumps(bench_result, indent=2))
+    write_json(RunPaths(run).bench, bench_result)
     timings["bench"] = time.perf_counter() - t
 
     t = _step("predict a few crops through the bundle")
-    with (run / "split.csv").open(newline="") as fh:
-        test_rows = [r for r in csv.DictReader(fh) if r["split"] == "test"]
-    examples = [run / r["path"] for r in test_rows[:6]]
+    examples = [r.path for r in read_manifest(RunPaths(run).split) if r.split == "test"][:6]
     predicted = predict_files(load(bundle), examples, out / "predictions.csv")
     for row in predicted["rows"]:
         print(f"  {Path(row['path']).name:<22} route {row['route']:<6} p_pit {row['p_pit']}")

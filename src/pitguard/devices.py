@@ -1,4 +1,4 @@
-"""Where tensors run: the one choice of device, thread count and CPU precision for every stage."""
+"""Where tensors run: the one choice of device, and what the CPU can do (cores, native bf16)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,15 @@ from pitguard.errors import PitguardError
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def pick_device(name: str = "auto", what: str = "device") -> torch.device:
+def pick_device(
+    name: str = "auto", what: str = "device", allowed: tuple[str, ...] = DEVICES
+) -> torch.device:
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``; ``what`` names the setting in errors."""
-    if name not in DEVICES:
-        raise PitguardError(f"{what}={name!r}: use {', '.join(DEVICES)}")
+    if name not in allowed:
+        raise PitguardError(f"{what}={name!r}: use {' or '.join(allowed)}")
     if name == "cuda" and not torch.cuda.is_available():
-        raise PitguardError(f"{what}=cuda but no CUDA device is available here; use auto or cpu")
+        other = " or ".join(d for d in allowed if d != "cuda")
+        raise PitguardError(f"{what}=cuda but no CUDA device is available here; use {other}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

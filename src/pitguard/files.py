@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pitguard.errors import PitguardError
+
 
 def temp_name(path: Path) -> Path:
     """The hidden sibling a write goes to before it is renamed into place."""
@@ -25,15 +27,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
+    _remove(tmp)  # left by a killed process that had the same pid
     try:
         yield tmp
         os.replace(tmp, path)
     except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
@@ -51,9 +58,20 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> dict | None:
-    """A JSON object from ``path``, or None when it is missing or not a readable object."""
-    try:
-        value = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+    """The JSON object in ``path``, or None when there is no such file.
+
+    A file that exists but cannot be read or is not a JSON object is an error, never taken
+    for a missing one (a damaged policy.json must not read as "not calibrated").
+    """
+    path = Path(path)
+    if not path.exists():
         return None
-    return value if isinstance(value, dict) else None
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PitguardError(
+            f"{path}: unreadable JSON ({exc}); rerun the step that wrote it"
+        ) from exc
+    if not isinstance(value, dict):
+        raise PitguardError(f"{path}: not a JSON object; rerun the step that wrote it")
+    return value

@@ -21,16 +21,14 @@ from sklearn import metrics as skm
 from pitguard.policy import Route
 from pitguard.stats import (
     CONFIDENCE,
-    _bootstrap_index_blocks,
-    _percentile_ci,
+    bootstrap_index_blocks,
     clopper_pearson,
     cp_upper,
     finite_or_none,
+    percentile_ci,
 )
 
 POSITIVE_CLASS = "pit"
-# Upper bound on the number of elements of one (resamples x items) block held in memory.
-_BLOCK_ELEMENTS = 2_000_000
 
 
 # --------------------------------------------------------------------------- calibration
@@ -238,7 +236,7 @@ def classification_report(
     both_present = bool(is_pit.any() and (~is_pit).any())
 
     blocks: list[dict[str, np.ndarray]] = []
-    for idx in _bootstrap_index_blocks(n, n_boot, seed):
+    for idx in bootstrap_index_blocks(n, n_boot, seed):
         blocks.append(
             _report_rows(
                 labels[idx],
@@ -260,7 +258,7 @@ def classification_report(
     def boot_ci(key: str) -> list[float | None]:
         if key not in boot:
             return [None, None]
-        return _ci(_percentile_ci(boot[key], CONFIDENCE))
+        return _ci(percentile_ci(boot[key], CONFIDENCE))
 
     per_class = {}
     for c, name in enumerate(classes):

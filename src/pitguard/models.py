@@ -167,9 +167,6 @@ class ModelDefaults:
 
     fixed_input_size: bool = False  # built for one input size (ViT, DeiT, Swin, BEiT, CaiT, ...)
     first_conv: str = "conv_stem"  # adapted when the input channels differ
-    classifier: str = "head"
-    mean: tuple[float, ...] = IMAGENET_MEAN  # the statistics its pretrained weights expect
-    std: tuple[float, ...] = IMAGENET_STD
 
 
 @functools.cache
@@ -181,9 +178,6 @@ def model_defaults(name: str) -> ModelDefaults:
     return ModelDefaults(
         fixed_input_size=bool(cfg.fixed_input_size),
         first_conv=str(cfg.first_conv or "conv_stem"),
-        classifier=str(cfg.classifier or "head"),
-        mean=tuple(cfg.mean or IMAGENET_MEAN),
-        std=tuple(cfg.std or IMAGENET_STD),
     )
 
 
@@ -253,9 +247,7 @@ def load_pretrained(backbone: nn.Module, path: str | Path, in_chans: int) -> dic
 
     state = read_state_dict(path)
     own = backbone.state_dict()
-    first_conv = getattr(backbone, "pretrained_cfg", {}).get(
-        "first_conv"
-    )  # set by timm.create_model
+    first_conv = getattr(backbone, "pretrained_cfg", {}).get("first_conv")
     loaded, skipped = [], []
     for key, value in state.items():
         if key not in own:

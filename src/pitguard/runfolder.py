@@ -213,6 +213,19 @@ class EvalData:
         return f"{self.source} [{self.part}]"
 
 
+def evaluated_part(metrics: dict) -> tuple[str, str]:
+    """(source, part) of an evaluation's metrics.json.
+
+    Files written before ``source`` and ``part`` were recorded hold only ``data`` as
+    ``"SOURCE [PART]"``, which ``EvalData.description`` wrote; this owner reads that form back.
+    """
+    if "part" in metrics:
+        return str(metrics.get("source") or ""), str(metrics["part"])
+    data = str(metrics.get("data") or "")
+    source, sep, part = data.rpartition(" [")
+    return (source, part[:-1]) if sep and part.endswith("]") else (data, "")
+
+
 def split_source(run: RunModel) -> Path:
     """The manifest a run was trained from (its own split.csv, or the data it was given)."""
     own = RunPaths(run.run).split

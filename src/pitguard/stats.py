@@ -61,7 +61,7 @@ def finite_or_none(x: Any) -> float | None:
 # --------------------------------------------------------------------------- bootstrap
 
 
-def _bootstrap_index_blocks(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+def bootstrap_index_blocks(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
     """Yield (rows, n) blocks of resampling indices, n_boot rows in all, from one seeded stream."""
     rng = np.random.default_rng(seed)
     rows = max(1, _BLOCK_ELEMENTS // max(n, 1))
@@ -72,7 +72,7 @@ def _bootstrap_index_blocks(n: int, n_boot: int, seed: int) -> Iterator[np.ndarr
         done += b
 
 
-def _percentile_ci(values: np.ndarray, confidence: float) -> tuple[float, float]:
+def percentile_ci(values: np.ndarray, confidence: float) -> tuple[float, float]:
     """Percentile interval of the finite values; (nan, nan) when there are none."""
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
@@ -107,7 +107,7 @@ def bootstrap_ci(
     if n == 0 or n_boot < 1:
         return float("nan"), float("nan")
     values = []
-    for idx in _bootstrap_index_blocks(n, n_boot, seed):
+    for idx in bootstrap_index_blocks(n, n_boot, seed):
         if vectorized:
             out = np.asarray(stat_fn(*(a[idx] for a in arrays)), dtype=float).reshape(-1)
             if out.shape[0] != idx.shape[0]:
@@ -117,7 +117,7 @@ def bootstrap_ci(
             values.append(out)
         else:
             values.append(np.array([float(stat_fn(*(a[row] for a in arrays))) for row in idx]))
-    return _percentile_ci(np.concatenate(values), confidence)
+    return percentile_ci(np.concatenate(values), confidence)
 
 
 # --------------------------------------------------------------------------- paired comparisons

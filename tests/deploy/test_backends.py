@@ -2,7 +2,7 @@
 
 import pytest
 
-from pitguard.deploy.backends import BACKENDS, SERVING, auto_backend, get_backend
+from pitguard.deploy.backends import BACKENDS, auto_backend, get_backend
 from pitguard.errors import PitguardError
 
 
@@ -16,7 +16,9 @@ def test_names_aliases_and_auto():
 
 
 def test_unknown_and_unservable_backends_are_refused_with_choices():
-    with pytest.raises(PitguardError, match=r"backend 'onxx': unknown; did you mean onnx\?"):
+    with pytest.raises(PitguardError, match=r"backend 'onxx': unknown \(did you mean onnx\?\)"):
         get_backend("onxx")
-    with pytest.raises(PitguardError, match=r"choose from eager, onnx, onnx-int8, onnx-fp16"):
-        get_backend("eager-bf16", SERVING)
+    with pytest.raises(PitguardError, match=r"bench only, not loaded by predict or serve"):
+        get_backend("eager-bf16", serving=True)
+    with pytest.raises(PitguardError, match=r"choose from auto, eager, onnx, onnx-int8, onnx-fp16"):
+        get_backend("tensorrt", serving=True)

@@ -32,7 +32,7 @@ def test_predictor_backends_agree_on_routes(bundle):
 
 def test_unknown_or_missing_backend_is_named(bundle):
     with pytest.raises(
-        PitguardError, match=r"backend 'onnx-int9': unknown; did you mean onnx-int8"
+        PitguardError, match=r"backend 'onnx-int9': unknown \(did you mean onnx-int8\?\)"
     ):
         pitguard.load(bundle, backend="onnx-int9")
     with pytest.raises(PitguardError, match=r"has no onnx-fp16 graph; re-export it with .*--fp16"):

@@ -8,17 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_run, shared_once
+from tests.conftest import copy_run
 
 
 @pytest.fixture(scope="session")
 def runs(calibrated_run, trained_run, tmp_path_factory) -> Path:
     """runs/a: calibrated, evaluated with its policy, exported and benched; runs/b: evaluated."""
 
-    def make(root: Path) -> None:
-        _make_runs(root, calibrated_run, trained_run)
-
-    return shared_once(tmp_path_factory, "report-runs", make) / "runs"
+    root = tmp_path_factory.mktemp("report")
+    _make_runs(root, calibrated_run, trained_run)
+    return root / "runs"
 
 
 def _make_runs(root: Path, calibrated_run: Path, trained_run: Path) -> None:
@@ -51,14 +50,8 @@ def _make_runs(root: Path, calibrated_run: Path, trained_run: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def report(runs, tmp_path_factory) -> tuple[dict, Path]:
+def report(runs) -> tuple[dict, Path]:
     from pitguard.report import write_report
 
-    result: dict = {}
-
-    def make(out: Path) -> None:
-        result.update(write_report([runs], out))
-        (out.parent / "report-result.json").write_text(json.dumps(result))
-
-    out = shared_once(tmp_path_factory, "report-out", make)
-    return json.loads((out.parent / "report-result.json").read_text()), out
+    out = runs.parent / "report"
+    return write_report([runs], out), out

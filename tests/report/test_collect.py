@@ -65,9 +65,9 @@ def test_baseline_comparison_is_paired(report):
     assert 0.0 <= vs["mcnemar_p"] <= 1.0 and vs["n"] == records["b"]["test"]["n"]
 
 
-def test_part_comes_from_the_structured_keys(runs, tmp_path):
-    # A metrics file written before "source" and "part" were recorded has no part: its data
-    # string is shown as it is, never parsed.
+def test_part_comes_from_the_structured_keys_or_an_older_files_data(runs, tmp_path):
+    # A metrics file written before "source" and "part" were recorded still counts as the run's
+    # own test part: the run folder's owner reads its older form.
     run = copy_run(runs / "b", tmp_path / "b")
     (path,) = run.glob("eval/*/metrics.json")
     metrics = json.loads(path.read_text())
@@ -75,7 +75,11 @@ def test_part_comes_from_the_structured_keys(runs, tmp_path):
     old = {k: v for k, v in metrics.items() if k not in ("source", "part")}
     path.write_text(json.dumps(old))
     rec = run_record(run, "b")
-    assert rec["test"]["part"] == "" and rec["test"]["data"] == metrics["data"]
+    assert rec["test"]["part"] == "test" and rec["test"]["data"] == metrics["data"]
+    assert not any("not the run's own test part" in n for n in rec["notes"])
+    path.write_text(json.dumps({**old, "data": "elsewhere/crops [all]"}))
+    rec = run_record(run, "b")
+    assert rec["test"]["part"] == "all"
     assert any("not the run's own test part" in n for n in rec["notes"])
 
 

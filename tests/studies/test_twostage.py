@@ -1,7 +1,7 @@
-import csv
 import json
 
 from pitguard.cli import main
+from pitguard.data.manifest import read_manifest
 from pitguard.runfolder import load_run
 
 
@@ -15,22 +15,21 @@ def test_twostage_mines_only_train_val_and_reports_on_original_labels(synth_dir,
     text = capsys.readouterr().out
     assert "relabelled maybe" in text and "3-class argmax" in text
 
-    with (out / "stage1" / "mined.csv").open() as fh:
-        rows = list(csv.DictReader(fh))
-    with (out / "stage1" / "split.csv").open() as fh:
-        original = {r["path"]: r for r in csv.DictReader(fh)}
-    maybes = [r for r in rows if r["label"] == "maybe"]
-    assert maybes and all(r["split"] in ("train", "val") for r in maybes)
+    rows = read_manifest(out / "mined.csv")
+    original = {r.path: r for r in read_manifest(out / "stage1" / "split.csv")}
+    assert {r.path for r in rows} == set(original)
+    maybes = [r for r in rows if r.label == "maybe"]
+    assert maybes and all(r.split in ("train", "val") for r in maybes)
     for r in rows:  # calib and test keep their original labels
-        if r["split"] in ("calib", "test"):
-            assert r["label"] == original[r["path"]]["label"]
+        if r.split in ("calib", "test"):
+            assert r.label == original[r.path].label
     mining = json.loads((out / "twostage.json").read_text())["mining"]
     assert mining["mined"] == len(maybes)
 
     assert load_run(out / "stage2").classes == ("clean", "maybe", "pit")
     table = json.loads((out / "routing_table.json").read_text())
     row = table["rows"][0]
-    test_n = sum(1 for r in rows if r["split"] == "test")
+    test_n = sum(1 for r in rows if r.split == "test")
     assert table["n"] == test_n and sum(row["routes"].values()) == test_n
 
     # The ensemble-disagreement route: stage 1 twice agrees with itself, so nothing is maybe.

@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pitguard.config import ModeRule, SizeRule, choices  # no torch: help stays light
+
 if TYPE_CHECKING:
     from typing import TypeAlias
 
@@ -52,14 +54,14 @@ def add_decode_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--modes",
-        choices=["skip", "convert"],
+        choices=choices(ModeRule),
         default="skip",
         help="non-RGB files: skip and list them (default), or convert "
         "(L/I;16 gray replicated, alpha multiplied in, palette expanded)",
     )
     parser.add_argument(
         "--sizes",
-        choices=["skip", "resize", "pad"],
+        choices=choices(SizeRule),
         default="skip",
         help="crops of another size: skip and list them (default), resize, or centre-pad/crop",
     )

@@ -46,7 +46,9 @@ def cmd_twostage(args: argparse.Namespace) -> int:
     data = args.data
     if data is None and args.compare:
         # The calibrated run's own split, so both methods are scored on the same test part.
-        data = str(Path(args.compare) / "split.csv")
+        from pitguard.runfolder import RunPaths
+
+        data = str(RunPaths(Path(args.compare)).split)
     if data is None:
         raise PitguardError("--data DIR is required (or --compare RUN to reuse that run's split)")
     cfg = load_config(args.recipe, None, args.set, {"data.path": data})

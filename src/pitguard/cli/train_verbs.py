@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pitguard.cli.common import verb, write_json_out
@@ -129,7 +130,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         f"(target {100 * args.max_pit_miss:g}%), maybe rate {100 * th['calib_maybe_rate']:.2f}%"
     )
     print("routes on calib: " + ", ".join(f"{k} {v}" for k, v in rec["calib_routes"].items()))
-    print(f"wrote {args.run}/policy.json and {args.run}/calibration/")
+    from pitguard.runfolder import RunPaths
+
+    paths = RunPaths(Path(args.run))
+    print(f"wrote {paths.policy} and {paths.calibration}/")
     return 0
 
 

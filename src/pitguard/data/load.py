@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from pitguard.config import ModeRule, SizeRule, choices
 from pitguard.data.layout import DatasetIndex, Item
 from pitguard.errors import PitguardError
+from pitguard.files import atomic_path
 
 CACHE_VERSION = 1
 MODE_RULES = choices(ModeRule)
@@ -249,12 +250,11 @@ def _strict_message(p: Problem) -> str:
 
 
 def _write_cache(path: Path, stack: np.ndarray, keep: np.ndarray, problems: list[Problem]) -> None:
+    meta = {"keep": keep.tolist(), "problems": [p.__dict__ for p in problems]}
     try:
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        np.save(tmp / "images.npy", stack)
-        meta = {"keep": keep.tolist(), "problems": [p.__dict__ for p in problems]}
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        os.replace(tmp, path)  # the folder appears whole or not at all
+        with atomic_path(path) as tmp:  # the folder appears whole or not at all
+            tmp.mkdir()
+            np.save(tmp / "images.npy", stack)
+            (tmp / "meta.json").write_text(json.dumps(meta))
     except OSError:
         pass  # a read-only cache folder only costs speed

@@ -1,0 +1,1 @@
+"""Inference: bundles, their backends and graphs, export, predict, serve and bench."""

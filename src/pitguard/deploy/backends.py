@@ -8,6 +8,8 @@ from pathlib import Path
 
 from pitguard.errors import PitguardError
 
+WEIGHTS_FILE = "model.safetensors"  # the bundle's weights, read by the eager backends
+
 
 @dataclass(frozen=True)
 class Backend:
@@ -22,26 +24,38 @@ class Backend:
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
-        Backend("eager", "torch", "weights", "model.safetensors", None),
+        Backend("eager", "torch", "weights", WEIGHTS_FILE, None),
         Backend("onnx", "onnx", "onnx", "model.onnx", "--onnx"),
         Backend("onnx-int8", "onnx", "onnx_int8", "model.int8.onnx", "--int8"),
         Backend("onnx-fp16", "onnx", "onnx_fp16", "model.fp16.onnx", "--fp16"),
-        Backend("eager-fp16", "torch", "weights", "model.safetensors", None, "float16"),
-        Backend("eager-bf16", "torch", "weights", "model.safetensors", None, "bfloat16"),
+        Backend("eager-fp16", "torch", "weights", WEIGHTS_FILE, None, "float16"),
+        Backend("eager-bf16", "torch", "weights", WEIGHTS_FILE, None, "bfloat16"),
     )
 }
 ALIASES = {"torch": "eager"}  # `pitguard predict --backend torch` reads as plain PyTorch
 SERVING = ("eager", "onnx", "onnx-int8", "onnx-fp16")  # what predict and serve load directly
 
 
-def get_backend(name: str, allowed: tuple[str, ...] | None = None) -> Backend:
-    """The backend called ``name`` (or an alias); the error lists the choices and the closest."""
+def get_backend(name: str, serving: bool = False) -> Backend:
+    """The backend called ``name`` (or an alias); ``serving``: one predict and serve can load.
+
+    The error lists the choices and names the closest.
+    """
     name = ALIASES.get(name, name)
-    choices = allowed or tuple(BACKENDS)
+    choices = SERVING if serving else tuple(BACKENDS)
+    if name in BACKENDS and name not in choices:
+        raise PitguardError(
+            f"backend {name!r}: timed by pitguard bench only, not loaded by predict or serve; "
+            f"choose auto, {', '.join(choices)} (torch is eager)"
+        )
     if name not in choices:
         close = difflib.get_close_matches(name, choices, n=1)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        raise PitguardError(f"backend {name!r}: unknown{hint}; choose from {', '.join(choices)}")
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        if serving:
+            listed = "auto, " + ", ".join(choices)
+        else:
+            listed = ", ".join(choices) + " (e.g. --backends eager,onnx,onnx-int8)"
+        raise PitguardError(f"backend {name!r}: unknown{hint}; choose from {listed}")
     return BACKENDS[name]
 
 

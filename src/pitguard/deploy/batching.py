@@ -17,7 +17,7 @@ import numpy as np
 from pitguard.deploy.predict import Prediction, Predictor
 from pitguard.deploy.server_metrics import Metrics
 
-log = logging.getLogger("pitguard.serve")
+log = logging.getLogger("pitguard.serve")  # one logger for the whole server
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """``pitguard bench``: latency and throughput of bundles and timm models, end to end from uint8 crops.
 
-Every measurement goes through :class:`pitguard.predict.Predictor`, the path the line uses: uint8
+Every measurement goes through :class:`pitguard.deploy.predict.Predictor`, the path the line uses: uint8
 crops -> float / 255 -> graph -> logits, p(pit) and route. A timm model name becomes a throwaway
 bundle with random weights (2 classes, default input contract) in a temporary folder, so it is timed
 through exactly the same code as a shipped bundle.
@@ -94,7 +94,7 @@ def _timm_bundle(name: str, folder: Path, size: int, wanted: Sequence[str]) -> d
     folder.mkdir(parents=True)
     files = {"weights": save_weights(module, folder)}
     failed: dict[str, str] = {}
-    onnx_wanted = [b for b in wanted if b.startswith("onnx")]
+    onnx_wanted = [b for b in wanted if BACKENDS[b].runtime == "onnx"]
     if onnx_wanted:
         try:
             export_onnx(module, folder / BACKENDS["onnx"].file_name, size)
@@ -179,14 +179,14 @@ def _bench_target(
             spec = BACKENDS[backend]
             serving = "eager" if spec.runtime == "torch" else backend
             predictor = Predictor(folder, serving, device, threads)
-            if backend.startswith("eager"):
+            if spec.runtime == "torch":
                 ran_on = device
             else:
                 ran_on = (
                     "cuda" if predictor.session.get_providers()[0].startswith("CUDA") else "cpu"
                 )
             # Events time the GPU stream; onnxruntime returns host arrays, so a host clock is exact there.
-            cuda_events = ran_on == "cuda" and backend.startswith("eager")
+            cuda_events = ran_on == "cuda" and spec.runtime == "torch"
             dtype = getattr(torch, spec.autocast) if spec.autocast else None
             for batch in sizes:
                 x = np.ascontiguousarray(crops[:batch])
@@ -271,14 +271,12 @@ def bench(
         )
     sizes = check_batch_sizes(batch_sizes)
     wanted = list(check_backends(backends))
-    if device not in ("cpu", "cuda"):
-        raise PitguardError(f"--device {device!r}: use cpu or cuda")
-    device = pick_device(device, "--device").type
+    device = pick_device(device, "--device", allowed=("cpu", "cuda")).type
     threads = check_threads(threads)
     check_timing(warmup, min_runs, min_seconds)
     if device == "cuda" and "eager" in wanted:
         at = wanted.index("eager") + 1
-        extra = [b for b in ("eager-fp16", "eager-bf16") if b not in wanted]
+        extra = [b.name for b in BACKENDS.values() if b.autocast and b.name not in wanted]
         wanted[at:at] = extra
 
     plan = [(t, list(wanted)) for t in targets]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from pitguard.deploy.backends import WEIGHTS_FILE
 from pitguard.errors import PitguardError
 from pitguard.files import write_json
 from pitguard.policy import DecisionPolicy, Route
@@ -26,12 +27,19 @@ if TYPE_CHECKING:
 BUNDLE_SCHEMA = 2  # 2: the input contract may hold a centre crop
 READABLE_BUNDLE_SCHEMAS = (1, 2)
 BUNDLE_JSON = "bundle.json"
-WEIGHTS_FILE = "model.safetensors"
-OUTPUTS = {
-    "logits": "(N, classes)",
-    "p_pit": "(N,) calibrated",
-    "route": "(N,) " + ", ".join(f"{r.value} {r.label}" for r in Route),
-}
+INPUT_NAME = "crops"  # the graph's input and outputs, as ONNX names them
+OUTPUT_NAMES = ("logits", "p_pit", "route")
+OUTPUTS = dict(
+    zip(
+        OUTPUT_NAMES,
+        (
+            "(N, classes)",
+            "(N,) calibrated",
+            "(N,) " + ", ".join(f"{r.value} {r.label}" for r in Route),
+        ),
+        strict=True,
+    )
+)
 # Below the smallest normal float32 (1.18e-38): such weights only cost CPU time as denormals.
 DENORMAL_LIMIT = 1e-30
 

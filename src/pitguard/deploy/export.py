@@ -30,7 +30,7 @@ from pitguard.errors import PitguardError
 from pitguard.files import atomic_path, read_json
 from pitguard.models import fold_normalization
 from pitguard.policy import DecisionPolicy, Route
-from pitguard.runfolder import RunPaths, load_part, load_policy, load_run
+from pitguard.runfolder import RunPaths, evaluated_part, load_part, load_policy, load_run
 
 MAX_PROB_DIFF = 1e-4  # fp32 ONNX against PyTorch on the calib crops
 INT8_MAX_ACCURACY_DROP = 0.01  # argmax accuracy on calib may drop by at most 1 point
@@ -58,7 +58,7 @@ def _latest_test_metrics(run_dir: Path) -> dict | None:
     best = None
     for path in RunPaths(run_dir).eval_metrics():
         m = read_json(path) or {}
-        if m.get("part") == "test":
+        if evaluated_part(m)[1] == "test":
             keep = (
                 "data",
                 "n",
@@ -177,7 +177,7 @@ def export_run(
                 ev.labels, run.pit_index, ref, run_onnx(ort_session(tmp / filename), crops)
             )
             _quantized_gate(key.upper(), stats, max_drop, ev.description)
-            meta["files"][f"onnx_{key}"] = filename
+            meta["files"][BACKENDS[f"onnx-{key}"].file_key] = filename
             meta[key] = {
                 **info,
                 "gate": stats,

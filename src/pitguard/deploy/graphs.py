@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pitguard.deploy.bundle import DeployModule
+from pitguard.deploy.bundle import INPUT_NAME, OUTPUT_NAMES, DeployModule
 
 OPSET = 17
 
@@ -22,7 +22,7 @@ def run_onnx(
         x = (crops_u8[start : start + batch].numpy().astype(np.float32) / np.float32(255)).astype(
             dtype
         )
-        for acc, value in zip(outs, session.run(None, {"crops": x}), strict=True):
+        for acc, value in zip(outs, session.run(None, {INPUT_NAME: x}), strict=True):
             acc.append(value.astype(np.float32) if value.dtype == np.float16 else value)
     logits, p_pit, route = (np.concatenate(o) for o in outs)
     return logits, p_pit, route
@@ -52,14 +52,9 @@ def _export(module: DeployModule, dummy: torch.Tensor, path: Path) -> None:
         module,
         (dummy,),
         str(path),
-        input_names=["crops"],
-        output_names=["logits", "p_pit", "route"],
-        dynamic_axes={
-            "crops": {0: "batch"},
-            "logits": {0: "batch"},
-            "p_pit": {0: "batch"},
-            "route": {0: "batch"},
-        },
+        input_names=[INPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
+        dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
         opset_version=OPSET,
         dynamo=False,  # the TorchScript exporter handles these CNNs and the policy ops reliably
     )
@@ -70,7 +65,7 @@ class _CalibReader:
 
     def __init__(self, crops_u8: torch.Tensor, batch: int = 32):
         self.batches = [
-            {"crops": crops_u8[i : i + batch].numpy().astype(np.float32) / np.float32(255)}
+            {INPUT_NAME: crops_u8[i : i + batch].numpy().astype(np.float32) / np.float32(255)}
             for i in range(0, len(crops_u8), batch)
         ]
         self.pos = 0

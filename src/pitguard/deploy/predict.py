@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from pitguard.data.layout import IMAGE_SUFFIXES
-from pitguard.deploy.backends import SERVING, auto_backend, get_backend, ort_session
-from pitguard.deploy.bundle import load_deploy_module, read_bundle_json
+from pitguard.deploy.backends import auto_backend, get_backend, ort_session
+from pitguard.deploy.bundle import INPUT_NAME, load_deploy_module, read_bundle_json
 from pitguard.devices import pick_device
 from pitguard.errors import PitguardError
 from pitguard.policy import ROUTES
@@ -45,7 +45,7 @@ class Predictor:
         self.classes = tuple(self.meta["classes"])
         self.size = int(self.meta["input"]["size"])
         files = self.meta.get("files", {})
-        chosen = auto_backend(files) if backend == "auto" else get_backend(backend, SERVING)
+        chosen = auto_backend(files) if backend == "auto" else get_backend(backend, serving=True)
         self.device = pick_device(device, "device").type
         self.backend = chosen.name
         if chosen.runtime == "onnx":
@@ -129,7 +129,7 @@ class Predictor:
                     t.cpu().numpy() for t in self.module(torch.from_numpy(x).to(self.device))
                 )
         else:
-            logits, p, route = self.session.run(None, {"crops": x.astype(self.input_dtype)})
+            logits, p, route = self.session.run(None, {INPUT_NAME: x.astype(self.input_dtype)})
         labels = [self.classes[i] for i in np.asarray(logits).argmax(1)]
         return Prediction(labels, np.asarray(p, dtype=np.float32), [ROUTES[int(r)] for r in route])
 

@@ -26,7 +26,7 @@ from pitguard.deploy.predict import Predictor
 from pitguard.deploy.server_metrics import METRICS_CONTENT_TYPE, Metrics
 from pitguard.errors import PitguardError
 
-log = logging.getLogger("pitguard.serve")
+log = logging.getLogger("pitguard.serve")  # one logger for the whole server
 
 
 def create_app(

@@ -20,6 +20,7 @@ from pitguard.runfolder import (
     EVAL_ROC_PR,
     INNER_FOLDERS,
     RunPaths,
+    evaluated_part,
     is_run,
 )
 
@@ -82,16 +83,6 @@ def find_run_dirs(path: str | Path) -> list[Path]:
     return found
 
 
-def _read(path: Path) -> dict | None:
-    """The JSON object in PATH, None when it is absent; a damaged file is an error, not absent."""
-    value = read_json(path)
-    if value is None and path.is_file():
-        raise PitguardError(
-            f"{path}: unreadable JSON (not a JSON object); rerun the step that wrote it"
-        )
-    return value
-
-
 def _count_parameters(weights: Path) -> int | None:
     """Sum of the tensor sizes in the safetensors file, read from its header without loading data."""
     if not weights.is_file():
@@ -107,7 +98,7 @@ def _count_parameters(weights: Path) -> int | None:
 
 def _config(run: Path) -> dict | None:
     paths = RunPaths(run)
-    return _read(paths.config) or (_read(paths.model) or {}).get("config")
+    return read_json(paths.config) or (read_json(paths.model) or {}).get("config")
 
 
 def _own_source(run: Path, config: dict | None) -> Path | None:
@@ -129,8 +120,8 @@ def crop_roots(rec: dict) -> list[Path]:
     run's split root, then the run."""
     run = Path(rec["path"])
     roots = []
-    metrics = _read(run / rec["test"]["metrics_file"]) if rec["test"] else None
-    source = (metrics or {}).get("source")
+    metrics = read_json(run / rec["test"]["metrics_file"]) if rec["test"] else None
+    source = evaluated_part(metrics)[0] if metrics else ""
     if source:
         roots.append(_data_root(Path(source)))
     own = _own_source(run, _config(run))
@@ -149,17 +140,16 @@ def same_file(a: Path, b: Path) -> bool:
 def _pick_eval(run: Path, config: dict | None) -> tuple[Path | None, dict | None, str]:
     """The newest evaluation of a run, preferring its own test part, then any test part.
 
-    Returns (metrics file, its content, "own" | "other test" | "not test"). Metrics files
-    written before "source" and "part" were recorded have no part, so they are "not test".
+    Returns (metrics file, its content, "own" | "other test" | "not test").
     """
     source = _own_source(run, config)
     split_name = RunPaths(run).split.name
     tiers: dict[str, list] = {"own": [], "other test": [], "not test": []}
     for path in RunPaths(run).eval_metrics():
-        metrics = _read(path)
+        metrics = read_json(path)
         if not metrics:
             continue
-        src = metrics.get("source") or ""
+        src, part = evaluated_part(metrics)
         src_path = Path(src)
         is_own = (
             bool(src)
@@ -171,7 +161,6 @@ def _pick_eval(run: Path, config: dict | None) -> tuple[Path | None, dict | None
                 or (src_path.name == split_name and src_path.parent.name == run.name)
             )
         )
-        part = metrics.get("part")
         tier = "not test" if part != "test" else ("own" if is_own else "other test")
         tiers[tier].append((path.stat().st_mtime, str(path), path, metrics))
     for tier, group in tiers.items():
@@ -232,8 +221,8 @@ def pick_latency(bench: dict, run_name: str | None = None) -> dict | None:
 def run_record(run: Path, name: str) -> dict:
     """Everything the report shows of one run, as stored, with a note for each missing piece."""
     paths = RunPaths(run)
-    model = _read(paths.model) or {}
-    config = _read(paths.config) or model.get("config")
+    model = read_json(paths.model) or {}
+    config = read_json(paths.config) or model.get("config")
     notes: list[str] = []
     weights = paths.weights
     rec: dict = {
@@ -262,7 +251,7 @@ def run_record(run: Path, name: str) -> dict:
         )
 
     metrics_path, metrics, tier = _pick_eval(run, config)
-    policy = _read(paths.policy)
+    policy = read_json(paths.policy)
     own_data = _own_source(run, config) is not None
     eval_hint = f"pitguard eval {run}" + ("" if own_data else " --data DIR")
     if metrics is None or metrics_path is None:
@@ -273,7 +262,7 @@ def run_record(run: Path, name: str) -> dict:
         rec["test"] = {
             "metrics_file": str(metrics_path.relative_to(run)),
             "data": metrics.get("data"),
-            "part": metrics.get("part") or "",
+            "part": evaluated_part(metrics)[1],
             "n": metrics.get("n"),
             **{k: metrics.get(k) for k in TEST_KEYS},
         }
@@ -334,7 +323,7 @@ def run_record(run: Path, name: str) -> dict:
             if figure.is_file():
                 figures[key] = {"file": str(figure.relative_to(run)), **calib}
 
-    bench = _read(paths.bench)
+    bench = read_json(paths.bench)
     bench_hint = (
         f"pitguard export {run} --out bundles/{run.name} --onnx, then "
         f"pitguard bench bundles/{run.name} --json {paths.bench}"

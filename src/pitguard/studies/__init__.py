@@ -1,0 +1,1 @@
+"""Studies on runs: paired comparison, the legacy two-stage method, imports, denormals."""

@@ -65,7 +65,7 @@ def run_twostage(cfg: Config, out: str | Path, stage2_epochs: int | None = None)
         raise PitguardError(f"{out}: already holds a two-stage run; choose a new --out")
     out.mkdir(parents=True, exist_ok=True)
     train(cfg, out / "stage1")
-    mined = out / "stage1" / "mined.csv"  # beside split.csv, so its relative paths hold
+    mined = out / "mined.csv"  # stage 1's split with its mistakes relabelled maybe
     mining = mine_manifest(out / "stage1", mined)
     print(f"mined {mining['mined']} of {mining['of']} train/val crops as maybe", flush=True)
     cfg2 = replace(

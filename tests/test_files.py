@@ -1,0 +1,40 @@
+"""Tests for pitguard.files: writes appear whole or not at all; damaged JSON is an error."""
+
+import json
+import os
+
+import pytest
+
+from pitguard.errors import PitguardError
+from pitguard.files import atomic_path, atomic_write_text, read_json, temp_name, write_json
+
+
+def test_a_failed_write_leaves_neither_file_nor_temporary(tmp_path):
+    target = tmp_path / "out.json"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("disk gone")
+    assert not target.exists() and os.listdir(tmp_path) == []
+
+
+def test_a_stale_temporary_from_a_killed_run_is_replaced(tmp_path):
+    folder = tmp_path / "bundle"
+    temp_name(folder).mkdir()
+    (temp_name(folder) / "junk").write_text("x")
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        (tmp / "bundle.json").write_text("{}")
+    assert os.listdir(folder) == ["bundle.json"] and os.listdir(tmp_path) == ["bundle"]
+
+
+def test_read_json_tells_missing_from_damaged(tmp_path):
+    path = tmp_path / "policy.json"
+    assert read_json(path) is None
+    write_json(path, {"a": 1})
+    assert read_json(path) == {"a": 1} and json.loads(path.read_text()) == {"a": 1}
+    atomic_write_text(path, '{"a": ')
+    with pytest.raises(PitguardError, match=r"policy.json: unreadable JSON .*rerun the step"):
+        read_json(path)
+    atomic_write_text(path, "[1, 2]")
+    with pytest.raises(PitguardError, match=r"policy.json: not a JSON object"):
+        read_json(path)
