@@ -73,3 +73,10 @@ def test_bundle_schema_versions(bundle, tmp_path):
         pitguard.load(bundle, backend="torch")
     (bundle / "bundle.json").write_text(json.dumps(meta))
     assert pitguard.load(bundle, backend="torch").predict(crops).routes == expected
+
+
+def test_a_damaged_bundle_json_is_named_not_a_traceback(bundle, tmp_path):
+    copy = shutil.copytree(bundle, tmp_path / "b")
+    (copy / "bundle.json").write_text('{"schema_version": 2, ')
+    with pytest.raises(PitguardError, match=r"bundle.json: unreadable JSON .*rerun the step"):
+        pitguard.load(copy)

@@ -9,7 +9,6 @@ route id of :class:`pitguard.policy.Route`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +17,7 @@ from torch import nn
 
 from pitguard.deploy.backends import WEIGHTS_FILE
 from pitguard.errors import PitguardError
-from pitguard.files import write_json
+from pitguard.files import read_json, write_json
 from pitguard.policy import DecisionPolicy, Route
 
 if TYPE_CHECKING:
@@ -64,9 +63,9 @@ def is_bundle(folder: str | Path) -> bool:
 
 def read_bundle_json(bundle: str | Path) -> dict:
     path = Path(bundle) / BUNDLE_JSON
-    if not path.is_file():
+    meta = read_json(path) if path.is_file() else None
+    if meta is None:
         raise PitguardError(f"{bundle}: no bundle.json; give a folder written by pitguard export")
-    meta = json.loads(path.read_text())
     if meta.get("schema_version") not in READABLE_BUNDLE_SCHEMAS:
         readable = ", ".join(str(v) for v in READABLE_BUNDLE_SCHEMAS)
         raise PitguardError(
