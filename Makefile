@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -n auto  # one worker per core (pytest-xdist)
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup  # one worker per core (pytest-xdist)
 
 # The training benchmarks on the shared crops (about 12 minutes on 2 cores); JSON under runs/.
 bench: $(STAMP)
