@@ -1,0 +1,33 @@
+"""Tests for pitguard.evaluate: metrics with intervals, predictions and figures per data part."""
+
+import csv
+import json
+
+from pitguard.cli import main
+from pitguard.evaluate import evaluate_run, format_report
+from pitguard.runfolder import EVAL_METRICS, EVAL_PREDICTIONS, RunPaths, load_policy
+from tests.conftest import copy_run
+
+
+def test_a_calibrated_run_is_measured_on_its_own_test_part(calibrated_run, tmp_path):
+    run = copy_run(calibrated_run, tmp_path / "run")
+    result = evaluate_run(run, policy=load_policy(run), n_boot=100)
+    assert (result["source"], result["part"]) == (str(RunPaths(run).split), "test")
+    assert result["data"] == f"{result['source']} [test]"
+    saved = json.loads(
+        (RunPaths(run).evals / result["outputs"].rsplit("/", 1)[1] / EVAL_METRICS).read_text()
+    )
+    assert saved["part"] == "test" and saved["n"] == result["n"]
+    with open(RunPaths(run).eval_metrics()[0].parent / EVAL_PREDICTIONS, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == result["n"] and {r["route"] for r in rows} <= {"clean", "maybe", "pit"}
+    routes = result["policy"]["routes"]
+    assert sum(routes.values()) == result["n"]
+    assert routes == {k: sum(r["route"] == k for r in rows) for k in routes}
+    text = format_report(result)
+    assert "calibrated decision (exact 95% intervals)" in text and "maybe rate" in text
+
+
+def test_eval_errors(tmp_path, capsys):
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "no model.json" in capsys.readouterr().err
