@@ -26,6 +26,14 @@ def _one_thread_per_worker():
         torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(items):
+    # Under pytest-xdist the tests on the real crops run on one worker, one after the other:
+    # the second finds the crops decoded in the shared cache instead of decoding them again.
+    for item in items:
+        if item.get_closest_marker("shared_data"):
+            item.add_marker(pytest.mark.xdist_group("shared_data"))
+
+
 def _session_root(tmp_path_factory) -> Path:
     """A folder shared by every pytest-xdist worker of this run (the run's own base otherwise)."""
     base = tmp_path_factory.getbasetemp()

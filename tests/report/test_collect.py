@@ -1,13 +1,8 @@
 import json
 from pathlib import Path
 
-import pytest
-
 from pitguard.report.collect import pick_latency, run_record
 from tests.conftest import copy_run
-
-# One worker builds the report's runs and reads them for every report test.
-pytestmark = pytest.mark.xdist_group("report")
 
 
 def _metrics(run: Path) -> dict:

@@ -7,9 +7,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# One worker builds the report's runs and reads them for every report test.
-pytestmark = pytest.mark.xdist_group("report")
-
 SECTION_IDS = ["table", "latency-accuracy", "run-a", "run-b"]
 
 

@@ -8,9 +8,6 @@ from pitguard.errors import PitguardError
 from pitguard.report import write_report
 from pitguard.report.html import section_id
 
-# One worker builds the report's runs and reads them for every report test.
-pytestmark = pytest.mark.xdist_group("report")
-
 
 def test_missing_pieces_are_na_with_hints(runs, tmp_path):
     bare = tmp_path / "bare" / "c"

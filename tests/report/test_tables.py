@@ -1,10 +1,5 @@
 import re
 
-import pytest
-
-# One worker builds the report's runs and reads them for every report test.
-pytestmark = pytest.mark.xdist_group("report")
-
 
 def test_markdown_has_one_row_per_run(report):
     _, out = report
