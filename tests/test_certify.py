@@ -12,18 +12,7 @@ from scipy import stats
 from pitguard.certify import choose_thresholds, min_pits_needed, operating_curve
 from pitguard.errors import PitguardError
 from pitguard.policy import route
-
-# Synthetic scores whose true error rates are known in closed form.
-PIT_AB = (5.0, 1.5)
-
-
-CLEAN_AB = (1.5, 5.0)
-
-
-def _draw(rng: np.random.Generator, n_pits: int, n_clean: int) -> tuple[np.ndarray, np.ndarray]:
-    p = np.concatenate([rng.beta(*PIT_AB, n_pits), rng.beta(*CLEAN_AB, n_clean)])
-    y = np.concatenate([np.ones(n_pits, bool), np.zeros(n_clean, bool)])
-    return p, y
+from tests.scores import CLEAN_AB, PIT_AB, draw_scores
 
 
 def _reference(p, y, max_pit_miss, confidence, max_false_reject=None):
@@ -83,7 +72,7 @@ def test_min_pits_needed_exact():
 
 def test_refuses_when_too_few_pits():
     rng = np.random.default_rng(2)
-    p, y = _draw(rng, 120, 500)
+    p, y = draw_scores(rng, 120, 500)
     with pytest.raises(PitguardError) as err:
         choose_thresholds(p, y, max_pit_miss=0.01, confidence=0.95)
     msg = str(err.value)
@@ -92,7 +81,7 @@ def test_refuses_when_too_few_pits():
 
 def test_refuses_when_too_few_clean_for_false_reject_bound():
     rng = np.random.default_rng(3)
-    p, y = _draw(rng, 400, 50)
+    p, y = draw_scores(rng, 400, 50)
     with pytest.raises(PitguardError) as err:
         choose_thresholds(p, y, 0.02, 0.95, max_false_reject=0.01)
     assert "299" in str(err.value) and "50 clean" in str(err.value)
@@ -112,7 +101,7 @@ def test_thresholds_never_sit_on_a_calibration_score():
     # A threshold equal to a calibration score lets float rounding in another runtime flip
     # that crop's route; halfway between neighbouring scores, a 1e-7 change flips nothing.
     rng = np.random.default_rng(12)
-    p, y = _draw(rng, 400, 400)
+    p, y = draw_scores(rng, 400, 400)
     for fr in (None, 0.05):
         th = choose_thresholds(p, y, 0.02, 0.9, max_false_reject=fr)
         for t in (th.t_low, th.t_high):
@@ -126,7 +115,7 @@ def test_thresholds_never_sit_on_a_calibration_score():
 @pytest.mark.parametrize("false_reject", [None, 0.1])
 def test_choice_matches_reference(seed, false_reject):
     rng = np.random.default_rng(100 + seed)
-    p, y = _draw(rng, 80, 70)
+    p, y = draw_scores(rng, 80, 70)
     if seed % 2:  # coarse scores: many ties and repeated values
         p = np.round(p, 1)
     th = choose_thresholds(p, y, 0.15, 0.8, max_false_reject=false_reject)
@@ -135,7 +124,7 @@ def test_choice_matches_reference(seed, false_reject):
 
 def test_choice_consistent_with_its_own_numbers_and_curve():
     rng = np.random.default_rng(11)
-    p, y = _draw(rng, 500, 500)
+    p, y = draw_scores(rng, 500, 500)
     th = choose_thresholds(p, y, 0.03, 0.9)
     r = route(p, th.t_low, th.t_high)
     assert th.calib_pit_misses == int(np.sum(y & (r == 0)))
@@ -164,7 +153,7 @@ def test_choice_consistent_with_its_own_numbers_and_curve():
 def test_thresholds_ordered_even_for_a_bad_classifier():
     rng = np.random.default_rng(5)
     for _ in range(20):
-        p, y = _draw(rng, 200, 200)
+        p, y = draw_scores(rng, 200, 200)
         y = rng.permutation(y) if rng.random() < 0.5 else ~y  # useless or inverted scores
         for fr in (None, 0.05):
             th = choose_thresholds(p, y, 0.05, 0.9, max_false_reject=fr)
@@ -186,7 +175,7 @@ def test_pit_miss_guarantee_by_simulation():
     draws, alpha = 300, 0.02
     true_miss, t_low = [], []
     for _ in range(draws):
-        p, y = _draw(rng, 600, 600)
+        p, y = draw_scores(rng, 600, 600)
         th = choose_thresholds(p, y, max_pit_miss=alpha, confidence=0.9)
         true_miss.append(stats.beta.cdf(th.t_low, *PIT_AB))
         t_low.append(th.t_low)
@@ -203,7 +192,7 @@ def test_false_reject_guarantee_by_simulation():
     draws, limit = 300, 0.02
     false_reject, pit_miss, t_high = [], [], []
     for _ in range(draws):
-        p, y = _draw(rng, 600, 600)
+        p, y = draw_scores(rng, 600, 600)
         th = choose_thresholds(p, y, max_pit_miss=limit, confidence=0.9, max_false_reject=limit)
         assert th.t_low <= th.t_high and th.false_reject_bound <= limit
         false_reject.append(stats.beta.sf(th.t_high, *CLEAN_AB))

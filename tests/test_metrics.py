@@ -12,19 +12,7 @@ from sklearn import metrics as skm
 
 from pitguard import metrics as M
 from pitguard import stats as S
-
-
-def _dirichlet_probs(rng, n, c, concentration=1.0):
-    return rng.dirichlet(np.full(c, concentration), size=n)
-
-
-def _sample_labels(rng, probs):
-    u = rng.random(len(probs))[:, None]
-    return (u > probs.cumsum(axis=1)).sum(axis=1)
-
-
-CLASSES = ["clean", "maybe", "pit"]
-
+from tests.scores import CLASSES, dirichlet_probs, sample_labels
 
 HAND_LABELS = np.array([0, 0, 0, 1, 2, 2, 2, 2])
 
@@ -40,8 +28,8 @@ def _hand_probs():
 
 def test_ece_near_zero_when_calibrated_and_large_when_overconfident():
     rng = np.random.default_rng(11)
-    true_probs = _dirichlet_probs(rng, 100_000, 3)
-    labels = _sample_labels(rng, true_probs)
+    true_probs = dirichlet_probs(rng, 100_000, 3)
+    labels = sample_labels(rng, true_probs)
     assert M.expected_calibration_error(true_probs, labels) < 0.01
     sharp = true_probs**4
     sharp /= sharp.sum(axis=1, keepdims=True)
@@ -50,8 +38,8 @@ def test_ece_near_zero_when_calibrated_and_large_when_overconfident():
 
 def test_reliability_bins_consistent_with_ece():
     rng = np.random.default_rng(3)
-    probs = _dirichlet_probs(rng, 2000, 2, concentration=0.5)
-    labels = _sample_labels(rng, probs)
+    probs = dirichlet_probs(rng, 2000, 2, concentration=0.5)
+    labels = sample_labels(rng, probs)
     bins = M.reliability_bins(probs, labels, n_bins=10)
     assert set(bins) == {"bin_lower", "bin_upper", "confidence", "accuracy", "count"}
     assert len(bins["count"]) == 10 and sum(bins["count"]) == 2000
@@ -118,8 +106,8 @@ def test_classification_report_hand_example():
 
 def test_classification_report_is_strict_json_and_deterministic():
     rng = np.random.default_rng(0)
-    probs = _dirichlet_probs(rng, 300, 3)
-    labels = _sample_labels(rng, probs)
+    probs = dirichlet_probs(rng, 300, 3)
+    labels = sample_labels(rng, probs)
     rep = M.classification_report(labels, probs, CLASSES, n_boot=300, seed=4)
     text = json.dumps(rep, allow_nan=False)
     assert json.loads(text) == rep
@@ -163,7 +151,7 @@ def test_vectorised_statistics_match_sklearn():
     rng = np.random.default_rng(5)
     for trial in range(25):
         n, c = int(rng.integers(6, 60)), int(rng.integers(2, 4))
-        probs = np.round(_dirichlet_probs(rng, n, c), 1) + 1e-3  # rounding makes ties
+        probs = np.round(dirichlet_probs(rng, n, c), 1) + 1e-3  # rounding makes ties
         probs /= probs.sum(axis=1, keepdims=True)
         labels = rng.integers(0, c, n)
         labels[:2] = [0, c - 1]

@@ -8,23 +8,12 @@ from pitguard import metrics as M
 from pitguard import plots
 from pitguard.certify import Thresholds, choose_thresholds, operating_curve
 from pitguard.plots import plot_operating_curve
-
-# Synthetic scores whose true error rates are known in closed form.
-PIT_AB = (5.0, 1.5)
-
-
-CLEAN_AB = (1.5, 5.0)
-
-
-def _draw(rng: np.random.Generator, n_pits: int, n_clean: int) -> tuple[np.ndarray, np.ndarray]:
-    p = np.concatenate([rng.beta(*PIT_AB, n_pits), rng.beta(*CLEAN_AB, n_clean)])
-    y = np.concatenate([np.ones(n_pits, bool), np.zeros(n_clean, bool)])
-    return p, y
+from tests.scores import CLASSES, dirichlet_probs, draw_scores, sample_labels
 
 
 def test_plot_operating_curve_writes_png(tmp_path):
     rng = np.random.default_rng(4)
-    p, y = _draw(rng, 300, 300)
+    p, y = draw_scores(rng, 300, 300)
     th = choose_thresholds(p, y, 0.05, 0.9)
     assert isinstance(th, Thresholds)
     out = tmp_path / "curve" / "operating_curve.png"
@@ -32,22 +21,10 @@ def test_plot_operating_curve_writes_png(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _dirichlet_probs(rng, n, c, concentration=1.0):
-    return rng.dirichlet(np.full(c, concentration), size=n)
-
-
-def _sample_labels(rng, probs):
-    u = rng.random(len(probs))[:, None]
-    return (u > probs.cumsum(axis=1)).sum(axis=1)
-
-
-CLASSES = ["clean", "maybe", "pit"]
-
-
 def test_plots_write_png(tmp_path):
     rng = np.random.default_rng(2)
-    probs = _dirichlet_probs(rng, 200, 3)
-    labels = _sample_labels(rng, probs)
+    probs = dirichlet_probs(rng, 200, 3)
+    labels = sample_labels(rng, probs)
     rep = M.classification_report(labels, probs, CLASSES, n_boot=20)
     paths = [
         plots.plot_confusion_matrix(rep["confusion_matrix"], CLASSES, tmp_path / "cm.png"),
