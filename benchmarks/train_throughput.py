@@ -38,9 +38,9 @@ from pitguard.augment import build_augment
 from pitguard.config import load_config
 from pitguard.data.layout import find_dataset
 from pitguard.data.load import load_crops
+from pitguard.epoch import Stepper, train_one_epoch, use_bf16
 from pitguard.models import build_model, make_contract
 from pitguard.optim import make_optimizer, make_scheduler
-from pitguard.train import Stepper, train_one_epoch, use_bf16
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data/cherry_classification/train"
 

@@ -83,7 +83,9 @@ def random_crop(seed: int, size: int = 128) -> np.ndarray:
     return img
 
 
-def train_tiny(root: Path, name: str = "run", count: int = 240, seed: int = 0, sets=()) -> Path:
+def train_tiny(
+    root: Path, name: str = "run", count: int = 240, seed: int = 0, sets=(), difficulty=0.5
+) -> Path:
     """Train pitguard_tiny on synthetic crops in ROOT/crops (made on first use); the run folder."""
     from pitguard.config import load_config
     from pitguard.data.synth import synthesize
@@ -91,7 +93,7 @@ def train_tiny(root: Path, name: str = "run", count: int = 240, seed: int = 0, s
 
     crops = root / "crops"
     if not crops.exists():
-        synthesize(crops, count=count, seed=seed)
+        synthesize(crops, count=count, seed=seed, difficulty=difficulty)
     base = ["model.name=pitguard_tiny", "train.epochs=1", "train.threads=1"]
     cfg = load_config("cpu-fast", sets=[*base, *sets], extra={"data.path": str(crops)})
     train(cfg, root / name)
@@ -101,13 +103,17 @@ def train_tiny(root: Path, name: str = "run", count: int = 240, seed: int = 0, s
 # The one trained model of the suite: 600 crops so the calib part holds enough pits for a 5%
 # bound; EMA off, since over a few epochs the averaged weights stay near the untrained start.
 SESSION_RUN_SETS = ("train.epochs=6", "train.ema_decay=0", "model.normalize=data")
+# Easier crops than the default: six epochs then give a model whose INT8 graph decides as its
+# float one does, so the export gates are tested on a model that has learned.
+SESSION_DIFFICULTY = 0.2
 SESSION_MAX_PIT_MISS, SESSION_CONFIDENCE = 0.05, 0.9
 
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """pitguard_tiny trained on 600 synthetic crops (ROOT/crops); uncalibrated. Do not modify."""
-    return train_tiny(tmp_path_factory.mktemp("session"), count=600, seed=5, sets=SESSION_RUN_SETS)
+    root = tmp_path_factory.mktemp("session")
+    return train_tiny(root, count=600, seed=5, sets=SESSION_RUN_SETS, difficulty=SESSION_DIFFICULTY)
 
 
 @pytest.fixture(scope="session")

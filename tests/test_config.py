@@ -51,7 +51,7 @@ def test_all_problems_reported_at_once_with_closest_key():
         "--set: unknown key 'train.lrr'; did you mean train.lr?",
         "--set: unknown key 'trian.epochs'; did you mean train.epochs?",
         "--set: train.epochs: expected an integer, got 'x'",
-        "--set: model.normalize='foo': choose one of none, imagenet, data",
+        "--set: model.normalize='foo': choose one of none, imagenet, data, pretrained",
         "--set: train.label_smoothing=2.0: must be between 0 and 1",
     ]
 
@@ -63,7 +63,7 @@ def test_yaml_file_errors_name_the_file_and_line(tmp_path):
         load_config(config_file=bad)
     assert err.value.problems == [
         f"{bad}:3: unknown key 'train.optimiser'; did you mean train.optimizer?",
-        f"{bad}:5: model.normalize='foo': choose one of none, imagenet, data",
+        f"{bad}:5: model.normalize='foo': choose one of none, imagenet, data, pretrained",
     ]
     broken = tmp_path / "broken.yaml"
     broken.write_text("train:\n  lr: [1, 2\n")

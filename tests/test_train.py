@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pitguard import epoch as epoch_module
 from pitguard import train as train_module
 from pitguard.cli import main
 from pitguard.config import load_config
@@ -99,11 +100,11 @@ def test_bf16_autocast_only_where_the_device_computes_it(monkeypatch):
     cpu = torch.device("cpu")
     on = load_config("cpu-fast")
     off = load_config("cpu-fast", sets=["train.amp=false"])
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
-    assert train_module.use_bf16(on, cpu) and not train_module.use_bf16(off, cpu)
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
-    assert not train_module.use_bf16(on, cpu)
-    assert train_module.use_bf16(on, torch.device("cuda"))
+    monkeypatch.setattr(epoch_module, "cpu_has_native_bf16", lambda: True)
+    assert epoch_module.use_bf16(on, cpu) and not epoch_module.use_bf16(off, cpu)
+    monkeypatch.setattr(epoch_module, "cpu_has_native_bf16", lambda: False)
+    assert not epoch_module.use_bf16(on, cpu)
+    assert epoch_module.use_bf16(on, torch.device("cuda"))
 
 
 def test_summary_records_the_step_precision(synth_dir, tmp_path, monkeypatch):
@@ -120,12 +121,12 @@ def test_summary_records_the_step_precision(synth_dir, tmp_path, monkeypatch):
         return net
 
     monkeypatch.setattr(train_module, "build_model", recording_build)
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(epoch_module, "cpu_has_native_bf16", lambda: False)
     summary = train(tiny_config(synth_dir, "train.epochs=1"), tmp_path / "fp32")
     assert summary["precision"] == "fp32"
     assert autocast_seen and not any(autocast_seen)
     autocast_seen.clear()
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(epoch_module, "cpu_has_native_bf16", lambda: True)
     summary = train(tiny_config(synth_dir, "train.epochs=1", "model.crop=80"), tmp_path / "bf16")
     assert summary["precision"] == "bf16 autocast"
     assert autocast_seen and all(autocast_seen)

