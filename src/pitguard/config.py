@@ -10,10 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-
 from pitguard.errors import ConfigError, PitguardError
-from pitguard.recipes import recipe_text
+from pitguard.recipes import flatten, read_overrides, recipe_text
 
 
 @dataclass(frozen=True)
@@ -27,8 +25,7 @@ class Range:
 
     def check(self, value: float) -> str | None:
         below = value <= self.low if self.low_open else value < self.low
-        above = self.high is not None and value > self.high
-        if not (below or above):
+        if not below and (self.high is None or value <= self.high):
             return None
         if self.hint:
             return f"must be {self.hint}"
@@ -114,6 +111,9 @@ class TrainConfig:
     balance: Balance = "none"  # none, loss (class-weighted loss) or sampler (balanced sampling)
     ema_decay: Fraction = 0.0  # weight EMA decay per step; 0 disables; the EMA is what is selected
     amp: bool = True  # bf16 autocast on GPU and on CPUs with native bf16 (AVX512-BF16/AMX)
+    teacher: str | None = None  # a trained run folder whose soft labels the model also learns
+    distill_alpha: Fraction = 0.5  # weight of the teacher's soft labels against the hard ones
+    distill_temperature: PositiveFloat = 4.0  # softens both distributions before comparing
     channels_last: bool = True  # channels-last memory layout for the training step
     select_metric: SelectMetric = "val_accuracy"  # val_accuracy, val_balanced_accuracy or val_loss
     patience: int = 0  # early stopping after this many epochs without improvement; 0 = off
@@ -137,8 +137,7 @@ class Config:
 
 
 def _sections() -> dict[str, type]:
-    hints = typing.get_type_hints(Config)
-    return {name: hint for name, hint in hints.items() if name != "recipe"}
+    return {k: v for k, v in typing.get_type_hints(Config).items() if k != "recipe"}
 
 
 def field_types(section_cls: type) -> dict[str, Any]:
@@ -300,17 +299,6 @@ def build_config(
     return cfg
 
 
-def flatten(nested: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in nested.items():
-        full = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, full + "."))
-        else:
-            out[full] = value
-    return out
-
-
 def parse_set(items: list[str] | None) -> dict[str, str]:
     """``--set section.key=value`` strings into overrides (values are parsed by the field's type)."""
     out: dict[str, str] = {}
@@ -326,34 +314,6 @@ def parse_set(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def _load_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[str, int]]:
-    """Flat ``section.key`` overrides from YAML text, and the line each key is written on."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        loaded = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
-        raise PitguardError(f"{where}: not valid YAML: {exc}") from exc
-    if not isinstance(loaded, dict):
-        raise PitguardError(
-            f"{source}: expected a mapping of sections (data, model, augment, train)"
-        )
-    lines: dict[str, int] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        for key_node, value_node in node.value:
-            key = prefix + str(key_node.value)
-            if isinstance(value_node, yaml.MappingNode):
-                walk(value_node, key + ".")
-            else:
-                lines[key] = key_node.start_mark.line + 1
-
-    if isinstance(root, yaml.MappingNode):
-        walk(root, "")
-    return flatten(loaded), lines
-
-
 def load_config(
     recipe: str | None = None,
     config_file: str | Path | None = None,
@@ -365,12 +325,12 @@ def load_config(
     sources: list[tuple[str, dict[str, Any], dict[str, int]]] = []
     if recipe:
         name = f"recipe {recipe}"
-        sources.append((name, *_load_yaml(recipe_text(recipe), name)))
+        sources.append((name, *read_overrides(recipe_text(recipe), name)))
     if config_file:
         path = Path(config_file)
         if not path.is_file():
             raise PitguardError(f"{path}: config file not found")
-        sources.append((str(path), *_load_yaml(path.read_text(), str(path))))
+        sources.append((str(path), *read_overrides(path.read_text(), str(path))))
     if extra:
         sources.append(("arguments", extra, {}))
     sources.append(("--set", parse_set(sets), {}))

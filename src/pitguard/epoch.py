@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from timm.utils import ModelEmaV3
 from torch import nn
+from torch.nn import functional as F
 from tqdm import tqdm
 
 from pitguard.config import Config
@@ -36,6 +37,24 @@ class Stepper:
     scheduler: Any
     cfg: Config
     device: torch.device
+    teacher: nn.Module | None = None  # a trained run's network whose soft labels are learned too
+
+
+def distillation_loss(
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    hard_loss: torch.Tensor,
+    alpha: float,
+    temperature: float,
+) -> torch.Tensor:
+    """(1 - alpha) * the hard-label loss + alpha * T^2 * KL(teacher || student) at temperature T.
+
+    T^2 keeps the soft term's gradients on the hard term's scale whatever the temperature.
+    """
+    student = F.log_softmax(logits / temperature, dim=1)
+    target = F.log_softmax(teacher_logits / temperature, dim=1)
+    soft = F.kl_div(student, target, log_target=True, reduction="batchmean") * temperature**2
+    return (1 - alpha) * hard_loss + alpha * soft
 
 
 def train_one_epoch(
@@ -56,12 +75,25 @@ def train_one_epoch(
         x = images[idx].to(device, non_blocking=True).float().div_(255)
         y = labels[idx].to(device, non_blocking=True)
         with torch.no_grad():
-            x = augment(net.select(x))  # channel selection and pooling first: fewer pixels to warp
+            if st.teacher is None:
+                x = augment(net.select(x))  # channels and pooling first: fewer pixels to warp
+            else:  # the teacher reads its own channels and crop of the same augmented crops
+                x = augment(x)
+                teacher_logits = st.teacher(x).float()
+                x = net.select(x)
         if cfg.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = net.backbone(net.normalize(x))
             loss = st.loss_fn(logits.float(), y)
+            if st.teacher is not None:
+                loss = distillation_loss(
+                    logits.float(),
+                    teacher_logits,
+                    loss,
+                    cfg.train.distill_alpha,
+                    cfg.train.distill_temperature,
+                )
         st.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         st.optimizer.step()

@@ -32,6 +32,7 @@ from pitguard.plots import plot_history
 from pitguard.runfolder import (
     RunPaths,
     load_checkpoint,
+    load_run,
     model_meta,
     save_checkpoint,
     save_model,
@@ -149,7 +150,9 @@ def train(
             else None
         )
         augment = build_augment(cfg.augment).to(device)
-        return Stepper(model, ema, augment, loss_fn, optimizer, scheduler, cfg, device)
+        return Stepper(model, ema, augment, loss_fn, optimizer, scheduler, cfg, device, teacher)
+
+    teacher = _teacher(cfg, crops.classes, device) if cfg.train.teacher else None
 
     plan = None
     if ckpt is not None and ckpt.get("plan"):
@@ -293,6 +296,7 @@ def train(
         "n_val": len(val_part),
         "epochs_run": len(history),
         "epochs_planned": epochs,
+        "teacher": cfg.train.teacher,
         "plan": plan.to_dict() if plan else None,
         "best_epoch": best_epoch,
         "selected_on": cfg.train.select_metric,
@@ -330,3 +334,22 @@ def _plan(cfg, make_stepper, net, images, labels, val_part, steps_per_epoch, shu
     seconds = time_epoch(run_steps, run_validation, steps_per_epoch, clock)
     set_rng_state(saved, shuffle)
     return plan_epochs(cfg.train.max_minutes, cfg.train.epochs, seconds)
+
+
+def _teacher(cfg: Config, classes: tuple[str, ...], device: torch.device) -> nn.Module:
+    """The teacher run's network, frozen, checked to speak the same classes and crop size."""
+    run = load_run(cfg.train.teacher)  # type: ignore[arg-type]
+    if run.classes != tuple(classes):
+        raise PitguardError(
+            f"train.teacher={cfg.train.teacher}: its classes {', '.join(run.classes)} differ from "
+            f"the data's {', '.join(classes)}; distil from a run trained on the same classes"
+        )
+    if run.net.contract.size != cfg.data.size:
+        raise PitguardError(
+            f"train.teacher={cfg.train.teacher}: it reads {run.net.contract.size} px crops, the "
+            f"data has {cfg.data.size} px; distil from a run on crops of the same size"
+        )
+    for param in run.net.parameters():
+        param.requires_grad_(False)
+    print(f"teacher: {run.run} ({run.model_name}), alpha {cfg.train.distill_alpha}", flush=True)
+    return run.net.eval().to(device)

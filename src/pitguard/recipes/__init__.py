@@ -1,13 +1,17 @@
-"""The shipped recipes: named YAML files of overrides, each opening with what it reproduces."""
+"""Override files: the shipped recipes (named YAML, each opening with what it reproduces) and
+users' YAML, read flat as ``section.key`` with the line each key is written on."""
 
 from __future__ import annotations
 
 import difflib
 from importlib import resources
+from typing import Any
+
+import yaml
 
 from pitguard.errors import PitguardError
 
-__all__ = ["recipe_names", "recipe_summary", "recipe_text"]
+__all__ = ["flatten", "read_overrides", "recipe_names", "recipe_summary", "recipe_text"]
 
 
 def recipe_names() -> list[str]:
@@ -30,3 +34,42 @@ def recipe_summary(name: str) -> str:
         if line.startswith("#"):
             return line.lstrip("# ").strip()
     return ""
+
+
+def flatten(nested: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in nested.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, full + "."))
+        else:
+            out[full] = value
+    return out
+
+
+def read_overrides(text: str, source: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """Flat ``section.key`` overrides from YAML text, and the line each key is written on."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        loaded = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        raise PitguardError(f"{where}: not valid YAML: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise PitguardError(
+            f"{source}: expected a mapping of sections (data, model, augment, train)"
+        )
+    lines: dict[str, int] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for key_node, value_node in node.value:
+            key = prefix + str(key_node.value)
+            if isinstance(value_node, yaml.MappingNode):
+                walk(value_node, key + ".")
+            else:
+                lines[key] = key_node.start_mark.line + 1
+
+    if isinstance(root, yaml.MappingNode):
+        walk(root, "")
+    return flatten(loaded), lines

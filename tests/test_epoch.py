@@ -1,0 +1,49 @@
+"""Tests for pitguard.epoch: the distillation loss and a student trained from a teacher run."""
+
+import hashlib
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from pitguard.config import load_config
+from pitguard.epoch import distillation_loss
+from pitguard.errors import PitguardError
+from pitguard.runfolder import RunPaths
+from pitguard.train import _teacher, train
+
+
+def test_distillation_loss_weighs_hard_and_soft_labels():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(8, 2), torch.randn(8, 2)
+    labels = torch.randint(0, 2, (8,))
+    hard = F.cross_entropy(student, labels)
+    assert torch.allclose(distillation_loss(student, teacher, hard, 0.0, 4.0), hard)
+    soft = distillation_loss(student, teacher, hard, 1.0, 2.0)
+    p_t = F.softmax(teacher / 2, 1)
+    reference = (p_t * (p_t.log() - F.log_softmax(student / 2, 1))).sum(1).mean() * 4
+    assert torch.allclose(soft, reference)
+    assert distillation_loss(teacher, teacher, hard * 0, 1.0, 3.0).abs() < 1e-6  # agreeing: 0
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_student_learns_from_a_frozen_teacher_run(trained_run, synth_dir, tmp_path):
+    before = _digest(RunPaths(trained_run).weights)
+    sets = [
+        "model.name=pitguard_tiny",
+        "model.crop=64",  # the student reads another crop than the teacher: each its own
+        "train.epochs=1",
+        "train.threads=1",
+        f"train.teacher={trained_run}",
+        "train.distill_alpha=0.7",
+        "train.distill_temperature=2",
+    ]
+    cfg = load_config("cpu-fast", sets=sets, extra={"data.path": str(synth_dir)})
+    summary = train(cfg, tmp_path / "student")
+    assert summary["teacher"] == str(trained_run) and summary["epochs_run"] == 1
+    assert _digest(RunPaths(trained_run).weights) == before  # the teacher is never trained
+    with pytest.raises(PitguardError, match=r"classes clean, pit differ from the data's"):
+        _teacher(cfg, ("clean", "maybe", "pit"), torch.device("cpu"))
