@@ -37,6 +37,7 @@ def test_a_student_learns_from_a_frozen_teacher_run(trained_run, synth_dir, tmp_
         "model.crop=64",  # the student reads another crop than the teacher: each its own
         "train.epochs=1",
         "train.threads=1",
+        "train.max_minutes=0",
         f"train.teacher={trained_run}",
         "train.distill_alpha=0.7",
         "train.distill_temperature=2",

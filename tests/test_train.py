@@ -18,6 +18,7 @@ TINY = [
     "train.epochs=3",
     "train.batch_size=32",
     "train.threads=1",
+    "train.max_minutes=0",  # no time budget: the runs are not timed first (tests/test_budget.py)
     "train.eval_batch_size=64",
     "augment.motion_blur_p=0.5",
     "augment.blur_p=0.5",
