@@ -155,8 +155,8 @@ def train(
     teacher = _teacher(cfg, crops.classes, device) if cfg.train.teacher else None
 
     plan = None
-    if ckpt is not None and ckpt.get("plan"):
-        plan = EpochPlan(**ckpt["plan"])
+    if ckpt is not None:  # the plan it was trained to (none in checkpoints from before plans)
+        plan = EpochPlan(**ckpt["plan"]) if ckpt.get("plan") else None
     elif cfg.train.max_minutes:
         plan = _plan(
             cfg, make_stepper, net, images, labels, val_part, steps_per_epoch, shuffle, clock
