@@ -99,3 +99,29 @@ def test_help_imports_no_torch_or_matplotlib():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_train_without_a_recipe_uses_cpu_fast_and_says_so(synth_dir, tmp_path, capsys):
+    import json
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU machine train asks for a recipe")
+    run = tmp_path / "run"
+    sets = ["model.name=pitguard_tiny", "train.epochs=1", "train.max_minutes=0", "train.threads=1"]
+    args = ["train", "--data", str(synth_dir), "--out", str(run)]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "no --recipe given: training cpu-fast" in out and "1 epoch," in out
+    assert "data: train 132 (clean 66, pit 66); " in out  # counts for people, not a dict
+    assert json.loads((run / "config.json").read_text())["recipe"] == "cpu-fast"
+
+
+def test_stop_after_must_be_at_least_one(synth_dir, tmp_path, capsys):
+    args = ["train", "--data", str(synth_dir), "--out", str(tmp_path / "r"), "--stop-after", "0"]
+    assert main(args) == 2
+    assert "--stop-after 0: give 1 or more epochs" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

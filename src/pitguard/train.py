@@ -98,7 +98,7 @@ def train(
     write_json(paths.data, data_info)
     train_part, val_part = crops.split("train"), crops.split("val")
     n_classes = len(crops.classes)
-    print(f"data: {data_info['counts']}  classes: {', '.join(crops.classes)}", flush=True)
+    print("data: " + _describe_counts(data_info["counts"]), flush=True)
 
     data_mean = data_std = None
     if cfg.model.normalize == "data":
@@ -353,3 +353,11 @@ def _teacher(cfg: Config, classes: tuple[str, ...], device: torch.device) -> nn.
         param.requires_grad_(False)
     print(f"teacher: {run.run} ({run.model_name}), alpha {cfg.train.distill_alpha}", flush=True)
     return run.net.eval().to(device)
+
+
+def _describe_counts(counts: dict[str, dict[str, int]]) -> str:
+    """``train 2,021 (clean 1,087, pit 934); val 368 (...)``: a split's sizes for people."""
+    return "; ".join(
+        f"{part} {sum(per.values()):,} (" + ", ".join(f"{c} {n:,}" for c, n in per.items()) + ")"
+        for part, per in counts.items()
+    )

@@ -26,15 +26,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         if not args.out:
             raise PitguardError("--out RUN is required (the run folder to create)")
+        if args.stop_after is not None and args.stop_after < 1:
+            raise PitguardError(f"--stop-after {args.stop_after}: give 1 or more epochs")
+        recipe = args.recipe or (None if args.config else _default_recipe())
         extra = {"data.path": args.data} if args.data else None
-        cfg = load_config(args.recipe, args.config, args.set, extra)
+        cfg = load_config(recipe, args.config, args.set, extra)
         summary = train(cfg, args.out, stop_after=args.stop_after)
+    n = summary["epochs_run"]
     print(
-        f"run {summary['run']}: {summary['epochs_run']} epochs, best epoch {summary['best_epoch']} "
+        f"run {summary['run']}: {n} epoch{'' if n == 1 else 's'}, best epoch {summary['best_epoch']} "
         f"({summary['selected_on']} {summary['best_value']:.4f} on val), {summary['stop_reason']}, "
         f"{summary['train_seconds']:.0f} s on {summary['device']}"
     )
     return 0
+
+
+def _default_recipe() -> str:
+    """cpu-fast on a machine without a GPU; with one, the choice is the user's."""
+    import torch
+
+    if torch.cuda.is_available():
+        raise PitguardError(
+            "--recipe NAME is required on a GPU machine (see `pitguard recipes`; e.g. "
+            "--recipe resnet50-aug); without one, pitguard train uses cpu-fast"
+        )
+    print("no --recipe given: training cpu-fast, the recipe for a CPU (see `pitguard recipes`)")
+    return "cpu-fast"
 
 
 def add_train(sub: Verbs) -> None:
@@ -49,7 +66,10 @@ def add_train(sub: Verbs) -> None:
         ],
         cmd_train,
     )
-    p.add_argument("--recipe", help="a shipped recipe by name (see pitguard recipes)")
+    p.add_argument(
+        "--recipe",
+        help="a shipped recipe by name (see pitguard recipes); default cpu-fast on a CPU",
+    )
     p.add_argument("--config", help="a YAML file of overrides (applied after the recipe)")
     p.add_argument(
         "--data", help="class-folder dir (split here, seeded), split-folder dir or CSV manifest"
@@ -68,7 +88,7 @@ def add_train(sub: Verbs) -> None:
         "--stop-after",
         type=int,
         metavar="EPOCHS",
-        help="stop after this many epochs (resume later)",
+        help="stop after this many epochs, 1 or more (resume later)",
     )
 
 

@@ -106,7 +106,8 @@ def _resolve_classes(found: dict[str, str | None], where: Path, mapping: dict[st
         )
         raise PitguardError(
             f"{where}: unknown class name(s) {', '.join(unknown)}; accepted: {accepted}. "
-            "Rename the folders or labels, or map them with --classes NAME=clean,NAME=pit"
+            "Rename the folders or labels, or map them: --classes NAME=clean,NAME=pit for data "
+            "audit, data split and eval, --set data.classes=NAME=clean,NAME=pit for train"
         )
     present = {c for c in found.values() if c is not None}
     classes = tuple(c for c in CANONICAL_ORDER if c in present)
