@@ -17,6 +17,31 @@ DEMO_MAX_PIT_MISS = 0.05
 DEMO_CONFIDENCE = 0.95
 
 
+# What a demo writes into its folder: an earlier demo made of these alone is replaced.
+DEMO_OUTPUTS = frozenset({"crops", "run", "bundle", "report", "audit.json", "predictions.csv"})
+
+
+def prepare_out(out: Path) -> None:
+    """An empty output folder: an earlier demo's outputs are removed, anything else refused."""
+    import shutil
+
+    if out.exists() and not out.is_dir():
+        raise PitguardError(f"{out}: is a file; pass --out with a folder for the demo")
+    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    foreign = [name for name in present if name not in DEMO_OUTPUTS]
+    if foreign:
+        raise PitguardError(
+            f"{out}: holds {', '.join(foreign[:5])}, which pitguard demo did not write; "
+            "pass --out with a new or empty folder"
+        )
+    if present:
+        print(f"replacing the earlier demo in {out}", flush=True)
+        for name in present:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def _step(title: str) -> float:
     print(f"\n== {title}", flush=True)
     return time.perf_counter()
@@ -38,10 +63,8 @@ def run_demo(out: Path, data: str | None = None, fast: bool = False) -> int:
     from pitguard.train import train
 
     started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_out(out)
     run = out / "run"
-    if (run / "checkpoints").exists():
-        raise PitguardError(f"{out}: holds an earlier demo; remove it or pass --out NEW_FOLDER")
     timings: dict[str, float] = {}
 
     if data is None:
