@@ -31,3 +31,11 @@ def test_a_calibrated_run_is_measured_on_its_own_test_part(calibrated_run, tmp_p
 def test_eval_errors(tmp_path, capsys):
     assert main(["eval", str(tmp_path)]) == 2
     assert "no model.json" in capsys.readouterr().err
+
+
+def test_evaluation_folders_are_named_by_part_and_data(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path / "run")
+    own = evaluate_run(run, n_boot=20)
+    assert own["outputs"] == str(RunPaths(run).evals / "test")
+    other = evaluate_run(run, data=trained_run.parent / "crops", n_boot=20)
+    assert other["outputs"] == str(RunPaths(run).evals / "crops-all")

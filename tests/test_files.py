@@ -38,3 +38,16 @@ def test_read_json_tells_missing_from_damaged(tmp_path):
     atomic_write_text(path, "[1, 2]")
     with pytest.raises(PitguardError, match=r"policy.json: not a JSON object"):
         read_json(path)
+
+
+def test_files_written_atomically_are_readable_by_others(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from pitguard.files import atomic_write
+
+    path = tmp_path / "model.safetensors"
+    atomic_write(path, lambda tmp: save_file({"w": torch.zeros(2)}, str(tmp)))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # safetensors alone writes 0600

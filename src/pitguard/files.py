@@ -12,6 +12,9 @@ from typing import Any
 
 from pitguard.errors import PitguardError
 
+_UMASK = os.umask(0)  # read once: os.umask can only be read by setting it
+os.umask(_UMASK)
+
 
 def temp_name(path: Path) -> Path:
     """The hidden sibling a write goes to before it is renamed into place."""
@@ -30,6 +33,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     _remove(tmp)  # left by a killed process that had the same pid
     try:
         yield tmp
+        if tmp.is_file():  # some writers (safetensors) create 0600 files: a service user must read
+            os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         _remove(tmp)

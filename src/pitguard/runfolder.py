@@ -54,8 +54,12 @@ class RunPaths:
     thresholds = property(lambda self: self.root / "thresholds")
 
     def eval_dir(self, ev: EvalData) -> Path:
-        keep = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in ev.description)
-        return self.evals / (keep.strip("_")[-80:] or "data")
+        """``eval/test`` for a part of the run's own split, ``eval/FOLDER-PART`` for other data."""
+        if ev.source.resolve() == self.split.resolve():
+            return self.evals / ev.part
+        name = ev.source.stem if ev.source.suffix.lower() == ".csv" else ev.source.name
+        keep = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+        return self.evals / f"{keep.strip('_')[-60:] or 'data'}-{ev.part}"
 
     def eval_metrics(self) -> list[Path]:
         return sorted(self.evals.glob(f"*/{EVAL_METRICS}"))

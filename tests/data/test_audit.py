@@ -95,3 +95,11 @@ def test_channel_stats_are_exact_over_all_pixels_and_the_cherry():
         assert stats["std"] == round(float(x[:, c].std()), 3)
         assert stats["mean_inside"] == round(float(inside.mean()), 3)
         assert stats["std_inside"] == round(float(inside.std()), 3)
+
+
+def test_the_text_report_names_the_files_of_a_label_conflict(dup_data):
+    from pitguard.data.audit import format_audit
+
+    text = format_audit(audit(dup_data))
+    lines = [ln for ln in text.splitlines() if ln.startswith("  label conflict:")]
+    assert lines and all("train/clean/c2.png" in ln and "conflict_c2.png" in ln for ln in lines)

@@ -33,7 +33,8 @@ def test_bundle_with_onnx_and_int8_passes_gates(calibrated_run, bundle):
 def test_export_cli_reports_parity(calibrated_run, tmp_path, capsys):
     assert main(["export", str(calibrated_run), "--out", str(tmp_path / "b"), "--onnx"]) == 0
     out = capsys.readouterr().out
-    assert "ONNX parity" in out and "0 route mismatches" in out
+    assert "ONNX parity passed (limits: p(pit) diff 1e-04, 0 route mismatches)" in out
+    assert "0 route mismatches, accuracy" in out
 
 
 def test_parity_failure_is_refused_with_numbers(calibrated_run, tmp_path, monkeypatch):

@@ -37,8 +37,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     for key, label in (("onnx", "ONNX parity"), ("int8", "INT8 gate"), ("fp16", "FP16 gate")):
         if key in meta:
             g = meta[key].get("parity") or meta[key]["gate"]
+            limits = meta[key].get("tolerances")
+            # A graph that fails its gate is never written, so every line here is a pass.
+            if "max_accuracy_drop" in limits:
+                passed = (
+                    f"passed (limits: accuracy drop {100 * limits['max_accuracy_drop']:.1f} "
+                    f"points, {limits['extra_pit_misses']} extra pits routed clean)"
+                )
+            else:
+                passed = (
+                    f"passed (limits: p(pit) diff {limits['max_prob_diff']:.0e}, "
+                    f"{limits['route_mismatches']} route mismatches)"
+                )
             print(
-                f"{label}: max p(pit) diff {g['max_prob_diff']:.2e}, {g['route_mismatches']} route mismatches, "
+                f"{label} {passed}: max p(pit) diff {g['max_prob_diff']:.2e}, "
+                f"{g['route_mismatches']} route mismatches, "
                 f"accuracy {100 * g['accuracy']:.2f}% (fp32 {100 * g['accuracy_ref']:.2f}%), "
                 f"pits routed clean {g['pit_misses']} (fp32 {g['pit_misses_ref']}) on n={g['n']}"
             )

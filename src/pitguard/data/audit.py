@@ -231,6 +231,8 @@ def format_audit(report: dict) -> str:
         f"cross-split duplicate groups: {len(report['cross_split_duplicates'])}, "
         f"label conflicts: {len(report['label_conflicts'])}"
     )
+    for group in report["label_conflicts"][:10]:
+        lines.append("  label conflict: " + ", ".join(map(str, group)))
     for entry in report["unreadable"][:10]:
         lines.append(f"  unreadable {entry['path']}: {entry['error']}")
     for entry in report["odd"][:10]:

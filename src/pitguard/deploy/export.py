@@ -144,7 +144,8 @@ def export_run(
                     f"(limit {MAX_PROB_DIFF:.0e}), {stats['route_mismatches']} of {stats['n']} routes differ; no bundle written"
                 )
             meta["files"]["onnx"] = fp32.name
-            meta["onnx"] = {"opset": OPSET, "parity": stats}
+            limits = {"max_prob_diff": MAX_PROB_DIFF, "route_mismatches": 0}
+            meta["onnx"] = {"opset": OPSET, "parity": stats, "tolerances": limits}
         variants: list[tuple[str, str, float, Callable[..., None], tuple, dict]] = []
         if int8:
             method = {
