@@ -125,3 +125,40 @@ def test_stop_after_must_be_at_least_one(synth_dir, tmp_path, capsys):
     assert main(args) == 2
     assert "--stop-after 0: give 1 or more epochs" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("saved", [True, False])
+def test_an_interrupted_train_says_how_to_go_on(trained_run, tmp_path, monkeypatch, capsys, saved):
+    import shutil
+
+    from pitguard import train as train_module
+
+    run = tmp_path / "run"
+    if saved:
+        shutil.copytree(trained_run / "checkpoints", run / "checkpoints")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", interrupted)
+    assert main(["train", "--resume", str(run)]) == 130
+    err = capsys.readouterr().err
+    if saved:
+        assert f"interrupted; continue with: pitguard train --resume {run}" in err
+    else:
+        assert "no epoch was saved yet, so there is nothing to resume" in err
+
+
+def test_sigterm_stops_a_verb_with_a_message(tmp_path):
+    code = (
+        "import os, signal, sys\n"
+        "from pitguard.cli import main\n"
+        "import pitguard.cli.train_verbs as tv\n"
+        "def stopped(args):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return 0\n"
+        "tv.cmd_train = stopped\n"
+        f"sys.exit(main(['train', '--out', {str(tmp_path / 'r')!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 143 and done.stderr.startswith("terminated")

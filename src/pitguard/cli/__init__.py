@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import textwrap
+import threading
 
 from pitguard import __version__
 from pitguard.cli import data_verbs, deploy_verbs, study_verbs, train_verbs
@@ -42,11 +44,34 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)  # a service stop ends like Ctrl-C, said so
     try:
         return int(args.handler(args) or 0)
     except PitguardError as exc:
         print("error: " + textwrap.indent(str(exc), "  ").lstrip(), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(("terminated" if terminated else "interrupted") + _resume_hint(args), file=sys.stderr)
+        return 143 if terminated else 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the work is so it stops the way Ctrl-C does."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """For train: how to go on, or that nothing was saved yet."""
+    run = getattr(args, "resume", None) or getattr(args, "out", None)
+    if getattr(args, "verb", None) != "train" or not run:
+        return ""
+    from pitguard.runfolder import RunPaths  # only once interrupted: help stays light
+
+    if RunPaths(run).last_checkpoint.is_file():
+        return f"; continue with: pitguard train --resume {run}"
+    return "; no epoch was saved yet, so there is nothing to resume: run the same command again"
