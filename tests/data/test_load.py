@@ -47,7 +47,9 @@ def test_defaults_skip_and_list_every_bad_file(messy):
     ]
     assert problems["clean/empty.png"].reason == "empty file (0 bytes)"
     assert problems["clean/truncated.png"].kind == "unreadable"
-    assert problems["pit/text.png"].reason.startswith("cannot decode: cannot identify image file")
+    assert problems["pit/text.png"].reason == (
+        "cannot decode: not an image file PIL can read (PNG/JPEG/BMP/TIFF)"
+    )
     assert problems["pit/gray.png"].reason == "mode L, expected RGB"
     assert problems["pit/gray.png"].action == "skipped (use modes=convert)"
     assert problems["pit/alpha.png"].reason == "mode RGBA, expected RGB"
@@ -110,3 +112,37 @@ def test_cache_key_follows_content(messy, tmp_path):
     assert len(list((tmp_path / "c").iterdir())) == 2
     fresh = load_crops(index, cache=False)
     assert torch.equal(changed.images, fresh.images)
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
+    import io
+
+    from PIL import Image
+
+    from pitguard.data import load as load_module
+    from pitguard.data.load import decode_bytes
+
+    monkeypatch.setattr(load_module, "MAX_PIXELS", 200 * 200)  # a 300x300 "bomb" in miniature
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 300)).save(buf, format="PNG")
+    opened = []
+    real_load = Image.Image.load
+    monkeypatch.setattr(Image.Image, "load", lambda self: opened.append(1) or real_load(self))
+    arr, problem = decode_bytes(buf.getvalue(), "bomb.png", DecodeOptions(sizes="resize"))
+    assert arr is None and problem is not None
+    assert problem.reason == "300x300 px is no crop (limit 40,000 px); not decoded"
+    assert opened == []  # no pixel was decoded
+
+
+def test_a_multi_frame_image_is_listed_not_guessed(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from pitguard.data.load import decode_bytes
+
+    buf = io.BytesIO()
+    frames = [Image.new("RGB", (128, 128), (i * 40, 0, 0)) for i in range(3)]
+    frames[0].save(buf, format="TIFF", save_all=True, append_images=frames[1:])
+    arr, problem = decode_bytes(buf.getvalue(), "stack.tif", DecodeOptions())
+    assert arr is None and problem.reason == "3 frames, expected one image"

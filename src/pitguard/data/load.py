@@ -21,6 +21,9 @@ from pitguard.errors import PitguardError
 from pitguard.files import atomic_path
 
 CACHE_VERSION = 1
+# Pixels an image may declare before it is refused unread: a decompression bomb's header says
+# 12000x12000 while the file is a few hundred KB. Crops are 128x128; 4096x4096 is no crop.
+MAX_PIXELS = 4096 * 4096
 MODE_RULES = choices(ModeRule)
 SIZE_RULES = choices(SizeRule)
 
@@ -126,9 +129,19 @@ def decode_bytes(
     if not data:
         return None, Problem(name, "unreadable", "empty file (0 bytes)", "skipped")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
+        with Image.open(io.BytesIO(data)) as img:  # reads the header only
             mode, (w, h) = img.mode, img.size
+            if w * h > MAX_PIXELS:  # checked before a single pixel is decoded
+                return None, Problem(
+                    name,
+                    "unreadable",
+                    f"{w}x{h} px is no crop (limit {MAX_PIXELS:,} px); not decoded",
+                    "skipped",
+                )
+            frames = int(getattr(img, "n_frames", 1))
+            if frames > 1:
+                return None, Problem(name, "odd", f"{frames} frames, expected one image", "skipped")
+            img.load()
             if mode == "RGB":
                 arr, change = np.asarray(img, dtype=np.uint8), None
             elif opts.modes == "convert":
@@ -137,7 +150,10 @@ def decode_bytes(
                 return None, Problem(
                     name, "odd", f"mode {mode}, expected RGB", "skipped (use modes=convert)"
                 )
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError:
+        reason = "cannot decode: not an image file PIL can read (PNG/JPEG/BMP/TIFF)"
+        return None, Problem(name, "unreadable", reason, "skipped")
+    except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         return None, Problem(name, "unreadable", f"cannot decode: {exc}", "skipped")
     if (w, h) != (opts.size, opts.size):
         if opts.sizes == "skip":
