@@ -23,6 +23,8 @@ from pitguard.models import InputContract, PitguardNet, build_model, infer_logit
 from pitguard.policy import DecisionPolicy
 
 SCHEMA_VERSION = 1
+BENCH_FILE = "bench.json"  # what `pitguard bench --json` is asked to write into a run
+CHECKPOINTS, EVALS, CALIBRATION, THRESHOLDS = "checkpoints", "eval", "calibration", "thresholds"
 
 
 @dataclass(frozen=True)
@@ -45,13 +47,13 @@ class RunPaths:
     history_csv = property(lambda self: self.root / "history.csv")
     curves = property(lambda self: self.root / "curves.png")
     augment_grid = property(lambda self: self.root / "augment_grid.png")
-    bench = property(lambda self: self.root / "bench.json")
-    checkpoints = property(lambda self: self.root / "checkpoints")
-    last_checkpoint = property(lambda self: self.root / "checkpoints" / "last.pt")
-    best_checkpoint = property(lambda self: self.root / "checkpoints" / "best.pt")
-    evals = property(lambda self: self.root / "eval")  # one folder per evaluated data part
-    calibration = property(lambda self: self.root / "calibration")
-    thresholds = property(lambda self: self.root / "thresholds")
+    bench = property(lambda self: self.root / BENCH_FILE)
+    checkpoints = property(lambda self: self.root / CHECKPOINTS)
+    last_checkpoint = property(lambda self: self.root / CHECKPOINTS / "last.pt")
+    best_checkpoint = property(lambda self: self.root / CHECKPOINTS / "best.pt")
+    evals = property(lambda self: self.root / EVALS)  # one folder per evaluated data part
+    calibration = property(lambda self: self.root / CALIBRATION)
+    thresholds = property(lambda self: self.root / THRESHOLDS)
 
     def eval_dir(self, ev: EvalData) -> Path:
         """``eval/test`` for a part of the run's own split, ``eval/FOLDER-PART`` for other data."""
@@ -77,7 +79,7 @@ SWEEP_JSON = "sweep.json"
 SWEEP_PNG = "sweep.png"
 
 # Folder names inside a run that are never runs themselves.
-INNER_FOLDERS = frozenset({"checkpoints", "eval", "calibration", "thresholds"})
+INNER_FOLDERS = frozenset({CHECKPOINTS, EVALS, CALIBRATION, THRESHOLDS})
 
 
 def is_run(path: str | Path) -> bool:

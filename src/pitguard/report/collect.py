@@ -13,6 +13,7 @@ from pathlib import Path
 from pitguard.errors import PitguardError
 from pitguard.files import read_json
 from pitguard.runfolder import (
+    BENCH_FILE,
     CALIB_OPERATING_CURVE,
     CALIB_RELIABILITY,
     EVAL_CONFUSION,
@@ -197,12 +198,11 @@ def pick_latency(bench: dict, run_name: str | None = None) -> dict | None:
     else:
         rec = max(own, key=lambda r: r["batch_size"])
     hw = bench.get("hardware") or {}
-    bench_file = RunPaths(Path()).bench.name
     choice = f"{rec['backend']}, batch {rec['batch_size']}"
     if (rec["backend"], rec["batch_size"]) != ("onnx", PREFERRED_BATCH):
-        choice += f" ({bench_file} has no onnx result at batch {PREFERRED_BATCH})"
+        choice += f" ({BENCH_FILE} has no onnx result at batch {PREFERRED_BATCH})"
     return {
-        "bench_file": bench_file,
+        "bench_file": BENCH_FILE,
         "target": rec.get("target"),
         "backend": rec["backend"],
         "batch_size": rec["batch_size"],

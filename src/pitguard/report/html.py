@@ -10,7 +10,7 @@ from pathlib import Path
 from pitguard.report.collect import crop_roots
 from pitguard.report.figures import crops_grid_png, latency_accuracy_png, wrong_crops
 from pitguard.report.tables import COLUMNS, table_cells, verdict_cell
-from pitguard.runfolder import RunPaths
+from pitguard.runfolder import BENCH_FILE
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2rem;color:#1d1d1f;
@@ -127,7 +127,6 @@ def _run_section(rec: dict) -> str:
 
 
 def _latency_section(records: list[dict]) -> str:
-    bench = RunPaths(Path("RUN")).bench
     chart = latency_accuracy_png(records)
     without = [r["run"] for r in records if not r["latency_cpu"]]
     no_acc = [r["run"] for r in records if r["latency_cpu"] and not r["test"]]
@@ -137,7 +136,7 @@ def _latency_section(records: list[dict]) -> str:
             _figure_html(
                 "latency against accuracy",
                 chart,
-                f"CPU ms per crop from each run's {bench.name} against test accuracy",
+                f"CPU ms per crop from each run's {BENCH_FILE} against test accuracy",
             )
         )
     else:
@@ -145,7 +144,7 @@ def _latency_section(records: list[dict]) -> str:
     if without:
         scatter.append(
             f'<p class="na">No bench results: {_esc(", ".join(without))} (run pitguard export '
-            f"RUN --out BUNDLE --onnx, then pitguard bench BUNDLE --json {bench}).</p>"
+            f"RUN --out BUNDLE --onnx, then pitguard bench BUNDLE --json RUN/{BENCH_FILE}).</p>"
         )
     if no_acc:
         scatter.append(
