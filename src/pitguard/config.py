@@ -47,7 +47,7 @@ Weights = Literal["none", "imagenet"]
 Optimizer = Literal["adamw", "adam", "sgd"]
 Schedule = Literal["cosine", "step", "constant"]
 Balance = Literal["none", "loss", "sampler"]
-SelectMetric = Literal["val_accuracy", "val_balanced_accuracy", "val_loss"]
+SelectMetric = Literal["val_accuracy", "val_balanced_accuracy", "val_loss", "last"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -115,7 +115,8 @@ class TrainConfig:
     distill_alpha: Fraction = 0.5  # weight of the teacher's soft labels against the hard ones
     distill_temperature: PositiveFloat = 4.0  # softens both distributions before comparing
     channels_last: bool = True  # channels-last memory layout for the training step
-    select_metric: SelectMetric = "val_accuracy"  # val_accuracy, val_balanced_accuracy or val_loss
+    # val_accuracy, val_balanced_accuracy, val_loss, or last (the last epoch: nothing chosen on val)
+    select_metric: SelectMetric = "val_accuracy"
     patience: int = 0  # early stopping after this many epochs without improvement; 0 = off
     max_minutes: NonNegative = 0.0  # stop after the epoch that passes this wall time; 0 = no limit
     seed: int = 0  # seeds python, numpy, torch and the shuffles

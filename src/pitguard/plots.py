@@ -170,19 +170,16 @@ def plot_sweep(sweep: dict, path: str | Path) -> Path:
 
 
 def plot_history(history: list[dict], path: str | Path) -> Path:
-    """Loss and accuracy per epoch, train and val."""
+    """Loss and accuracy per epoch, train and val (train only for a run without a val part)."""
     fig = new_figure(9, 3.5)
     epochs = [h["epoch"] for h in history]
     ax1, ax2 = fig.subplots(1, 2)
-    ax1.plot(epochs, [h["train_loss"] for h in history], label="train")
-    ax1.plot(epochs, [h["val_loss"] for h in history], label="val")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("loss")
-    ax1.legend()
-    ax2.plot(epochs, [h["train_accuracy"] for h in history], label="train")
-    ax2.plot(epochs, [h["val_accuracy"] for h in history], label="val")
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("accuracy")
-    ax2.legend()
+    for ax, key, name in ((ax1, "loss", "loss"), (ax2, "accuracy", "accuracy")):
+        ax.plot(epochs, [h[f"train_{key}"] for h in history], label="train")
+        if all(f"val_{key}" in h for h in history):
+            ax.plot(epochs, [h[f"val_{key}"] for h in history], label="val")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.legend()
     fig.tight_layout()
     return save_png(fig, path)

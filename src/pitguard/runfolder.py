@@ -25,6 +25,7 @@ from pitguard.policy import DecisionPolicy
 SCHEMA_VERSION = 1
 BENCH_FILE = "bench.json"  # what `pitguard bench --json` is asked to write into a run
 CHECKPOINTS, EVALS, CALIBRATION, THRESHOLDS = "checkpoints", "eval", "calibration", "thresholds"
+FOLDS = "folds"  # a cross-fitted run's fold models, each an ordinary run folder
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,12 @@ class RunPaths:
     evals = property(lambda self: self.root / EVALS)  # one folder per evaluated data part
     calibration = property(lambda self: self.root / CALIBRATION)
     thresholds = property(lambda self: self.root / THRESHOLDS)
+    folds = property(lambda self: self.root / FOLDS)
+    crossfit = property(lambda self: self.root / "crossfit.json")  # folds, plan, per-fold results
+    oof = property(lambda self: self.root / "oof.csv")  # every pooled crop's out-of-fold logits
+
+    def fold(self, k: int) -> Path:
+        return self.folds / f"fold-{k}"
 
     def eval_dir(self, ev: EvalData) -> Path:
         """``eval/test`` for a part of the run's own split, ``eval/FOLDER-PART`` for other data."""
@@ -79,7 +86,7 @@ SWEEP_JSON = "sweep.json"
 SWEEP_PNG = "sweep.png"
 
 # Folder names inside a run that are never runs themselves.
-INNER_FOLDERS = frozenset({CHECKPOINTS, EVALS, CALIBRATION, THRESHOLDS})
+INNER_FOLDERS = frozenset({CHECKPOINTS, EVALS, CALIBRATION, THRESHOLDS, FOLDS})
 
 
 def is_run(path: str | Path) -> bool:
@@ -297,3 +304,70 @@ def run_logits(
         return infer_logits(run.net, crops.images, dev, batch_size)
     finally:
         run.net.cpu()
+
+
+# --------------------------------------------------------------------------- out-of-fold scores
+
+
+@dataclass
+class OofScores:
+    """Out-of-fold logits of a cross-fitted run: each crop scored by the model that never saw it."""
+
+    paths: list[str]  # as written, relative to the run folder
+    labels: np.ndarray  # class indices of ``classes``
+    folds: np.ndarray  # the fold (1..K) each crop was held out in
+    logits: np.ndarray  # (N, C) float64
+    classes: tuple[str, ...]
+
+    @property
+    def pit_index(self) -> int:
+        return self.classes.index("pit")
+
+
+def write_oof(run: Path, scores: OofScores) -> None:
+    """``oof.csv``: path,label,fold, one logit column per class, and p_pit at temperature 1."""
+    import csv
+
+    paths = RunPaths(run)
+    p_pit = torch.softmax(torch.from_numpy(scores.logits), dim=1)[:, scores.pit_index].numpy()
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(
+                ["path", "label", "fold", *(f"logit_{c}" for c in scores.classes), "p_pit"]
+            )
+            for i, path in enumerate(scores.paths):
+                writer.writerow(
+                    [path, scores.classes[scores.labels[i]], int(scores.folds[i])]
+                    + [repr(float(v)) for v in scores.logits[i]]
+                    + [f"{p_pit[i]:.6f}"]
+                )
+
+    atomic_write(paths.oof, write)
+
+
+def read_oof(run: str | Path) -> OofScores:
+    """The run's ``oof.csv``; a run without folds gets an error that says how to make one."""
+    import csv
+
+    path = RunPaths(Path(run)).oof
+    if not path.is_file():
+        raise PitguardError(
+            f"{run}: no out-of-fold scores ({path.name}); train the run with --folds K "
+            "(for example: pitguard train --recipe cpu-fast --data DIR --out RUN --folds 5)"
+        )
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = reader.fieldnames or []
+        classes = tuple(f[len("logit_") :] for f in fields if f.startswith("logit_"))
+        rows = list(reader)
+    if "pit" not in classes or not rows:
+        raise PitguardError(f"{path}: not an out-of-fold score file (no pit logits or no rows)")
+    try:
+        labels = np.array([classes.index(r["label"]) for r in rows])
+        logits = np.array([[float(r[f"logit_{c}"]) for c in classes] for r in rows])
+        folds = np.array([int(r["fold"]) for r in rows])
+    except (ValueError, KeyError) as err:
+        raise PitguardError(f"{path}: damaged ({err}); train the run's folds again") from err
+    return OofScores([r["path"] for r in rows], labels, folds, logits, classes)

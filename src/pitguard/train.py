@@ -64,11 +64,13 @@ def train(
     resume: bool = False,
     stop_after: int | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    plan_only: bool = False,
 ) -> dict:
     """Train ``cfg`` into the run folder; ``resume`` continues from its last checkpoint.
 
     ``stop_after`` ends this call after that many epochs in total (a planned interruption);
-    ``clock`` measures the time budget (tests pass their own).
+    ``clock`` measures the time budget (tests pass their own); ``plan_only`` returns the epoch
+    plan of a budgeted config (``{"plan": ...}``) before any training.
     """
     run = Path(run)
     paths = RunPaths(run)
@@ -166,6 +168,8 @@ def train(
             f"at {plan.seconds_per_epoch:.1f} s each on this machine",
             flush=True,
         )
+    if plan_only:
+        return {"plan": plan.to_dict() if plan else None, "epochs": cfg.train.epochs}
     epochs = plan.epochs if plan else cfg.train.epochs
     stepper = make_stepper(net, epochs)
     optimizer, scheduler, ema = stepper.optimizer, stepper.scheduler, stepper.ema
@@ -219,9 +223,12 @@ def train(
             stepper, batches, images, labels, step, f"epoch {epoch}/{epochs}"
         )
         selected = ema.module if ema is not None else net
-        stats.update(
-            validate(selected, val_part.images, val_part.labels, device, cfg.train.eval_batch_size)
-        )
+        if len(val_part):
+            stats.update(
+                validate(
+                    selected, val_part.images, val_part.labels, device, cfg.train.eval_batch_size
+                )
+            )
         stats = {
             "epoch": epoch,
             **stats,
@@ -229,8 +236,11 @@ def train(
             "elapsed_s": elapsed_before + clock() - started,
         }
         history.append(stats)
-        metric = stats[cfg.train.select_metric]
-        improved = _better(cfg.train.select_metric, metric, best)
+        if cfg.train.select_metric == "last":
+            metric, improved = float(epoch), True
+        else:
+            metric = stats[cfg.train.select_metric]
+            improved = _better(cfg.train.select_metric, metric, best)
         if improved:
             best, best_epoch, bad_epochs = metric, epoch, 0
             save_model(
@@ -241,17 +251,21 @@ def train(
                     "epoch": epoch,
                     "selected_on": {
                         cfg.train.select_metric: metric,
-                        "part": "val",
-                        "n": len(val_part),
+                        "part": None if cfg.train.select_metric == "last" else "val",
+                        "n": 0 if cfg.train.select_metric == "last" else len(val_part),
                     },
                 },
             )
         else:
             bad_epochs += 1
+        val = (
+            f"val_loss {stats['val_loss']:.4f}  val_acc {stats['val_accuracy']:.3f}  "
+            if "val_loss" in stats
+            else ""
+        )
         print(
             f"epoch {epoch:>3}  loss {stats['train_loss']:.4f}  acc {stats['train_accuracy']:.3f}  "
-            f"val_loss {stats['val_loss']:.4f}  val_acc {stats['val_accuracy']:.3f}  "
-            f"{stats['images_per_s']:.0f} img/s{'  *' if improved else ''}",
+            f"{val}{stats['images_per_s']:.0f} img/s{'  *' if improved else ''}",
             flush=True,
         )
         write_history(run, history)
@@ -335,6 +349,8 @@ def _plan(cfg, make_stepper, net, images, labels, val_part, steps_per_epoch, shu
         done += n
 
     def run_validation() -> None:
+        if not len(val_part):
+            return
         validate(
             probe.net, val_part.images, val_part.labels, probe.device, cfg.train.eval_batch_size
         )

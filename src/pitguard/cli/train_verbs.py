@@ -15,13 +15,20 @@ if TYPE_CHECKING:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pitguard.config import load_config
+    from pitguard.crossfit import crossfit
+    from pitguard.runfolder import RunPaths
     from pitguard.train import train
 
+    if args.folds is not None and args.stop_after is not None:
+        raise PitguardError("--stop-after applies to one model, not to --folds; stop with Ctrl-C")
     if args.resume:
-        if args.recipe or args.config or args.set or args.data:
+        if args.recipe or args.config or args.set or args.data or args.folds:
             raise PitguardError(
-                "--resume continues a run with its saved config; drop --recipe/--config/--set/--data"
+                "--resume continues a run with its saved config; "
+                "drop --recipe/--config/--set/--data/--folds"
             )
+        if RunPaths(args.resume).crossfit.is_file():
+            return _report_crossfit(crossfit(None, args.resume, resume=True))
         summary = train(None, args.resume, resume=True)  # type: ignore[arg-type]
     else:
         if not args.out:
@@ -31,14 +38,40 @@ def cmd_train(args: argparse.Namespace) -> int:
         recipe = args.recipe or (None if args.config else _default_recipe())
         extra = {"data.path": args.data} if args.data else None
         cfg = load_config(recipe, args.config, args.set, extra)
+        if args.folds is not None:
+            return _report_crossfit(crossfit(cfg, args.out, args.folds))
         summary = train(cfg, args.out, stop_after=args.stop_after)
-    n = summary["epochs_run"]
+    print(_describe_summary(summary))
+    return 0
+
+
+def _report_crossfit(record: dict) -> int:
+    oof = record["oof"]
+    lo, hi = oof["accuracy_ci"]
     print(
-        f"run {summary['run']}: {n} epoch{'' if n == 1 else 's'}, best epoch {summary['best_epoch']} "
-        f"({summary['selected_on']} {summary['best_value']:.4f} on val), {summary['stop_reason']}, "
-        f"{summary['train_seconds']:.0f} s on {summary['device']}"
+        f"{record['folds']} folds: out-of-fold accuracy {100 * oof['accuracy']:.2f}% "
+        f"[{100 * lo:.2f}, {100 * hi:.2f}] on {oof['n']:,} crops, ROC-AUC {oof['roc_auc']:.4f}"
+    )
+    print(_describe_summary(record["summary"]) + " (the final model, trained on every fold)")
+    print(
+        f"next: pitguard calibrate {record['summary']['run']} --scores oof, "
+        "then pitguard eval and export as for any run"
     )
     return 0
+
+
+def _describe_summary(summary: dict) -> str:
+    n = summary["epochs_run"]
+    kept = (
+        "the last epoch kept"
+        if summary["selected_on"] == "last"
+        else f"best epoch {summary['best_epoch']} ({summary['selected_on']} "
+        f"{summary['best_value']:.4f} on val)"
+    )
+    return (
+        f"run {summary['run']}: {n} epoch{'' if n == 1 else 's'}, {kept}, "
+        f"{summary['stop_reason']}, {summary['train_seconds']:.0f} s on {summary['device']}"
+    )
 
 
 def _default_recipe() -> str:
@@ -62,6 +95,7 @@ def add_train(sub: Verbs) -> None:
         [
             "pitguard train --recipe cpu-fast --data ../shared/data/cherry_classification/train --out runs/cpu-fast",
             "pitguard train --recipe resnet50-aug --data split.csv --out runs/r50 --set train.epochs=10",
+            "pitguard train --recipe cpu-fast --data ../shared/data/cherry_classification/train --out runs/cf --folds 5",
             "pitguard train --resume runs/cpu-fast",
         ],
         cmd_train,
@@ -83,6 +117,13 @@ def add_train(sub: Verbs) -> None:
     )
     p.add_argument(
         "--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint"
+    )
+    p.add_argument(
+        "--folds",
+        type=int,
+        metavar="K",
+        help="cross-fit: K fold models score every crop outside the test part out of fold "
+        "(for calibrate --scores oof), then a final model trains on all of them",
     )
     p.add_argument(
         "--stop-after",

@@ -1,4 +1,4 @@
-"""The split manifest (``path,label,split,group``): its one reader and its one writer."""
+"""The split manifest (``path,label,split,group[,fold]``): its one reader and its one writer."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ class ManifestRow:
     label: str  # the class name as written (mapped to a canonical class by the reader's caller)
     split: str | None = None
     group: str | None = None  # duplicate group: crops of one group share a split
+    fold: str | None = None  # cross-fitting fold (the column is written only when some row has one)
 
 
 def read_manifest(csv_path: str | Path) -> list[ManifestRow]:
@@ -51,6 +52,7 @@ def read_manifest(csv_path: str | Path) -> list[ManifestRow]:
                 r["label"],
                 r.get("split") or None,
                 r.get("group") or None,
+                r.get("fold") or None,
             )
         )
     return rows
@@ -60,14 +62,17 @@ def write_manifest(path: str | Path, rows: Iterable[ManifestRow]) -> Path:
     """Write rows atomically, paths relative to the manifest's folder so the pair can move."""
     path = Path(path)
     base = path.parent.resolve()
+    rows = list(rows)
+    folds = any(row.fold for row in rows)
 
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(COLUMNS)
+            writer.writerow(COLUMNS + (("fold",) if folds else ()))
             for row in rows:
                 rel = os.path.relpath(Path(row.path).resolve(), base)
-                writer.writerow([rel, row.label, row.split or "", row.group or ""])
+                cells = [rel, row.label, row.split or "", row.group or ""]
+                writer.writerow(cells + ([row.fold or ""] if folds else []))
 
     atomic_write(path, write)
     return path

@@ -35,7 +35,9 @@ def prepare_data(cfg: Config, manifest: Path) -> tuple[Crops, dict]:
         write_manifest(manifest, index.manifest_rows())
     crops = load_crops(index, opts)
     present = set(crops.splits)
-    missing = [p for p in REQUIRED_PARTS if p not in present]
+    # A model that keeps its last epoch chooses nothing on val, so it may train without one.
+    required = ("train",) if cfg.train.select_metric == "last" else REQUIRED_PARTS
+    missing = [p for p in required if p not in present]
     if missing:
         raise PitguardError(
             f"{cfg.data.path}: the split has no {', '.join(missing)} part; found "
