@@ -58,8 +58,11 @@ def evaluate_run(
     classes: str | None = None,
     device: str = "auto",
     policy: torch.nn.Module | None = None,
+    calibration: dict | None = None,
 ) -> dict:
-    """Metrics of a run's argmax predictions, and of the routes of ``policy`` (logits -> p_pit, route)."""
+    """Metrics of a run's argmax predictions, and of the routes of ``policy`` (logits -> p_pit,
+    route); ``calibration`` is the policy's record (policy.json), whose mode and guarantee the
+    routed metrics carry."""
     run = load_run(run_dir)
     ev = load_part(run, data, part, classes)
     logits = run_logits(run, ev.crops, device)
@@ -80,6 +83,9 @@ def evaluate_run(
         with torch.no_grad():
             _, route_ids = policy(logits)
         result["policy"] = metrics.routed_metrics(route_ids.numpy(), ev.labels, run.classes)
+        record = calibration or {}
+        result["policy"]["calibration_mode"] = record.get("mode", "holdout")
+        result["policy"]["guarantee"] = record.get("guarantee")
         routes = [Route(int(r)).label for r in route_ids]
     write_predictions(
         out / EVAL_PREDICTIONS, ev.crops, ev.labels, probs, run.classes, run.pit_index, routes
@@ -121,7 +127,10 @@ def format_report(result: dict) -> str:
     lines.append("confusion (rows true, cols predicted): " + str(result["confusion_matrix"]))
     pol = result.get("policy")
     if pol:
-        lines.append("calibrated decision (exact 95% intervals):")
+        lines.append(
+            f"calibrated decision ({pol.get('calibration_mode', 'holdout')} calibration; "
+            "exact 95% intervals):"
+        )
         for key, label in (
             ("pit_miss", "pit-miss rate"),
             ("false_reject", "false-reject rate"),

@@ -212,7 +212,7 @@ def train(
     )
     started = clock()
     elapsed_before = ckpt["elapsed_s"] if ckpt else 0.0
-    stop_reason = "epochs"
+    stop_reason = "every planned epoch done"
     for epoch in range(start_epoch, epochs + 1):
         order = epoch_order(train_part.labels, cfg.train.balance, shuffle)
         batches = [

@@ -135,11 +135,18 @@ def add_train(sub: Verbs) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from pitguard.evaluate import evaluate_run, format_report
-    from pitguard.runfolder import load_policy
+    from pitguard.files import read_json
+    from pitguard.runfolder import RunPaths, load_policy
 
     policy = load_policy(args.run)
     result = evaluate_run(
-        args.run, args.data, args.split, n_boot=args.n_boot, classes=args.classes, policy=policy
+        args.run,
+        args.data,
+        args.split,
+        n_boot=args.n_boot,
+        classes=args.classes,
+        policy=policy,
+        calibration=read_json(RunPaths(Path(args.run)).policy),
     )
     print(format_report(result))
     print(f"outputs in {result['outputs']}")
@@ -175,7 +182,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from pitguard.calibrate import calibrate_run
 
     rec = calibrate_run(
-        args.run, args.data, args.split, args.max_pit_miss, args.confidence, args.max_false_reject
+        args.run,
+        args.data,
+        args.split,
+        args.max_pit_miss,
+        args.confidence,
+        args.max_false_reject,
+        args.scores,
     )
     th, cal = rec["thresholds"], rec["calibration_data"]
     pol = rec["policy"]
@@ -190,7 +203,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         f"pit-miss bound {100 * th['pit_miss_bound']:.3f}% at {100 * args.confidence:.0f}% confidence "
         f"(target {100 * args.max_pit_miss:g}%), maybe rate {100 * th['calib_maybe_rate']:.2f}%"
     )
-    print("routes on calib: " + ", ".join(f"{k} {v}" for k, v in rec["calib_routes"].items()))
+    print(
+        "routes on the calibration crops: "
+        + ", ".join(f"{k} {v}" for k, v in rec["calib_routes"].items())
+    )
+    print(f"guarantee ({rec['mode']}): {rec['guarantee']['statement']}")
     from pitguard.runfolder import RunPaths
 
     paths = RunPaths(Path(args.run))
@@ -207,6 +224,7 @@ def add_calibrate(sub: Verbs) -> None:
             "pitguard calibrate runs/cpu-fast --max-pit-miss 0.01 --confidence 0.95",
             "pitguard calibrate runs/cpu-fast --max-pit-miss 0.02 --max-false-reject 0.05",
             "pitguard calibrate runs/prod --data held_out_calib/",
+            "pitguard calibrate runs/cf --scores oof --max-pit-miss 0.01 --max-false-reject 0.05",
         ],
         cmd_calibrate,
     )
@@ -220,6 +238,13 @@ def add_calibrate(sub: Verbs) -> None:
         "--confidence", type=float, default=0.95, help="confidence of the bound (default 0.95)"
     )
     p.add_argument("--max-false-reject", type=float, help="also bound clean crops routed pit")
+    p.add_argument(
+        "--scores",
+        choices=("holdout", "oof"),
+        help="holdout: the model's scores on its calib part or --data (exact bound); oof: a "
+        "--folds run's out-of-fold scores (more pits, cross-fit bound). Default: oof for a "
+        "--folds run, else holdout",
+    )
 
 
 def cmd_thresholds(args: argparse.Namespace) -> int:

@@ -30,7 +30,14 @@ from pitguard.errors import PitguardError
 from pitguard.files import atomic_path, read_json
 from pitguard.models import fold_normalization
 from pitguard.policy import DecisionPolicy, Route
-from pitguard.runfolder import RunPaths, evaluated_part, load_part, load_policy, load_run
+from pitguard.runfolder import (
+    RunModel,
+    RunPaths,
+    evaluated_part,
+    load_part,
+    load_policy,
+    load_run,
+)
 
 MAX_PROB_DIFF = 1e-4  # fp32 ONNX against PyTorch on the calib crops
 INT8_MAX_ACCURACY_DROP = 0.01  # argmax accuracy on calib may drop by at most 1 point
@@ -52,6 +59,13 @@ def _gate_stats(labels: np.ndarray, pit_index: int, ref, new) -> dict:
         "pit_misses": int((is_pit & (route == Route.CLEAN)).sum()),
         "n_pits": int(is_pit.sum()),
     }
+
+
+def _check_part(run: RunModel) -> str:
+    """The run's own crops the exported graph is checked on: calib, or, for a cross-fitted run
+    (which trained on its calib crops), the pooled crops; never the test part."""
+    parts = run.meta.get("data", {}).get("counts", {})
+    return "calib" if "calib" in parts or not parts else "train"
 
 
 def _latest_test_metrics(run_dir: Path) -> dict | None:
@@ -103,7 +117,7 @@ def export_run(
     net = fold_normalization(copy.deepcopy(run.net).eval())
     module = DeployModule(net, policy).eval()
     denormals = sanitize_denormals(module)
-    ev = load_part(run, calib_data, None if calib_data else "calib")
+    ev = load_part(run, calib_data, None if calib_data else _check_part(run))
     crops = ev.crops.images
 
     with atomic_path(out) as tmp:

@@ -58,7 +58,8 @@ def table_cells(rec: dict) -> list[str]:
     t, cal, pol, lat = rec["test"], rec["calibration"], rec["policy_test"], rec["latency_cpu"]
     guarantee = (cal or {}).get("guarantee") or {}
     bound = (
-        f"<= {100 * guarantee['max_pit_miss']:g}% at {100 * guarantee['confidence']:g}% conf."
+        f"<= {100 * guarantee['max_pit_miss']:g}% at {100 * guarantee['confidence']:g}% conf. "
+        f"({guarantee.get('mode', 'holdout')})"
         if guarantee.get("max_pit_miss") is not None
         else "n/a"
     )
