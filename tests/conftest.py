@@ -137,6 +137,40 @@ def bundle(calibrated_run, tmp_path_factory) -> Path:
     return out
 
 
+CROSSFIT_SETS = (
+    "model.name=pitguard_tiny",
+    "train.epochs=2",
+    "train.threads=1",
+    "train.max_minutes=0",
+    "train.ema_decay=0",
+)
+CROSSFIT_FOLDS = 3
+
+
+@pytest.fixture(scope="session")
+def crossfit_crops(tmp_path_factory) -> Path:
+    """300 easy synthetic crops for the cross-fitted run."""
+    from pitguard.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("crossfit") / "crops"
+    synthesize(out, count=300, seed=3, difficulty=0.2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def crossfit_run(crossfit_crops, tmp_path_factory) -> Path:
+    """A 3-fold cross-fitted run of pitguard_tiny (oof.csv, folds/, a final model). Do not modify."""
+    from pitguard.config import load_config
+    from pitguard.crossfit import crossfit
+
+    cfg = load_config(
+        "cpu-fast", sets=list(CROSSFIT_SETS), extra={"data.path": str(crossfit_crops)}
+    )
+    run = tmp_path_factory.mktemp("crossfit-run") / "run"
+    crossfit(cfg, run, CROSSFIT_FOLDS)
+    return run
+
+
 def copy_run(run: Path, dest: Path) -> Path:
     """A run folder copied for a test that changes it; its split still points at the same crops."""
     shutil.copytree(run, dest)

@@ -16,38 +16,22 @@ from pitguard.config import load_config
 from pitguard.data.manifest import ManifestRow, read_manifest, write_manifest
 from pitguard.errors import PitguardError
 from pitguard.runfolder import RunPaths, read_oof
-
-SETS = [
-    "model.name=pitguard_tiny",
-    "train.epochs=2",
-    "train.threads=1",
-    "train.max_minutes=0",
-    "train.ema_decay=0",
-]
-FOLDS = 3
+from tests.conftest import CROSSFIT_FOLDS as FOLDS
+from tests.conftest import CROSSFIT_SETS as SETS
 
 
 def _config(data: Path, sets=()):
     return load_config("cpu-fast", sets=[*SETS, *sets], extra={"data.path": str(data)})
 
 
-@pytest.fixture(scope="module")
-def crops(tmp_path_factory) -> Path:
-    from pitguard.data.synth import synthesize
-
-    out = tmp_path_factory.mktemp("cf") / "crops"
-    synthesize(out, count=300, seed=3, difficulty=0.2)
-    return out
+@pytest.fixture
+def crops(crossfit_crops) -> Path:
+    return crossfit_crops
 
 
-@pytest.fixture(scope="module")
-def cf_run(crops, tmp_path_factory) -> Path:
-    """A 3-fold cross-fitted run of pitguard_tiny. Do not modify."""
-    from pitguard.crossfit import crossfit
-
-    run = tmp_path_factory.mktemp("cf-run") / "run"
-    crossfit(_config(crops), run, FOLDS)
-    return run
+@pytest.fixture
+def cf_run(crossfit_run) -> Path:
+    return crossfit_run
 
 
 def _rows(path: Path) -> dict[str, ManifestRow]:

@@ -1,4 +1,4 @@
-"""The ``pitguard data`` verbs: audit, split and synthesize crops."""
+"""The ``pitguard data`` verbs: audit, split, synthesize and review crops."""
 
 from __future__ import annotations
 
@@ -121,16 +121,66 @@ def add_synth(sub: Verbs) -> None:
     )
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    from pitguard.review import apply_relabel, review_run
+
+    if args.relabel:
+        result = apply_relabel(args.run, args.relabel, args.out)
+        for path, old, new in result["listed"]:
+            print(f"{old} -> {new}: {path}")
+        print(
+            f"{result['relabelled']} relabelled, {result['dropped']} dropped; "
+            f"{result['rows']} crops in {result['manifest']} (changes listed in "
+            f"{result['changes']}); train on it with --data {result['manifest']}"
+        )
+        return 0
+    result = review_run(args.run, args.out, args.top)
+    by = ", ".join(f"{n} labelled {c}" for c, n in result["suspects_by_label"].items())
+    print(
+        f"{result['n_suspects']} of {result['n_scored']} crops contradict their label ({by}); "
+        f"the {result['shown']} most contradicted are shown"
+    )
+    print(f"wrote {result['outputs']['csv']} and {result['outputs']['html']}")
+    write_json_out(result, args.json)
+    return 0
+
+
+def add_review(sub: Verbs) -> None:
+    p = verb(
+        sub,
+        "review",
+        "Rank crops whose out-of-fold scores contradict their label; apply a person's relabels.",
+        [
+            "pitguard data review runs/cf --out review/",
+            "pitguard data review runs/cf --relabel review/suspects.csv --out relabelled/",
+        ],
+        cmd_review,
+    )
+    p.add_argument("run", help="a run trained with --folds K (its out-of-fold scores are ranked)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the outputs")
+    p.add_argument(
+        "--top", type=int, default=60, help="suspects shown in suspects.html (default 60)"
+    )
+    p.add_argument(
+        "--relabel",
+        metavar="FILE",
+        help="a suspects.csv whose decision column is filled in (a class, drop, or blank to "
+        "keep): writes DIR/relabelled.csv, a manifest of the run's split with the changes",
+    )
+    p.add_argument("--json", metavar="OUT", help="also write the summary as JSON")
+
+
 def add_verbs(sub: Verbs) -> None:
     """The ``data`` group and its verbs."""
     group = sub.add_parser(
         "data",
-        help="find, audit, split and synthesize crops",
-        description="Find, audit, split and synthesize crops.",
+        help="find, audit, split, synthesize and review crops",
+        description="Find, audit, split, synthesize and review crops.",
         epilog=examples(
             "pitguard data audit ../shared/data/cherry_classification/train --json audit.json",
             "pitguard data split crops/ --out split.csv --seed 7",
             "pitguard data synth synth/ --count 400",
+            "pitguard data review runs/cf --out review/",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -138,3 +188,4 @@ def add_verbs(sub: Verbs) -> None:
     add_audit(data_sub)
     add_split(data_sub)
     add_synth(data_sub)
+    add_review(data_sub)
