@@ -1,5 +1,6 @@
 """Label review: crops whose out-of-fold scores contradict their labels, ranked for a person, and
-that person's decisions applied as a new manifest.
+that person's decisions applied as a new manifest. A review queue (``predict``/``serve
+--queue``) is reviewed the same way: its crops carry no label yet, and the decisions label them.
 
 Ranking follows confident learning (Northcutt, Jiang and Chuang 2021): each class j gets its own
 threshold, the mean out-of-fold probability of j among crops labelled j; a crop labelled i is a
@@ -25,6 +26,7 @@ from PIL import Image
 
 from pitguard.data.load import DecodeOptions, decode_bytes
 from pitguard.data.manifest import ManifestRow, read_manifest, write_manifest
+from pitguard.deploy.queue import QUEUE_CSV, is_queue
 from pitguard.errors import PitguardError
 from pitguard.files import atomic_write, atomic_write_text
 from pitguard.runfolder import RunPaths, read_oof
@@ -60,9 +62,52 @@ def rank_suspects(probs: np.ndarray, labels: np.ndarray) -> tuple[list[Suspect],
     return out, thresholds
 
 
+def _queue_rows(queue: Path) -> list[dict]:
+    with (queue / QUEUE_CSV).open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def review_queue(queue: Path, out: Path, top: int) -> dict:
+    """A queue's crops for labelling, the most pit-like first, in the same two files."""
+    rows = sorted(_queue_rows(queue), key=lambda r: -float(r["p_pit"] or 0))
+    files = [(queue / r["path"]).resolve() for r in rows]
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["rank", "path", "label", "suggested", "p_pit", "route", "decision"])
+            for rank, (r, f) in enumerate(zip(rows, files, strict=True), start=1):
+                rel = os.path.relpath(f, out.resolve())
+                writer.writerow([rank, rel, "", "", r["p_pit"], r["route"], ""])
+
+    atomic_write(out / SUSPECTS_CSV, write)
+    cards = [
+        _card(rank, f, "nothing yet", r["route"], float(r["p_pit"] or 0))
+        for rank, (r, f) in enumerate(zip(rows[:top], files, strict=False), start=1)
+    ]
+    atomic_write_text(
+        out / SUSPECTS_HTML,
+        _page(queue, len(rows), {"unlabelled": len(rows)}, np.array([]), (), cards),
+    )
+    return {
+        "run": str(queue),
+        "n_scored": len(rows),
+        "n_suspects": len(rows),
+        "suspects_by_label": {"unlabelled": len(rows)},
+        "shown": len(cards),
+        "outputs": {"csv": str(out / SUSPECTS_CSV), "html": str(out / SUSPECTS_HTML)},
+    }
+
+
 def review_run(run: str | Path, out: str | Path, top: int = 60) -> dict:
-    """Write OUT/suspects.csv (every suspect) and OUT/suspects.html (the top ones, both exposures)."""
+    """Write OUT/suspects.csv (every suspect) and OUT/suspects.html (the top ones, both exposures).
+
+    RUN is a cross-fitted run (its out-of-fold scores are ranked) or a review queue (its crops
+    are listed for labelling)."""
     run, out = Path(run), Path(out)
+    if is_queue(run):
+        return review_queue(run, out, top)
     oof = read_oof(run)
     probs = torch.softmax(torch.from_numpy(oof.logits), dim=1).numpy()
     suspects, thresholds = rank_suspects(probs, oof.labels)
@@ -118,7 +163,7 @@ def review_run(run: str | Path, out: str | Path, top: int = 60) -> dict:
 
 def _exposure_png(channel: np.ndarray) -> str:
     buf = io.BytesIO()
-    Image.fromarray(channel).resize((192, 192), Image.NEAREST).save(buf, format="PNG")
+    Image.fromarray(channel).resize((192, 192), Image.Resampling.NEAREST).save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -145,14 +190,20 @@ def _card(rank: int, path: Path, label: str, suggested: str, p_pit: float) -> st
 def _page(run, n, flagged, thresholds, classes, cards) -> str:
     counts = ", ".join(f"{n_} labelled {c}" for c, n_ in flagged.items())
     cuts = ", ".join(f"{c} {t:.3f}" for c, t in zip(classes, thresholds, strict=True))
+    intro = (
+        f"""{sum(flagged.values())} of {n} crops scored out of fold contradict their label ({counts}).
+Per-class thresholds (mean out-of-fold probability of the class among crops labelled with it):
+{cuts}. Shown: the {len(cards)} most contradicted, each as its two exposures (R and B)."""
+        if classes
+        else f"""{n} crops queued for review, the most pit-like first; shown: {len(cards)}, each as
+its two exposures (R and B)."""
+    )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>pitguard label review</title>
 <style>body{{font-family:sans-serif;margin:1.5em}}.card{{display:inline-block;margin:.5em;
 padding:.5em;border:1px solid #ccc;vertical-align:top;width:410px}}figure{{display:inline-block;
 margin:0 4px}}img{{image-rendering:pixelated}}figcaption{{text-align:center;font-size:80%}}</style>
 </head><body><h1>Label review: {html.escape(str(run))}</h1>
-<p>{sum(flagged.values())} of {n} crops scored out of fold contradict their label ({counts}).
-Per-class thresholds (mean out-of-fold probability of the class among crops labelled with it):
-{cuts}. Shown: the {len(cards)} most contradicted, each as its two exposures (R and B).
+<p>{intro}
 To relabel, fill the <code>decision</code> column of {SUSPECTS_CSV} (a class, {DROP}, or
 blank to keep) and run <code>pitguard data review {html.escape(str(run))} --relabel
 {SUSPECTS_CSV} --out DIR</code>.</p>
@@ -166,9 +217,13 @@ def apply_relabel(run: str | Path, decisions: str | Path, out: str | Path) -> di
     Every decision is checked before anything is written; the crop files are never touched.
     """
     run, decisions, out = Path(run), Path(decisions), Path(out)
-    rows = read_manifest(RunPaths(run).split)
+    if is_queue(run):  # unlabelled crops: the decisions label them
+        rows = [ManifestRow((run / r["path"]).resolve(), "") for r in _queue_rows(run)]
+        classes = ["clean", "pit"]
+    else:
+        rows = read_manifest(RunPaths(run).split)
+        classes = sorted({r.label for r in rows})
     by_path = {r.path.resolve(): i for i, r in enumerate(rows)}
-    classes = sorted({r.label for r in rows})
     if not decisions.is_file():
         raise PitguardError(f"{decisions}: no such file; give the {SUSPECTS_CSV} you filled in")
     with decisions.open(newline="") as fh:
@@ -195,9 +250,11 @@ def apply_relabel(run: str | Path, decisions: str | Path, out: str | Path) -> di
     for i, r in enumerate(rows):
         new = wanted.get(i, r.label)
         if new != r.label:
-            changes.append((r.path, r.label, new))
-        if new != DROP:
+            changes.append((r.path, r.label or "unlabelled", new))
+        if new not in (DROP, ""):  # a queue's crops nobody labelled are left out
             kept.append(ManifestRow(r.path, new, r.split, r.group, r.fold))
+    if not kept:
+        raise PitguardError(f"{decisions}: no crop is labelled; fill in the decision column")
     out.mkdir(parents=True, exist_ok=True)
     write_manifest(out / RELABELLED, kept)
 

@@ -92,7 +92,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pitguard.deploy.predict import load, predict_files
 
     predictor = load(args.bundle, args.backend, args.device, args.threads)
-    result = predict_files(predictor, args.paths, Path(args.out) if args.out else None)
+    queue = _queue(args)
+    result = predict_files(predictor, args.paths, Path(args.out) if args.out else None, queue=queue)
     if not args.out:
         for row in result["rows"]:
             print(f"{row['path']},{row['route']},{row['p_pit']},{row['error']}")
@@ -104,7 +105,44 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     if args.out:
         print(f"wrote {args.out}", file=sys.stderr)
+    if queue is not None:
+        print(
+            f"queued {queue.kept} crop(s) for review in {queue.root} "
+            f"(label them: pitguard data review {queue.root} --out DIR)",
+            file=sys.stderr,
+        )
     return 1 if result["failed"] else 0
+
+
+def _queue(args: argparse.Namespace):
+    """The review queue asked for with --queue, or None."""
+    if not args.queue:
+        return None
+    from pitguard.deploy.queue import ReviewQueue, parse_routes
+
+    return ReviewQueue(args.queue, parse_routes(args.queue_routes), args.queue_sample)
+
+
+def _add_queue_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--queue",
+        metavar="DIR",
+        help="keep the crops routed to review as PNGs with an unlabelled manifest "
+        "(DIR/queue.csv) for people to label (pitguard data review DIR)",
+    )
+    p.add_argument(
+        "--queue-routes",
+        default="maybe",
+        metavar="ROUTES",
+        help="routes kept whole in the queue, comma-separated (default maybe)",
+    )
+    p.add_argument(
+        "--queue-sample",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="also keep this random share of the other routes, e.g. 0.01 (default 0)",
+    )
 
 
 def add_predict(sub: Verbs) -> None:
@@ -115,6 +153,7 @@ def add_predict(sub: Verbs) -> None:
         [
             "pitguard predict bundles/cpu-fast crops/ --out preds.csv",
             "pitguard predict bundles/cpu-fast a.png b.png --backend torch",
+            "pitguard predict bundles/cpu-fast crops/ --out preds.csv --queue review-queue/",
         ],
         cmd_predict,
     )
@@ -124,6 +163,7 @@ def add_predict(sub: Verbs) -> None:
     p.add_argument("--backend", default="auto", help=_serving_backends())
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    _add_queue_args(p)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -137,6 +177,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
         backend=args.backend,
         threads=args.threads,
+        queue=_queue(args),
     )
     return 0
 
@@ -167,6 +208,7 @@ def add_serve(sub: Verbs) -> None:
     )
     p.add_argument("--backend", default="auto", help=_serving_backends())
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    _add_queue_args(p)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

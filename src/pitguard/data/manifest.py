@@ -45,6 +45,11 @@ def read_manifest(csv_path: str | Path) -> list[ManifestRow]:
     for line, r in enumerate(raw, start=2):
         if not r["path"]:
             raise PitguardError(f"{csv_path}:{line}: empty path; fill it in or delete the row")
+        if not (r["label"] or "").strip():
+            raise PitguardError(
+                f"{csv_path}:{line}: no label; write the crop's class (clean or pit) or delete the "
+                "row (a review queue is labelled with pitguard data review QUEUE --out DIR)"
+            )
         path = Path(r["path"])
         rows.append(
             ManifestRow(

@@ -14,6 +14,7 @@ from PIL import Image
 from pitguard.data.layout import IMAGE_SUFFIXES
 from pitguard.deploy.backends import auto_backend, get_backend, ort_session
 from pitguard.deploy.bundle import INPUT_NAME, load_deploy_module, read_bundle_json
+from pitguard.deploy.queue import ReviewQueue
 from pitguard.devices import pick_device
 from pitguard.errors import PitguardError
 from pitguard.policy import ROUTES
@@ -157,9 +158,14 @@ def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def predict_files(
-    predictor: Predictor, paths: Sequence[str | Path], out_csv: Path | None, batch_size: int = 64
+    predictor: Predictor,
+    paths: Sequence[str | Path],
+    out_csv: Path | None,
+    batch_size: int = 64,
+    queue: ReviewQueue | None = None,
 ) -> dict:
-    """Classify files and folders; unreadable files get a row with their error, the rest are classified."""
+    """Classify files and folders; unreadable files get a row with their error, the rest are
+    classified. ``queue`` keeps the crops routed to review for people to label."""
     files = expand_paths(paths)
     if not files:
         raise PitguardError(f"no image files found in {', '.join(map(str, paths))}")
@@ -188,6 +194,7 @@ def predict_files(
             continue
         rows.append({"path": str(f), "route": None, "p_pit": None, "label": None, "error": ""})
         good.append((i, arr))
+    good_arrays = dict(good)
     for start in range(0, len(good), batch_size):
         chunk = good[start : start + batch_size]
         pred = predictor.predict_uint8(np.stack([a for _, a in chunk]).transpose(0, 3, 1, 2).copy())
@@ -195,6 +202,8 @@ def predict_files(
             chunk, pred.routes, pred.p_pit, pred.labels, strict=True
         ):
             rows[i].update(route=route, p_pit=f"{float(p):.6f}", label=label)
+            if queue is not None:
+                queue.offer(good_arrays[i], rows[i]["path"], route, float(p))
     if out_csv is not None:
         out_csv.parent.mkdir(parents=True, exist_ok=True)
         with out_csv.open("w", newline="") as fh:
@@ -207,4 +216,5 @@ def predict_files(
         "failed": sum(1 for r in rows if r["error"]),
         "routes": counts,
         "rows": rows,
+        "queued": queue.kept if queue is not None else None,
     }

@@ -10,6 +10,7 @@ Request parsing lives in :mod:`.crop_reader`, batching in :mod:`.batching`, the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -22,7 +23,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pitguard.deploy.batching import MicroBatcher
 from pitguard.deploy.crop_reader import CropReader, RequestError
-from pitguard.deploy.predict import Predictor
+from pitguard.deploy.predict import Prediction, Predictor
+from pitguard.deploy.queue import ReviewQueue
 from pitguard.deploy.server_metrics import METRICS_CONTENT_TYPE, Metrics
 from pitguard.errors import PitguardError
 
@@ -37,6 +39,7 @@ def create_app(
     max_crops: int = 256,
     backend: str = "auto",
     threads: int = 0,
+    queue: ReviewQueue | None = None,
 ) -> FastAPI:
     """The service for one bundle; the model loads here, so a bad bundle fails before serving."""
     if max_batch < 1 or max_crops < 1 or max_request_bytes < 1 or max_wait_ms < 0:
@@ -78,6 +81,8 @@ def create_app(
             crops, names = await reader.read(request)
             pred = await batcher.classify(crops)
             metrics.count_routes(pred.routes)
+            if queue is not None:
+                await asyncio.to_thread(_queue_all, queue, crops, names, pred)
             status = 200
             return JSONResponse(
                 {
@@ -123,6 +128,11 @@ def create_app(
         return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     return app
+
+
+def _queue_all(queue: ReviewQueue, crops, names: list, pred: Prediction) -> None:
+    for i, route in enumerate(pred.routes):
+        queue.offer(crops[i], f"http:{names[i]}", route, float(pred.p_pit[i]))
 
 
 def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, **kw) -> None:
