@@ -59,7 +59,7 @@ def test_predict_cli_lists_bad_files_and_classifies_the_rest(bundle, tmp_path, c
 def test_bundle_schema_versions(bundle, tmp_path):
     bundle = shutil.copytree(bundle, tmp_path / "b")
     meta = json.loads((bundle / "bundle.json").read_text())
-    assert meta["schema_version"] == 2 and meta["input"]["crop"] == 96  # the cpu-fast recipe's
+    assert meta["schema_version"] == 3 and meta["input"]["crop"] == 96  # the cpu-fast recipe's
     crops = np.zeros((2, 128, 128, 3), np.uint8)
     expected = pitguard.load(bundle, backend="torch").predict(crops).routes
     # a schema-1 bundle (no crop field) still loads
@@ -69,7 +69,7 @@ def test_bundle_schema_versions(bundle, tmp_path):
     assert len(pitguard.load(bundle, backend="torch").predict(crops).routes) == 2
     # a newer schema is refused with the versions this pitguard reads
     (bundle / "bundle.json").write_text(json.dumps({**meta, "schema_version": 99}))
-    with pytest.raises(PitguardError, match=r"bundle schema 99, this pitguard reads 1, 2"):
+    with pytest.raises(PitguardError, match=r"bundle schema 99, this pitguard reads 1, 2, 3"):
         pitguard.load(bundle, backend="torch")
     (bundle / "bundle.json").write_text(json.dumps(meta))
     assert pitguard.load(bundle, backend="torch").predict(crops).routes == expected

@@ -13,7 +13,7 @@ from PIL import Image
 
 from pitguard.data.layout import IMAGE_SUFFIXES
 from pitguard.deploy.backends import auto_backend, get_backend, ort_session
-from pitguard.deploy.bundle import INPUT_NAME, load_deploy_module, read_bundle_json
+from pitguard.deploy.bundle import INPUT_NAME, load_deploy_module, open_bundle
 from pitguard.deploy.queue import ReviewQueue
 from pitguard.devices import pick_device
 from pitguard.errors import PitguardError
@@ -42,7 +42,7 @@ class Predictor:
         self, bundle: str | Path, backend: str = "auto", device: str = "auto", threads: int = 0
     ):
         self.bundle = Path(bundle)
-        self.meta = read_bundle_json(self.bundle)
+        self.meta = open_bundle(self.bundle)
         self.classes = tuple(self.meta["classes"])
         self.size = int(self.meta["input"]["size"])
         files = self.meta.get("files", {})
@@ -63,7 +63,7 @@ class Predictor:
             torch.set_flush_denormal(True)  # denormal floats slow CPU inference ~10x
             if threads:
                 torch.set_num_threads(threads)
-            self.module, _ = load_deploy_module(self.bundle)
+            self.module, _ = load_deploy_module(self.bundle, self.meta)
             self.module.to(self.device)
 
     # ------------------------------------------------------------------ input conversion
