@@ -6,6 +6,7 @@ Every other stage asks this module where a run's files are and how to read them.
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,8 +105,15 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 def load_checkpoint(path: Path) -> dict:
     if not path.is_file():
         raise PitguardError(f"{path}: checkpoint not found; is this a pitguard run folder?")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    version = ckpt.get("schema_version")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as err:
+        raise PitguardError(
+            f"{path}: damaged checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
+            f"it cannot be resumed. If {path.parent / 'best.pt'} is intact, copy it over "
+            f"{path.name} to resume from that epoch; otherwise train again with a new --out"
+        ) from err
+    version = ckpt.get("schema_version") if isinstance(ckpt, dict) else None
     if version != SCHEMA_VERSION:
         raise PitguardError(
             f"{path}: checkpoint schema {version}, this pitguard reads {SCHEMA_VERSION}; "

@@ -7,6 +7,7 @@ import signal
 import sys
 import textwrap
 import threading
+import traceback
 
 from pitguard import __version__
 from pitguard.cli import data_verbs, deploy_verbs, study_verbs, train_verbs
@@ -38,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one verb; a :class:`PitguardError` prints ``error: ...`` and exits 2."""
+    """Run one verb. Exit statuses (``EXIT_CODES``): 0 done, 1 some inputs failed, 2 a
+    :class:`PitguardError` (usage, config or input), 3 a file that could not be read or written,
+    or a crash; 130/143 interrupted or terminated."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
@@ -51,6 +54,22 @@ def main(argv: list[str] | None = None) -> int:
     except PitguardError as exc:
         print("error: " + textwrap.indent(str(exc), "  ").lstrip(), file=sys.stderr)
         return 2
+    except OSError as exc:  # a path that is a file, read-only, a full disk, a vanished file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(
+            f"error: {where}{exc.strerror or exc}; check the path, its permissions and the free "
+            "space, then run the same command again",
+            file=sys.stderr,
+        )
+        return 3
+    except Exception:
+        traceback.print_exc()
+        print(
+            "error: pitguard crashed (the traceback above); nothing it had finished writing is "
+            "lost, and a report of the command and traceback helps",
+            file=sys.stderr,
+        )
+        return 3
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)
         print(("terminated" if terminated else "interrupted") + _resume_hint(args), file=sys.stderr)

@@ -16,9 +16,16 @@ if TYPE_CHECKING:
 Handler = Callable[[argparse.Namespace], int]
 
 
+EXIT_CODES = (
+    "exit status: 0 done; 1 done, but some inputs failed (each listed); 2 bad usage, config or "
+    "input, found before any work; 3 could not read or write a file, or crashed; 130 "
+    "interrupted (Ctrl-C), 143 terminated (SIGTERM)"
+)
+
+
 def examples(*lines: str) -> str:
-    """The epilog that ends every verb's ``--help``."""
-    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+    """The epilog that ends every verb's ``--help``: examples, then the exit statuses."""
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines) + "\n\n" + EXIT_CODES
 
 
 def verb(

@@ -76,4 +76,10 @@ def ort_session(path: Path, threads: int = 0, device: str = "cpu"):
     providers = ["CPUExecutionProvider"]
     if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(str(path), opts, providers=providers)
+    try:
+        return ort.InferenceSession(str(path), opts, providers=providers)
+    except Exception as err:  # onnxruntime raises its own classes for a graph it cannot load
+        raise PitguardError(
+            f"{path}: ONNX Runtime cannot load it ({str(err).splitlines()[0][:160]}); "
+            "export the bundle again"
+        ) from err

@@ -41,6 +41,7 @@ OUTPUTS = dict(
         strict=True,
     )
 )
+REQUIRED_KEYS = ("model_name", "model_kwargs", "classes", "input", "policy", "files")
 POLICY_KEYS = ("temperature", "t_low", "t_high")  # policy values the graph holds as buffers
 # Below the smallest normal float32 (1.18e-38): such weights only cost CPU time as denormals.
 DENORMAL_LIMIT = 1e-30
@@ -74,6 +75,12 @@ def read_bundle_json(bundle: str | Path) -> dict:
         raise PitguardError(
             f"{path}: bundle schema {meta.get('schema_version')}, this pitguard reads {readable}; "
             "use the pitguard version that wrote it"
+        )
+    missing = [k for k in REQUIRED_KEYS if not meta.get(k)]
+    if missing:
+        raise PitguardError(
+            f"{path}: lacks {', '.join(missing)}; a bundle.json is written by pitguard export, "
+            "export the bundle again"
         )
     return meta
 
@@ -163,7 +170,13 @@ def _check_against_weights(folder: Path, meta: dict) -> None:
         import onnx
         from onnx import numpy_helper
 
-        graph = onnx.load(str(folder / name), load_external_data=False).graph
+        try:
+            graph = onnx.load(str(folder / name), load_external_data=False).graph
+        except Exception as err:  # protobuf's decode errors have no common base
+            raise PitguardError(
+                f"{folder / name}: not a readable ONNX graph ({type(err).__name__}); "
+                "export the bundle again"
+            ) from err
         inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
         held[name] = {k: float(inits[f"policy.{k}"]) for k in POLICY_KEYS if f"policy.{k}" in inits}
         dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
