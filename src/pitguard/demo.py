@@ -125,7 +125,7 @@ def run_demo(out: Path, data: str | None = None, fast: bool = False) -> int:
 
     t = _step("predict a few crops through the bundle")
     examples = [r.path for r in read_manifest(RunPaths(run).split) if r.split == "test"][:6]
-    predicted = predict_files(load(bundle), examples, out / "predictions.csv")
+    predicted = predict_files(load(bundle), examples, out / "predictions.csv", keep_rows=True)
     for row in predicted["rows"]:
         print(f"  {Path(row['path']).name:<22} route {row['route']:<6} p_pit {row['p_pit']}")
     timings["predict"] = time.perf_counter() - t

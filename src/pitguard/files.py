@@ -35,10 +35,33 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         if tmp.is_file():  # some writers (safetensors) create 0600 files: a service user must read
             os.chmod(tmp, 0o666 & ~_UMASK)
+        _fsync_tree(tmp)  # the data reaches the disk before the name points at it
         os.replace(tmp, path)
+        _fsync(path.parent)
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # a file system that cannot open folders for reading: nothing more to do
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on folders
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    if path.is_dir():
+        for child in path.rglob("*"):
+            if child.is_file():
+                _fsync(child)
+    _fsync(path)
 
 
 def _remove(path: Path) -> None:

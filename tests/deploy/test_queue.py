@@ -32,7 +32,7 @@ def _queue_rows(queue: Path) -> list[dict]:
 
 def test_predict_queues_exactly_the_crops_routed_to_review(bundle, pngs, tmp_path):
     queue = ReviewQueue(tmp_path / "q", ("maybe", "pit"))
-    result = predict_files(Predictor(bundle), pngs, None, queue=queue)
+    result = predict_files(Predictor(bundle), pngs, None, queue=queue, keep_rows=True)
     wanted = {r["path"]: r for r in result["rows"] if r["route"] in ("maybe", "pit")}
     rows = _queue_rows(tmp_path / "q")
     assert wanted and result["queued"] == len(rows) == len(wanted)

@@ -93,10 +93,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     predictor = load(args.bundle, args.backend, args.device, args.threads)
     queue = _queue(args)
-    result = predict_files(predictor, args.paths, Path(args.out) if args.out else None, queue=queue)
-    if not args.out:
-        for row in result["rows"]:
-            print(f"{row['path']},{row['route']},{row['p_pit']},{row['error']}")
+
+    def show(row: dict) -> None:
+        print(f"{row['path']},{row['route']},{row['p_pit']},{row['error']}", flush=True)
+
+    result = predict_files(
+        predictor,
+        args.paths,
+        Path(args.out) if args.out else None,
+        queue=queue,
+        on_row=None if args.out else show,
+    )
     print(
         f"{result['n']} files: "
         + ", ".join(f"{k} {v}" for k, v in result["routes"].items())

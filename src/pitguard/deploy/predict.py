@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from pitguard.deploy.bundle import INPUT_NAME, load_deploy_module, open_bundle
 from pitguard.deploy.queue import ReviewQueue
 from pitguard.devices import pick_device
 from pitguard.errors import PitguardError
+from pitguard.files import atomic_path
 from pitguard.policy import ROUTES
 
 # pitguard.data.load (the one image decoder) is imported where paths are decoded: serving gets
@@ -145,16 +148,58 @@ def load(
     return Predictor(bundle, backend, device, threads)
 
 
-def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
-    out: list[Path] = []
+ROW_FIELDS = ("path", "route", "p_pit", "label", "error")
+
+
+def walk_images(paths: Sequence[str | Path]) -> Iterator[tuple[Path, str | None]]:
+    """``(file, None)`` for each image file under ``paths`` (folders walked, symbolic links
+    followed once), ``(path, reason)`` for each entry that cannot be read: an unreadable folder,
+    a broken link, a link loop. A file given directly is read as it is, whatever its suffix."""
     for p in map(Path, paths):
-        if p.is_dir():
-            out += sorted(
-                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-            )
-        else:
-            out.append(p)
-    return out
+        if not p.is_dir():
+            yield p, None
+            continue
+        errors: list[OSError] = []
+        seen = {os.path.realpath(p)}
+        for folder, dirnames, filenames in os.walk(p, followlinks=True, onerror=errors.append):
+            yield from _listing_errors(errors)
+            dirnames.sort()
+            for d in list(dirnames):
+                real = os.path.realpath(os.path.join(folder, d))
+                if real in seen:
+                    dirnames.remove(d)
+                    yield Path(folder, d), "symbolic link loop: a folder already walked"
+                seen.add(real)
+            for name in sorted(filenames):
+                path = Path(folder, name)
+                if path.suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                if not path.exists():
+                    yield path, "broken symbolic link (or a link loop): nothing to read"
+                    continue
+                yield path, None
+        yield from _listing_errors(errors)
+
+
+def _listing_errors(errors: list[OSError]) -> Iterator[tuple[Path, str]]:
+    while errors:
+        err = errors.pop(0)
+        yield Path(str(err.filename)), f"cannot list this folder: {err.strerror}"
+
+
+@contextmanager
+def _row_writer(out_csv: Path | None) -> Iterator[Callable[[dict], None]]:
+    """Rows written as they come to a temporary file renamed into place at the end; the file is
+    opened first, so an output that cannot be written stops the run before any inference."""
+    if out_csv is None:
+        yield lambda row: None
+        return
+    if out_csv.is_dir():
+        raise PitguardError(f"--out {out_csv}: is a folder; give a CSV file path")
+    with atomic_path(out_csv) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(ROW_FIELDS))
+        writer.writeheader()
+        yield writer.writerow
 
 
 def predict_files(
@@ -163,58 +208,67 @@ def predict_files(
     out_csv: Path | None,
     batch_size: int = 64,
     queue: ReviewQueue | None = None,
+    on_row: Callable[[dict], None] | None = None,
+    keep_rows: bool = False,
 ) -> dict:
-    """Classify files and folders; unreadable files get a row with their error, the rest are
-    classified. ``queue`` keeps the crops routed to review for people to label."""
-    files = expand_paths(paths)
-    if not files:
-        raise PitguardError(f"no image files found in {', '.join(map(str, paths))}")
+    """Classify files and folders, streaming: decoded ``batch_size`` at a time, each row written
+    (and passed to ``on_row``) in input order as its batch is done. Unreadable files and
+    folders get a row with their error; ``queue`` keeps the crops routed to review."""
     from pitguard.data.load import DecodeOptions, decode_bytes
 
-    rows: list[dict] = []
-    good: list[tuple[int, np.ndarray]] = []
     opts = DecodeOptions(size=predictor.size)
-    for i, f in enumerate(files):
-        try:
-            arr, problem = decode_bytes(f.read_bytes(), str(f), opts)
-        except OSError as exc:
-            rows.append(
-                {
-                    "path": str(f),
-                    "route": "",
-                    "p_pit": "",
-                    "label": "",
-                    "error": f"cannot read: {exc}",
-                }
-            )
-            continue
-        if arr is None:
-            reason = problem.reason if problem else "unreadable"
-            rows.append({"path": str(f), "route": "", "p_pit": "", "label": "", "error": reason})
-            continue
-        rows.append({"path": str(f), "route": None, "p_pit": None, "label": None, "error": ""})
-        good.append((i, arr))
-    good_arrays = dict(good)
-    for start in range(0, len(good), batch_size):
-        chunk = good[start : start + batch_size]
-        pred = predictor.predict_uint8(np.stack([a for _, a in chunk]).transpose(0, 3, 1, 2).copy())
-        for (i, _), route, p, label in zip(
-            chunk, pred.routes, pred.p_pit, pred.labels, strict=True
-        ):
-            rows[i].update(route=route, p_pit=f"{float(p):.6f}", label=label)
-            if queue is not None:
-                queue.offer(good_arrays[i], rows[i]["path"], route, float(p))
-    if out_csv is not None:
-        out_csv.parent.mkdir(parents=True, exist_ok=True)
-        with out_csv.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["path", "route", "p_pit", "label", "error"])
-            writer.writeheader()
-            writer.writerows(rows)
-    counts = {r: sum(1 for row in rows if row["route"] == r) for r in ROUTES}
+    counts = dict.fromkeys(ROUTES, 0)
+    kept: list[dict] = []
+    n = failed = 0
+    with _row_writer(out_csv) as write:
+        pending: list[tuple[dict, np.ndarray | None]] = []
+
+        def flush() -> None:
+            nonlocal failed
+            arrays = [a for _, a in pending if a is not None]
+            if arrays:
+                pred = predictor.predict_uint8(np.stack(arrays).transpose(0, 3, 1, 2).copy())
+                done = iter(zip(pred.routes, pred.p_pit, pred.labels, strict=True))
+            for row, arr in pending:
+                if arr is not None:
+                    route, p, label = next(done)
+                    row.update(route=route, p_pit=f"{float(p):.6f}", label=label)
+                    counts[route] += 1
+                    if queue is not None:
+                        queue.offer(arr, row["path"], route, float(p))
+                else:
+                    failed += 1
+                write(row)
+                if on_row is not None:
+                    on_row(row)
+                if keep_rows:
+                    kept.append(row)
+            pending.clear()
+
+        n_arrays = 0
+        for path, reason in walk_images(paths):
+            n += 1
+            row = {"path": str(path), "route": "", "p_pit": "", "label": "", "error": reason or ""}
+            arr = None
+            if reason is None:
+                try:
+                    arr, problem = decode_bytes(path.read_bytes(), str(path), opts)
+                    if arr is None:
+                        row["error"] = problem.reason if problem else "unreadable"
+                except OSError as exc:
+                    row["error"] = f"cannot read: {exc.strerror or exc}"
+            pending.append((row, arr))
+            n_arrays += arr is not None
+            if n_arrays >= batch_size:
+                flush()
+                n_arrays = 0
+        if n == 0:
+            raise PitguardError(f"no image files found in {', '.join(map(str, paths))}")
+        flush()
     return {
-        "n": len(files),
-        "failed": sum(1 for r in rows if r["error"]),
+        "n": n,
+        "failed": failed,
         "routes": counts,
-        "rows": rows,
+        "rows": kept if keep_rows else None,
         "queued": queue.kept if queue is not None else None,
     }
