@@ -19,6 +19,7 @@ RANKS: dict[str, int] = {
     "devices": 1,
     "data": 2,
     "policy": 2,
+    "guard": 2,
     "stats": 2,
     "augment": 3,
     "models": 3,

@@ -25,7 +25,8 @@ def test_a_calibrated_run_is_measured_on_its_own_test_part(calibrated_run, tmp_p
     assert sum(routes.values()) == result["n"]
     assert routes == {k: sum(r["route"] == k for r in rows) for k in routes}
     text = format_report(result)
-    assert "calibrated decision (exact 95% intervals)" in text and "maybe rate" in text
+    assert "calibrated decision (holdout calibration; exact 95% intervals)" in text
+    assert "maybe rate" in text and "input guard: " in text
 
 
 def test_eval_errors(tmp_path, capsys):

@@ -17,11 +17,13 @@ from pitguard.runfolder import (
     EVAL_METRICS,
     EVAL_PREDICTIONS,
     EVAL_ROC_PR,
+    RunModel,
     RunPaths,
     load_part,
     load_run,
     run_logits,
 )
+from pitguard.stats import clopper_pearson
 
 
 def write_predictions(
@@ -79,10 +81,23 @@ def evaluate_run(
     out = Path(out_dir) if out_dir else RunPaths(run.run).eval_dir(ev)
     out.mkdir(parents=True, exist_ok=True)
     routes = None
+    flagged = _input_guard(run, ev.crops.images.numpy())
+    if flagged is not None:
+        k = int(sum(bool(r) for r in flagged))
+        result["input_guard"] = {
+            "flagged": k,
+            "n": len(flagged),
+            "rate": k / len(flagged),
+            "rate_ci": list(clopper_pearson(k, len(flagged))),
+            "note": "crops unlike the run's train part; the bundle routes them to maybe",
+        }
     if policy is not None:
         with torch.no_grad():
             _, route_ids = policy(logits)
-        result["policy"] = metrics.routed_metrics(route_ids.numpy(), ev.labels, run.classes)
+        route_ids = route_ids.numpy().copy()
+        if flagged is not None:  # what the bundle does: flagged crops go to review
+            route_ids[[bool(r) for r in flagged]] = int(Route.MAYBE)
+        result["policy"] = metrics.routed_metrics(route_ids, ev.labels, run.classes)
         record = calibration or {}
         result["policy"]["calibration_mode"] = record.get("mode", "holdout")
         result["policy"]["guarantee"] = record.get("guarantee")
@@ -99,6 +114,17 @@ def evaluate_run(
     result["outputs"] = str(out)
     write_json(out / EVAL_METRICS, result)
     return result
+
+
+def _input_guard(run: RunModel, images: np.ndarray) -> list[str] | None:
+    """The bundle's input guard, fitted as export fits it, applied to ``images`` (None for a
+    run without a train part of its own)."""
+    from pitguard.guard import InputGuard
+
+    if "train" not in run.meta.get("data", {}).get("counts", {}):
+        return None
+    train = load_part(run, None, "train")
+    return InputGuard.fit(train.crops.images.numpy(), run.net.contract.channels).check(images)
 
 
 def format_report(result: dict) -> str:
@@ -125,6 +151,13 @@ def format_report(result: dict) -> str:
         f"log-loss {result['log_loss']:.4f}  Brier {result['brier']:.4f}  ECE {result['ece']:.4f}"
     )
     lines.append("confusion (rows true, cols predicted): " + str(result["confusion_matrix"]))
+    guard = result.get("input_guard")
+    if guard:
+        lo, hi = guard["rate_ci"]
+        lines.append(
+            f"input guard: {guard['flagged']} of {guard['n']} crops unlike the training crops "
+            f"({100 * guard['rate']:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}]), routed to maybe"
+        )
     pol = result.get("policy")
     if pol:
         lines.append(

@@ -47,7 +47,7 @@ def test_predict_cli_lists_bad_files_and_classifies_the_rest(bundle, tmp_path, c
     out = tmp_path / "preds.csv"
     assert main(["predict", str(bundle), str(crops_dir), "--out", str(out)]) == 1
     lines = out.read_text().splitlines()
-    assert lines[0] == "path,route,p_pit,label,error" and len(lines) == 9
+    assert lines[0] == "path,route,p_pit,label,error,reason" and len(lines) == 9
     rows = {line.split(",")[0].rsplit("/", 1)[1]: line.split(",") for line in lines[1:]}
     assert rows["empty.png"][4] == "empty file (0 bytes)"
     assert rows["broken.png"][4].startswith("cannot decode")

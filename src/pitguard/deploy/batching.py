@@ -96,6 +96,7 @@ class MicroBatcher:
             [label for p in parts for label in p.labels],
             np.concatenate([p.p_pit for p in parts]),
             [route for p in parts for route in p.routes],
+            [reason for p in parts for reason in p.reasons],
         )
 
     async def _next_piece(self, timeout: float | None) -> _Piece | None:
@@ -155,7 +156,10 @@ class MicroBatcher:
             if not p.future.done():
                 p.future.set_result(
                     Prediction(
-                        pred.labels[start:end], pred.p_pit[start:end], pred.routes[start:end]
+                        pred.labels[start:end],
+                        pred.p_pit[start:end],
+                        pred.routes[start:end],
+                        pred.reasons[start:end],
                     )
                 )
             start = end

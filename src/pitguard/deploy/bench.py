@@ -37,7 +37,7 @@ from pitguard.deploy.timing import (
 )
 from pitguard.devices import pick_device
 from pitguard.errors import PitguardError
-from pitguard.policy import ROUTES, DecisionPolicy
+from pitguard.policy import DecisionPolicy
 
 CALIB_CROPS = 64  # synthetic crops that calibrate INT8 for a timm name
 
@@ -211,7 +211,6 @@ def _bench_target(
 @torch.no_grad()
 def _predict_autocast(predictor, crops: np.ndarray, dtype: torch.dtype):
     """``Predictor.predict_uint8`` under autocast (which yields half-precision outputs)."""
-    from pitguard.deploy.predict import Prediction
 
     x = crops.astype(np.float32) / np.float32(255)
     with torch.autocast(device_type=predictor.device, dtype=dtype):
@@ -219,8 +218,7 @@ def _predict_autocast(predictor, crops: np.ndarray, dtype: torch.dtype):
     logits, p, route = (
         t.float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy() for t in outs
     )
-    labels = [predictor.classes[i] for i in logits.argmax(1)]
-    return Prediction(labels, p, [ROUTES[int(r)] for r in route])
+    return predictor.decide(crops, logits, p, route)
 
 
 def compute_ratios(records: list[dict], baseline: str | None) -> list[dict]:

@@ -61,6 +61,17 @@ def _gate_stats(labels: np.ndarray, pit_index: int, ref, new) -> dict:
     }
 
 
+def _input_guard(run: RunModel) -> dict | None:
+    """The guard fitted on the crops the run trained on (none for a run without its own split)."""
+    from pitguard.guard import InputGuard
+
+    parts = run.meta.get("data", {}).get("counts", {})
+    if "train" not in parts:
+        return None
+    train = load_part(run, None, "train")
+    return InputGuard.fit(train.crops.images.numpy(), run.net.contract.channels).to_dict()
+
+
 def _check_part(run: RunModel) -> str:
     """The run's own crops the exported graph is checked on: calib, or, for a cross-fitted run
     (which trained on its calib crops), the pooled crops; never the test part."""
@@ -144,6 +155,7 @@ def export_run(
                 "torch_version": torch.__version__,
             },
             "denormals_zeroed": denormals,
+            "input_guard": _input_guard(run),
             "files": {"weights": save_weights(module, tmp)},
         }
         ref = run_torch(module, crops)

@@ -20,7 +20,10 @@ from pitguard.deploy.queue import ReviewQueue
 from pitguard.devices import pick_device
 from pitguard.errors import PitguardError
 from pitguard.files import atomic_path
-from pitguard.policy import ROUTES
+from pitguard.guard import InputGuard
+from pitguard.policy import ROUTES, Route
+
+MAYBE = Route.MAYBE.label
 
 # pitguard.data.load (the one image decoder) is imported where paths are decoded: serving gets
 # crops as arrays and PNG bytes, and the decoder brings pitguard.config with it.
@@ -33,6 +36,7 @@ class Prediction:
     labels: list[str]  # argmax class
     p_pit: np.ndarray  # calibrated pit probability
     routes: list[str]  # clean / maybe / pit of the calibrated decision
+    reasons: list[str]  # why the input guard sent a crop to maybe; "" for the others
 
     def __len__(self) -> int:
         return len(self.routes)
@@ -47,6 +51,8 @@ class Predictor:
         self.bundle = Path(bundle)
         self.meta = open_bundle(self.bundle)
         self.classes = tuple(self.meta["classes"])
+        guard = self.meta.get("input_guard")
+        self.guard = InputGuard.from_dict(guard) if guard else None
         self.size = int(self.meta["input"]["size"])
         files = self.meta.get("files", {})
         chosen = auto_backend(files) if backend == "auto" else get_backend(backend, serving=True)
@@ -134,8 +140,15 @@ class Predictor:
                 )
         else:
             logits, p, route = self.session.run(None, {INPUT_NAME: x.astype(self.input_dtype)})
+        return self.decide(crops, logits, p, route)
+
+    def decide(self, crops: np.ndarray, logits, p, route) -> Prediction:
+        """The graph's outputs as a Prediction, crops the input guard flags routed to maybe."""
         labels = [self.classes[i] for i in np.asarray(logits).argmax(1)]
-        return Prediction(labels, np.asarray(p, dtype=np.float32), [ROUTES[int(r)] for r in route])
+        routes = [ROUTES[int(r)] for r in route]
+        reasons = self.guard.check(crops) if self.guard else [""] * len(routes)
+        routes = [MAYBE if why else r for r, why in zip(routes, reasons, strict=True)]
+        return Prediction(labels, np.asarray(p, dtype=np.float32), routes, reasons)
 
     def predict(self, batch) -> Prediction:
         return self.predict_uint8(self.to_uint8(batch))
@@ -148,7 +161,7 @@ def load(
     return Predictor(bundle, backend, device, threads)
 
 
-ROW_FIELDS = ("path", "route", "p_pit", "label", "error")
+ROW_FIELDS = ("path", "route", "p_pit", "label", "error", "reason")
 
 
 def walk_images(paths: Sequence[str | Path]) -> Iterator[tuple[Path, str | None]]:
@@ -228,11 +241,11 @@ def predict_files(
             arrays = [a for _, a in pending if a is not None]
             if arrays:
                 pred = predictor.predict_uint8(np.stack(arrays).transpose(0, 3, 1, 2).copy())
-                done = iter(zip(pred.routes, pred.p_pit, pred.labels, strict=True))
+                done = iter(zip(pred.routes, pred.p_pit, pred.labels, pred.reasons, strict=True))
             for row, arr in pending:
                 if arr is not None:
-                    route, p, label = next(done)
-                    row.update(route=route, p_pit=f"{float(p):.6f}", label=label)
+                    route, p, label, why = next(done)
+                    row.update(route=route, p_pit=f"{float(p):.6f}", label=label, reason=why)
                     counts[route] += 1
                     if queue is not None:
                         queue.offer(arr, row["path"], route, float(p))
@@ -248,7 +261,7 @@ def predict_files(
         n_arrays = 0
         for path, reason in walk_images(paths):
             n += 1
-            row = {"path": str(path), "route": "", "p_pit": "", "label": "", "error": reason or ""}
+            row = dict.fromkeys(ROW_FIELDS, "") | {"path": str(path), "error": reason or ""}
             arr = None
             if reason is None:
                 try:

@@ -94,6 +94,7 @@ def create_app(
                             "route": pred.routes[i],
                             "p_pit": float(pred.p_pit[i]),
                             "label": pred.labels[i],
+                            "reason": pred.reasons[i],
                         }
                         for i in range(len(pred))
                     ],
