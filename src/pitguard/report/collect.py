@@ -43,6 +43,7 @@ TEST_KEYS = (
     "pit_recall_ci",
     "roc_auc",
     "roc_auc_ci",
+    "input_guard",
 )
 
 

@@ -53,6 +53,11 @@ def verdict_cell(vs: dict | None) -> str:
     return f"{vs['verdict']}: acc {100 * d['diff']:+.2f} pts{ci}, McNemar p={vs['mcnemar_p']:.3f}"
 
 
+def _guarded(test: dict | None) -> str:
+    guard = (test or {}).get("input_guard")
+    return f", {guard['flagged']} by the input guard" if guard else ""
+
+
 def table_cells(rec: dict) -> list[str]:
     """The row of one run as display strings, in COLUMNS order."""
     t, cal, pol, lat = rec["test"], rec["calibration"], rec["policy_test"], rec["latency_cpu"]
@@ -74,7 +79,7 @@ def table_cells(rec: dict) -> list[str]:
         _pct(t["pit_recall"]) + _ci(t["pit_recall_ci"]) if t else "n/a",
         bound,
         _pct(pol["pit_miss_rate"]) + _ci(pol["pit_miss_ci"]) if pol else "n/a",
-        _pct(pol["maybe_rate"]) + _ci(pol["maybe_ci"]) if pol else "n/a",
+        (_pct(pol["maybe_rate"]) + _ci(pol["maybe_ci"]) + _guarded(t)) if pol else "n/a",
         f"{lat['ms_per_crop']:.3f} ({lat['backend']}, b{lat['batch_size']})" if lat else "n/a",
         f"{t['part']}, {t['n']}" if t else "n/a",
         verdict_cell(rec["vs_baseline"]),
