@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from pitguard.cli.common import verb, write_json_out
 from pitguard.deploy.backends import ALIASES, BACKENDS, SERVING  # no torch: help stays light
+from pitguard.errors import PitguardError
 
 if TYPE_CHECKING:
     from pitguard.cli.common import Verbs
@@ -185,8 +186,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         backend=args.backend,
         threads=args.threads,
         queue=_queue(args),
+        max_in_flight=args.max_in_flight,
+        max_crops=args.max_crops,
+        max_request_bytes=int(args.max_request_mb * 2**20),
+        token=_read_token(args.token_file),
+        docs=args.docs,
     )
     return 0
+
+
+def _read_token(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise PitguardError(f"--token-file {path}: cannot read it ({exc.strerror})") from exc
+    if len(token) < 16:
+        raise PitguardError(
+            f"--token-file {path}: the token is {len(token)} characters; use 16 or more "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))' > FILE)"
+        )
+    return token
 
 
 def add_serve(sub: Verbs) -> None:
@@ -196,13 +217,19 @@ def add_serve(sub: Verbs) -> None:
         "Serve a bundle over HTTP: POST /v1/classify (PNG files or .npy), /healthz, /metrics.",
         [
             "pitguard serve bundles/cpu-fast",
-            "pitguard serve bundles/cpu-fast --host 0.0.0.0 --port 8080 --max-batch 128",
+            "pitguard serve bundles/cpu-fast --port 8080 --max-batch 128 --max-in-flight 64",
+            "pitguard serve bundles/cpu-fast --host 0.0.0.0 --token-file /etc/pitguard/token",
             "curl -F files=@a.png -F files=@b.png http://127.0.0.1:8000/v1/classify",
         ],
         cmd_serve,
     )
     p.add_argument("bundle", help="bundle folder")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1, this machine only); another address exposes "
+        "the model to the network: set --token-file and put a TLS reverse proxy in front",
+    )
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument(
         "--max-batch", type=int, default=64, help="most crops per model call (default 64)"
@@ -215,6 +242,28 @@ def add_serve(sub: Verbs) -> None:
     )
     p.add_argument("--backend", default="auto", help=_serving_backends())
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=32,
+        help="classify requests read or answered at once; more get 503 with Retry-After "
+        "(default 32)",
+    )
+    p.add_argument(
+        "--max-crops", type=int, default=256, help="most crops in one request (default 256)"
+    )
+    p.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=8.0,
+        help="largest request body in MiB (default 8: 128 .npy crops of 128 px)",
+    )
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="require Authorization: Bearer TOKEN (the file's content) on classify and metrics",
+    )
+    p.add_argument("--docs", action="store_true", help="serve /docs and /openapi.json")
     _add_queue_args(p)
 
 

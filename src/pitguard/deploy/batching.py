@@ -2,11 +2,15 @@
 
 Each request's crops are cut into pieces of at most ``max_batch``; a batch waits at most
 ``max_wait_s`` for company, and model calls run one after another in a single worker thread.
+Pieces are taken by their place in their request, then by arrival: every request's first piece
+goes before any request's second, so one client's large requests do not hold up the small ones
+of the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -39,11 +43,16 @@ class MicroBatcher:
         self.max_wait_s = max_wait_s
         self.metrics = metrics
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[_Piece] | None = None
+        self._queue: asyncio.PriorityQueue[tuple[int, int, _Piece]] | None = None
+        self._arrivals = itertools.count()
         self._task: asyncio.Task | None = None
         self._getter: asyncio.Future | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._taken: list[_Piece] = []  # out of the queue, not yet answered
+
+    def depth(self) -> int:
+        """Pieces waiting for a model call."""
+        return self._queue.qsize() if self._queue is not None else 0
 
     def start(self) -> None:
         """Start the collector on the running loop (again, if an earlier loop has gone)."""
@@ -51,7 +60,7 @@ class MicroBatcher:
         if self._loop is loop and self._task is not None and not self._task.done():
             return
         self._loop = loop
-        self._queue = asyncio.Queue()
+        self._queue = asyncio.PriorityQueue()
         self._getter = None
         if self._executor is None:
             # One thread: model calls run one after another, the next batch fills meanwhile.
@@ -72,7 +81,7 @@ class MicroBatcher:
             self._getter.cancel()
             self._getter = None
         while self._queue is not None and not self._queue.empty():
-            piece = self._queue.get_nowait()
+            *_, piece = self._queue.get_nowait()
             if not piece.future.done():
                 piece.future.set_exception(RuntimeError("server is shutting down"))
         if self._executor is not None:
@@ -85,9 +94,11 @@ class MicroBatcher:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
         futures = []
-        for start in range(0, len(crops), self.max_batch):
+        arrival = next(self._arrivals)
+        for place, start in enumerate(range(0, len(crops), self.max_batch)):
             future = loop.create_future()
-            self._queue.put_nowait(_Piece(crops[start : start + self.max_batch], future))
+            piece = _Piece(crops[start : start + self.max_batch], future)
+            self._queue.put_nowait((place, arrival, piece))
             futures.append(future)
         parts: list[Prediction] = await asyncio.gather(*futures)
         if len(parts) == 1:
@@ -108,7 +119,7 @@ class MicroBatcher:
         done, _ = await asyncio.wait({self._getter}, timeout=timeout)
         if not done:
             return None
-        piece = self._getter.result()
+        *_, piece = self._getter.result()
         self._getter = None
         return piece
 
@@ -141,6 +152,7 @@ class MicroBatcher:
             return
         batch = live[0].crops if len(live) == 1 else np.concatenate([p.crops for p in live])
         loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             pred = await loop.run_in_executor(self._executor, self.predictor.predict_uint8, batch)
         except Exception as exc:
@@ -149,7 +161,7 @@ class MicroBatcher:
                 if not p.future.done():
                     p.future.set_exception(exc)
             return
-        self.metrics.batches += 1
+        self.metrics.observe_batch(len(batch), loop.time() - started)
         start = 0
         for p in live:
             end = start + len(p.crops)

@@ -4,6 +4,10 @@
 (N, H, W, 3) / (N, 3, H, W). Crops of concurrent requests are gathered into one model call of at
 most ``max_batch`` crops, waiting at most ``max_wait_ms`` for company, and the results are split
 back to each request. ``GET /healthz`` says what is loaded; ``GET /metrics`` is Prometheus text.
+At most ``max_in_flight`` classify requests are read or answered at once; more are refused at
+once with 503 and ``Retry-After`` (memory stays near max_in_flight x max_request_bytes). With
+a token, classify and metrics need ``Authorization: Bearer TOKEN``; ``/docs`` is off unless
+asked. A client that goes away before its answer has its model work skipped.
 Request parsing lives in :mod:`.crop_reader`, batching in :mod:`.batching`, the counters in
 :mod:`.server_metrics`.
 """
@@ -11,6 +15,7 @@ Request parsing lives in :mod:`.crop_reader`, batching in :mod:`.batching`, the 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -40,11 +45,15 @@ def create_app(
     backend: str = "auto",
     threads: int = 0,
     queue: ReviewQueue | None = None,
+    max_in_flight: int = 32,
+    token: str | None = None,
+    docs: bool = False,
 ) -> FastAPI:
     """The service for one bundle; the model loads here, so a bad bundle fails before serving."""
-    if max_batch < 1 or max_crops < 1 or max_request_bytes < 1 or max_wait_ms < 0:
+    if min(max_batch, max_crops, max_request_bytes, max_in_flight) < 1 or max_wait_ms < 0:
         raise PitguardError(
-            "max_batch, max_crops and max_request_bytes must be >= 1 and max_wait_ms >= 0"
+            "max_batch, max_crops, max_request_bytes and max_in_flight must be >= 1 and "
+            "max_wait_ms >= 0"
         )
     predictor = Predictor(bundle, backend=backend, threads=threads)
     model_name = predictor.meta.get("model_name", Path(bundle).name)
@@ -60,7 +69,30 @@ def create_app(
         finally:
             await batcher.stop()
 
-    app = FastAPI(title="pitguard", summary="Cherry pit crop classifier", lifespan=lifespan)
+    metrics.queue_depth = batcher.depth
+    app = FastAPI(
+        title="pitguard",
+        summary="Cherry pit crop classifier",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+
+    def refused(request: Request) -> JSONResponse | None:
+        """401 without the token (when one is set), else None."""
+        if token is None:
+            return None
+        sent = request.headers.get("authorization", "")
+        if hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            return None
+        metrics.error("unauthorized")
+        return JSONResponse(
+            {"error": "missing or wrong token; send the header Authorization: Bearer TOKEN"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
     app.state.predictor = predictor
     app.state.metrics = metrics
     app.state.batcher = batcher
@@ -76,10 +108,26 @@ def create_app(
     @app.post("/v1/classify")
     async def classify(request: Request):
         t0 = time.perf_counter()
+        denied = refused(request)
+        if denied is not None:
+            metrics.observe(401, time.perf_counter() - t0)
+            return denied
+        if metrics.in_flight >= max_in_flight:
+            metrics.error("busy")
+            metrics.observe(503, time.perf_counter() - t0)
+            return JSONResponse(
+                {"error": f"busy: {max_in_flight} requests in flight (the limit); retry shortly"},
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
+        metrics.in_flight += 1
         status = 499  # the client went away before an answer
         try:
             crops, names = await reader.read(request)
-            pred = await batcher.classify(crops)
+            pred = await _unless_gone(request, batcher.classify(crops))
+            if pred is None:
+                metrics.error("client_gone")
+                return Response(status_code=499)
             metrics.count_routes(pred.routes)
             if queue is not None:
                 await asyncio.to_thread(_queue_all, queue, crops, names, pred)
@@ -103,14 +151,17 @@ def create_app(
             )
         except RequestError as exc:
             status = exc.status
+            metrics.error(ERROR_REASONS.get(exc.status, f"http_{exc.status}"))
             return JSONResponse({"error": exc.message}, status_code=exc.status)
         except Exception as exc:
             status = 500
+            metrics.error("internal")
             log.exception("classify failed")
             return JSONResponse(
                 {"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500
             )
         finally:
+            metrics.in_flight -= 1
             metrics.observe(status, time.perf_counter() - t0)
 
     @app.get("/healthz")
@@ -125,10 +176,36 @@ def create_app(
         }
 
     @app.get("/metrics")
-    async def prometheus_metrics():
-        return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
+    async def prometheus_metrics(request: Request):
+        return refused(request) or Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     return app
+
+
+ERROR_REASONS = {
+    400: "malformed",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid",
+}
+
+
+async def _unless_gone(request: Request, work):
+    """The result of ``work``, or None when the client disconnects first (the work cancelled,
+    so its crops never reach the model)."""
+    task = asyncio.ensure_future(work)
+
+    async def gone() -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.ensure_future(gone())
+    done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        watcher.cancel()
+        return task.result()
+    task.cancel()
+    return None
 
 
 def _queue_all(queue: ReviewQueue, crops, names: list, pred: Prediction) -> None:
@@ -141,4 +218,10 @@ def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, **kw) -
     import uvicorn
 
     app = create_app(bundle, **kw)
-    uvicorn.run(app, host=host, port=port, workers=1, log_level="info")
+    if host not in ("127.0.0.1", "localhost", "::1") and not kw.get("token"):
+        log.warning(
+            "serving on %s without --token-file: anyone who reaches this port can use the model; "
+            "set a token and put the service behind a reverse proxy with TLS (README)",
+            host,
+        )
+    uvicorn.run(app, host=host, port=port, workers=1, log_level="info", timeout_keep_alive=5)

@@ -1,10 +1,16 @@
-"""The HTTP service's Prometheus metrics: request, crop, route and batch counters, a latency histogram."""
+"""The HTTP service's Prometheus metrics: requests by status and error reason, crops, routes,
+batches and their sizes, model time, requests in flight, queue depth, process memory, and a
+latency histogram."""
 
 from __future__ import annotations
 
+import resource
+import sys
+from collections.abc import Callable
+
 from pitguard.policy import ROUTES
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -16,6 +22,11 @@ class Metrics:
 
     def __init__(self) -> None:
         self.requests: dict[str, int] = {"200": 0}
+        self.errors: dict[str, int] = {}  # by reason
+        self.in_flight = 0
+        self.queue_depth: Callable[[], int] = lambda: 0
+        self.batch_crops = 0
+        self.model_seconds = 0.0
         self.crops = 0
         self.routes = dict.fromkeys(ROUTES, 0)
         self.batches = 0
@@ -31,6 +42,14 @@ class Metrics:
                 self.bucket_counts[i] += 1
         self.latency_sum += seconds
         self.latency_count += 1
+
+    def error(self, reason: str) -> None:
+        self.errors[reason] = self.errors.get(reason, 0) + 1
+
+    def observe_batch(self, n: int, seconds: float) -> None:
+        self.batches += 1
+        self.batch_crops += n
+        self.model_seconds += seconds
 
     def count_routes(self, routes: list[str]) -> None:
         self.crops += len(routes)
@@ -54,6 +73,25 @@ class Metrics:
             "# HELP pitguard_batches_total Model calls (one per micro-batch).",
             "# TYPE pitguard_batches_total counter",
             f"pitguard_batches_total {self.batches}",
+            "# HELP pitguard_batch_crops_total Crops over all model calls (mean batch size: "
+            "this / batches).",
+            "# TYPE pitguard_batch_crops_total counter",
+            f"pitguard_batch_crops_total {self.batch_crops}",
+            "# HELP pitguard_model_seconds_total Time spent in model calls.",
+            "# TYPE pitguard_model_seconds_total counter",
+            f"pitguard_model_seconds_total {self.model_seconds:.6f}",
+            "# HELP pitguard_errors_total Refused or failed classify requests, by reason.",
+            "# TYPE pitguard_errors_total counter",
+            *(f'pitguard_errors_total{{reason="{r}"}} {n}' for r, n in sorted(self.errors.items())),
+            "# HELP pitguard_in_flight Classify requests being read or answered now.",
+            "# TYPE pitguard_in_flight gauge",
+            f"pitguard_in_flight {self.in_flight}",
+            "# HELP pitguard_queue_depth Request pieces waiting for a model call.",
+            "# TYPE pitguard_queue_depth gauge",
+            f"pitguard_queue_depth {self.queue_depth()}",
+            "# HELP pitguard_max_resident_bytes Peak resident memory of the process.",
+            "# TYPE pitguard_max_resident_bytes gauge",
+            f"pitguard_max_resident_bytes {_max_rss_bytes()}",
             "# HELP pitguard_request_latency_seconds Classify request latency.",
             "# TYPE pitguard_request_latency_seconds histogram",
         ]
@@ -65,3 +103,8 @@ class Metrics:
             f"pitguard_request_latency_seconds_count {self.latency_count}",
         ]
         return "\n".join(lines) + "\n"
+
+
+def _max_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # kilobytes on Linux

@@ -1,0 +1,171 @@
+"""The server sheds load instead of falling over: bounded in-flight work answered 503 with
+Retry-After, a bearer token when asked, no /docs unless asked, disconnected clients' work
+skipped, small requests not held up behind large ones, and metrics that say why."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from pitguard.deploy.batching import MicroBatcher
+from pitguard.deploy.predict import Prediction, Predictor
+from pitguard.deploy.serve import create_app
+from pitguard.deploy.server_metrics import Metrics
+
+
+@pytest.fixture(scope="module")
+def png(trained_run) -> bytes:
+    return next((trained_run.parent / "crops").rglob("*.png")).read_bytes()
+
+
+def _files(png: bytes, n: int = 1):
+    return [("files", (f"c{i}.png", png, "image/png")) for i in range(n)]
+
+
+def _slow(monkeypatch, seconds: float, calls: list) -> None:
+    real = Predictor.predict_uint8
+
+    def slow(self, crops):
+        calls.append(len(crops))
+        time.sleep(seconds)
+        return real(self, crops)
+
+    monkeypatch.setattr(Predictor, "predict_uint8", slow)
+
+
+def test_work_beyond_the_in_flight_limit_gets_503_with_retry_after(bundle, png, monkeypatch):
+    _slow(monkeypatch, 0.3, [])
+    app = create_app(bundle, max_in_flight=1, max_wait_ms=0)
+
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            answers = await asyncio.gather(
+                *(client.post("/v1/classify", files=_files(png)) for _ in range(3))
+            )
+            text = (await client.get("/metrics")).text
+        return answers, text
+
+    answers, text = asyncio.run(go())
+    assert sorted(a.status_code for a in answers) == [200, 503, 503]
+    busy = [a for a in answers if a.status_code == 503]
+    assert all(a.headers["retry-after"] == "1" and "busy" in a.json()["error"] for a in busy)
+    assert 'pitguard_errors_total{reason="busy"} 2' in text and "pitguard_in_flight 0" in text
+
+
+def test_a_token_guards_classify_and_metrics_but_not_health(bundle, png):
+    token = "s3cret-token-of-some-length"
+    with TestClient(create_app(bundle, token=token)) as client:
+        no = client.post("/v1/classify", files=_files(png))
+        assert no.status_code == 401 and no.headers["www-authenticate"] == "Bearer"
+        wrong = {"Authorization": "Bearer nope"}
+        assert client.post("/v1/classify", files=_files(png), headers=wrong).status_code == 401
+        good = {"Authorization": f"Bearer {token}"}
+        assert client.post("/v1/classify", files=_files(png), headers=good).status_code == 200
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", headers=good).status_code == 200
+        assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("docs", [False, True])
+def test_docs_are_served_only_when_asked(bundle, docs):
+    with TestClient(create_app(bundle, docs=docs)) as client:
+        expected = 200 if docs else 404
+        assert client.get("/docs").status_code == expected
+        assert client.get("/openapi.json").status_code == expected
+
+
+def test_a_client_that_went_away_gets_no_model_work(bundle, png, monkeypatch):
+    calls: list[int] = []
+    _slow(monkeypatch, 0.0, calls)
+    app = create_app(bundle, max_wait_ms=50)
+    request = httpx.Request("POST", "http://t/v1/classify", files=_files(png))
+    body = request.read()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/classify",
+        "raw_path": b"/v1/classify",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in request.headers.items()],
+        "client": ("127.0.0.1", 1),
+        "server": ("t", 80),
+    }
+    sent: list[dict] = []
+    messages = iter([{"type": "http.request", "body": body, "more_body": False}])
+
+    async def receive():
+        return next(messages, {"type": "http.disconnect"})
+
+    async def send(message):
+        sent.append(message)
+
+    async def go():
+        await app(scope, receive, send)
+        await asyncio.sleep(0.2)  # the collector would have run the batch by now
+
+    asyncio.run(go())
+    assert calls == []
+    assert sent[0]["status"] == 499
+    assert 'pitguard_errors_total{reason="client_gone"} 1' in app.state.metrics.render()
+
+
+class _Recorder:
+    """A predictor that records each model call's crops."""
+
+    def __init__(self):
+        self.calls: list[np.ndarray] = []
+
+    def predict_uint8(self, crops):
+        self.calls.append(crops[:, 0, 0, 0].copy())
+        time.sleep(0.05)
+        n = len(crops)
+        return Prediction(["clean"] * n, np.zeros(n, np.float32), ["clean"] * n, [""] * n)
+
+
+def test_small_requests_are_not_held_up_behind_a_large_one():
+    recorder = _Recorder()
+    batcher = MicroBatcher(recorder, max_batch=4, max_wait_s=0.0, metrics=Metrics())  # type: ignore[arg-type]
+    big = np.ones((16, 3, 2, 2), np.uint8)
+    small = np.full((2, 3, 2, 2), 2, np.uint8)
+
+    async def go():
+        first = asyncio.ensure_future(batcher.classify(big))
+        await asyncio.sleep(0.01)  # the large request is queued first
+        second = asyncio.ensure_future(batcher.classify(small))
+        await asyncio.gather(first, second)
+        await batcher.stop()
+
+    asyncio.run(go())
+    order = [int(c[0]) for c in recorder.calls]
+    assert sorted(len(c) for c in recorder.calls) == [2, 4, 4, 4, 4]
+    assert order.index(2) <= 1  # second model call at the latest, not after all of the large one
+
+
+def test_the_server_flags_are_in_help(capsys):
+    from pitguard.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--max-in-flight", "--max-crops", "--max-request-mb", "--token-file", "--docs"):
+        assert flag in out
+    assert "exposes" in out and "TLS" in out
+
+
+def test_a_short_token_is_refused(bundle, tmp_path: Path, capsys):
+    from pitguard.cli import main
+
+    (tmp_path / "token").write_text("short\n")
+    assert main(["serve", str(bundle), "--token-file", str(tmp_path / "token")]) == 2
+    assert "16 or more" in capsys.readouterr().err
