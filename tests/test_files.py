@@ -51,3 +51,41 @@ def test_files_written_atomically_are_readable_by_others(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # safetensors alone writes 0600
+
+
+def test_temporaries_of_a_killed_process_are_cleared_and_live_ones_kept(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from pitguard.files import clear_stale_temps
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(gone.stdout)
+    stale = tmp_path / f".best.pt.tmp{dead_pid}"
+    stale.write_bytes(b"half a checkpoint")
+    live = tmp_path / f".last.pt.tmp{os.getppid()}"  # a running process's write
+    live.write_bytes(b"in progress")
+    keep = tmp_path / "model.safetensors"
+    keep.write_bytes(b"weights")
+    assert clear_stale_temps(tmp_path) == [stale]
+    assert not stale.exists() and live.exists() and keep.exists()
+
+
+def test_a_resumed_run_starts_by_clearing_a_killed_save(trained_run, tmp_path):
+    import subprocess
+    import sys
+
+    from pitguard.train import train
+    from tests.conftest import copy_run
+
+    run = copy_run(trained_run, tmp_path / "run")
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = run / "checkpoints" / f".best.pt.tmp{int(gone.stdout)}"
+    stale.write_bytes(b"half")
+    train(None, run, resume=True)
+    assert not stale.exists()

@@ -43,6 +43,32 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def clear_stale_temps(folder: str | Path) -> list[Path]:
+    """Remove the temporaries a killed process left in ``folder`` (``.NAME.tmpPID`` whose
+    process is gone); returns what was removed."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for path in folder.glob(".*.tmp*"):
+        pid = path.name.rsplit(".tmp", 1)[1]
+        if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+            continue
+        _remove(path)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 def _fsync(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -19,7 +19,7 @@ from pitguard.data.prepare import prepare_data
 from pitguard.devices import pick_device
 from pitguard.epoch import Stepper, train_one_epoch, use_bf16, validate
 from pitguard.errors import PitguardError
-from pitguard.files import write_json
+from pitguard.files import clear_stale_temps, write_json
 from pitguard.models import (
     PitguardNet,
     build_model,
@@ -85,6 +85,8 @@ def train(
             f"{run}: already holds a run; use --resume to continue it or choose a new --out"
         )
     run.mkdir(parents=True, exist_ok=True)
+    for folder in (run, paths.checkpoints):  # what a killed save left behind
+        clear_stale_temps(folder)
     write_json(paths.config, cfg.to_dict())
 
     torch.set_flush_denormal(True)  # denormal floats slow CPU math ~10x

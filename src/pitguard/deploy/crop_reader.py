@@ -11,7 +11,6 @@ import io
 
 import numpy as np
 from fastapi import Request
-from PIL import Image, UnidentifiedImageError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
@@ -40,7 +39,8 @@ class CropReader:
         self.max_request_bytes = max_request_bytes
         self.max_crops = max_crops
         self.how = (
-            f"send {self.size}x{self.size} RGB PNG crops as multipart/form-data field 'files', "
+            f"send {self.size}x{self.size} RGB image crops (PNG; JPEG, BMP and TIFF are read too) "
+            "as multipart/form-data field 'files', "
             f"or one uint8 .npy array (N, {self.size}, {self.size}, 3) or (N, 3, {self.size}, "
             f"{self.size}) as application/x-npy"
         )
@@ -148,36 +148,15 @@ class CropReader:
         return np.stack(arrays).transpose(0, 3, 1, 2).copy()
 
     def _decode_png(self, data: bytes, name: str) -> np.ndarray:
-        label, size = f"file {name!r}", self.size
-        if not data:
-            raise RequestError(400, f"{label} is empty (0 bytes); {self.how}")
-        try:
-            img = Image.open(io.BytesIO(data), formats=["PNG"])
-        except UnidentifiedImageError:
-            kind = "a JPEG" if data.startswith(b"\xff\xd8") else "not a PNG image"
-            raise RequestError(400, f"{label} is {kind}; {self.how}") from None
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise RequestError(400, f"{label} is not a readable PNG ({exc}); {self.how}") from None
-        except Image.DecompressionBombError as exc:
-            raise RequestError(400, f"{label}: {exc}; send {size}x{size} crops") from None
-        with img:
-            # Size and mode come from the header: checked before decoding any pixels.
-            if img.size != (size, size):
-                w, h = img.size
-                raise RequestError(
-                    400,
-                    f"{label} is {w}x{h}, expected {size}x{size}; send crops as the line cuts them",
-                )
-            if img.mode != "RGB":
-                raise RequestError(
-                    400,
-                    f"{label} has mode {img.mode}, expected RGB; save the crops as 8-bit RGB PNG",
-                )
-            try:
-                img.load()
-            except (OSError, ValueError, SyntaxError) as exc:
-                raise RequestError(400, f"{label} is a corrupt PNG ({exc}); re-encode it") from None
-            return np.asarray(img, dtype=np.uint8)
+        """One crop file through the one decoder ``predict`` and training use (header first:
+        size, mode and frame count are checked before any pixel is decoded)."""
+        from pitguard.data.load import DecodeOptions, decode_bytes
+
+        arr, problem = decode_bytes(data, name, DecodeOptions(size=self.size))
+        if arr is None:
+            reason = problem.reason if problem else "unreadable"
+            raise RequestError(400, f"file {name!r}: {reason}; {self.how}")
+        return arr
 
     def _parse_npy(self, data: bytes, label: str) -> np.ndarray:
         fmt = np.lib.format
