@@ -40,3 +40,20 @@ def test_evaluation_folders_are_named_by_part_and_data(trained_run, tmp_path):
     assert own["outputs"] == str(RunPaths(run).evals / "test")
     other = evaluate_run(run, data=trained_run.parent / "crops", n_boot=20)
     assert other["outputs"] == str(RunPaths(run).evals / "crops-all")
+
+
+def test_the_plain_summary_counts_per_ten_thousand_crops():
+    from pitguard.evaluate import plain_summary
+
+    pol = {
+        "n": 1000,
+        "n_pits": 400,
+        "maybe_rate": 0.25,
+        "pit_miss_rate": 0.005,
+        "pit_miss_upper": 0.012,
+        "false_reject_rate": 0.02,
+    }
+    text = plain_summary(pol)
+    assert text.startswith("Of 10,000 crops like these (40% pits): 2,500 go to review")
+    assert "about 20 pits pass as clean (at most 48 with 95% confidence)" in text
+    assert "about 120 clean cherries are rejected" in text

@@ -101,6 +101,7 @@ def evaluate_run(
         record = calibration or {}
         result["policy"]["calibration_mode"] = record.get("mode", "holdout")
         result["policy"]["guarantee"] = record.get("guarantee")
+        result["plain_summary"] = plain_summary(result["policy"])
         routes = [Route(int(r)).label for r in route_ids]
     write_predictions(
         out / EVAL_PREDICTIONS, ev.crops, ev.labels, probs, run.classes, run.pit_index, routes
@@ -127,12 +128,30 @@ def _input_guard(run: RunModel, images: np.ndarray) -> list[str] | None:
     return InputGuard.fit(train.crops.images.numpy(), run.net.contract.channels).check(images)
 
 
+def plain_summary(pol: dict, per: int = 10_000) -> str:
+    """The routed rates in words a line operator reads: per ``per`` crops like the evaluated ones."""
+    n, n_pits = pol["n"], pol["n_pits"]
+    share_pits = n_pits / n if n else 0.0
+    review = round(per * (pol["maybe_rate"] or 0.0))
+    missed = per * share_pits * (pol["pit_miss_rate"] or 0.0)
+    missed_most = per * share_pits * pol["pit_miss_upper"]
+    rejected = per * (1 - share_pits) * (pol["false_reject_rate"] or 0.0)
+    return (
+        f"Of {per:,} crops like these ({100 * share_pits:.0f}% pits): {review:,} go to review; "
+        f"about {missed:.0f} pits pass as clean (at most {missed_most:.0f} with 95% confidence); "
+        f"about {rejected:.0f} clean cherries are rejected as pits. Fewer to review: allow a "
+        f"higher pit-miss bound at calibration, or train a model that separates pits better "
+        f"(higher ROC-AUC); fewer pits passed: a lower bound, at the cost of more review."
+    )
+
+
 def format_report(result: dict) -> str:
     def ci(key):
         lo, hi = result[key + "_ci"]
         return f"{100 * result[key]:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}]"
 
-    lines = [
+    lines = [result["plain_summary"], ""] if result.get("plain_summary") else []
+    lines += [
         f"{result['data']}  n={result['n']}",
         f"accuracy          {ci('accuracy')}",
         f"balanced accuracy {ci('balanced_accuracy')}",

@@ -46,7 +46,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def clear_stale_temps(folder: str | Path) -> list[Path]:
     """Remove the temporaries a killed process left in ``folder`` (``.NAME.tmpPID`` whose
     process is gone); returns what was removed."""
-    removed = []
+    removed: list[Path] = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed
