@@ -18,6 +18,7 @@ VERBS = [
     ["data", "split"],
     ["data", "synth"],
     ["data", "review"],
+    ["data", "cache"],
     ["train"],
     ["eval"],
     ["calibrate"],

@@ -146,3 +146,21 @@ def test_a_multi_frame_image_is_listed_not_guessed(tmp_path):
     frames[0].save(buf, format="TIFF", save_all=True, append_images=frames[1:])
     arr, problem = decode_bytes(buf.getvalue(), "stack.tif", DecodeOptions())
     assert arr is None and problem.reason == "3 frames, expected one image"
+
+
+def test_the_cache_is_shown_and_cleared_and_nothing_else_is_touched(
+    synth_dir, tmp_path, capsys, monkeypatch
+):
+    from pitguard.cli import main
+    from pitguard.data.layout import find_dataset
+    from pitguard.data.load import load_crops
+
+    monkeypatch.setenv("PITGUARD_CACHE", str(tmp_path / "cache"))
+    load_crops(find_dataset(synth_dir))
+    (tmp_path / "cache" / "notes.txt").write_text("mine")
+    assert main(["data", "cache", "info"]) == 0
+    out = capsys.readouterr().out
+    assert "1 cached dataset(s)" in out and "crops-" in out
+    assert main(["data", "cache", "clear"]) == 0
+    assert "removed 1 cached dataset(s)" in capsys.readouterr().out
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["notes.txt"]

@@ -170,6 +170,34 @@ def add_review(sub: Verbs) -> None:
     p.add_argument("--json", metavar="OUT", help="also write the summary as JSON")
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from pitguard.data.load import cache_entries, clear_cache, default_cache_dir
+
+    root = default_cache_dir()
+    if args.action == "clear":
+        n, size = clear_cache(root)
+        print(f"removed {n} cached dataset(s), {size / 2**20:.1f} MiB, from {root}")
+        return 0
+    entries = cache_entries(root)
+    total = sum(size for _, size in entries)
+    print(f"{root}: {len(entries)} cached dataset(s), {total / 2**20:.1f} MiB")
+    for path, size in entries:
+        print(f"  {size / 2**20:8.1f} MiB  {path.name}")
+    print("decoded crops are cached by content; `pitguard data cache clear` removes them")
+    return 0
+
+
+def add_cache(sub: Verbs) -> None:
+    p = verb(
+        sub,
+        "cache",
+        "Show or clear the decoded-crop cache (~/.cache/pitguard or $PITGUARD_CACHE).",
+        ["pitguard data cache info", "pitguard data cache clear"],
+        cmd_cache,
+    )
+    p.add_argument("action", choices=("info", "clear"), help="info: sizes; clear: remove all")
+
+
 def add_verbs(sub: Verbs) -> None:
     """The ``data`` group and its verbs."""
     group = sub.add_parser(
@@ -189,3 +217,4 @@ def add_verbs(sub: Verbs) -> None:
     add_split(data_sub)
     add_synth(data_sub)
     add_review(data_sub)
+    add_cache(data_sub)

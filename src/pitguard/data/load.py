@@ -179,6 +179,30 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pitguard"
 
 
+def cache_entries(cache_dir: Path | None = None) -> list[tuple[Path, int]]:
+    """The decoded-crop cache's entries with their sizes in bytes, largest first."""
+    root = cache_dir or default_cache_dir()
+    if not root.is_dir():
+        return []
+    entries = [
+        (e, sum(f.stat().st_size for f in e.rglob("*") if f.is_file()))
+        for e in root.glob("crops-*")
+        if e.is_dir()
+    ]
+    return sorted(entries, key=lambda t: -t[1])
+
+
+def clear_cache(cache_dir: Path | None = None) -> tuple[int, int]:
+    """Remove every cache entry; returns (entries, bytes) removed. Only ``crops-*`` folders
+    are touched, so a cache folder pointed at a wrong place loses nothing else."""
+    import shutil
+
+    entries = cache_entries(cache_dir)
+    for path, _ in entries:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(entries), sum(size for _, size in entries)
+
+
 def _read_all(paths: list[Path]) -> list[bytes | OSError]:
     def read(p: Path) -> bytes | OSError:
         try:
