@@ -124,10 +124,17 @@ def run_demo(out: Path, data: str | None = None, fast: bool = False) -> int:
     timings["bench"] = time.perf_counter() - t
 
     t = _step("predict a few crops through the bundle")
-    examples = [r.path for r in read_manifest(RunPaths(run).split) if r.split == "test"][:6]
-    predicted = predict_files(load(bundle), examples, out / "predictions.csv", keep_rows=True)
+    test = [r for r in read_manifest(RunPaths(run).split) if r.split == "test"]
+    sample = [r for r in test if r.label == "clean"][:3] + [r for r in test if r.label == "pit"][:3]
+    truth = {str(r.path): r.label for r in sample}
+    predicted = predict_files(
+        load(bundle), [r.path for r in sample], out / "predictions.csv", keep_rows=True
+    )
     for row in predicted["rows"]:
-        print(f"  {Path(row['path']).name:<22} route {row['route']:<6} p_pit {row['p_pit']}")
+        print(
+            f"  {Path(row['path']).name:<22} true {truth[row['path']]:<5} -> route "
+            f"{row['route']:<6} p(pit) {row['p_pit']}"
+        )
     timings["predict"] = time.perf_counter() - t
 
     t = _step("report")

@@ -10,8 +10,8 @@ import torch
 
 from pitguard import metrics, plots
 from pitguard.data.load import Crops
-from pitguard.files import write_json
-from pitguard.policy import Route
+from pitguard.files import atomic_write, write_json
+from pitguard.policy import PREDICTION_COLUMNS, Route
 from pitguard.runfolder import (
     EVAL_CONFUSION,
     EVAL_METRICS,
@@ -34,21 +34,28 @@ def write_predictions(
     classes,
     pit_index: int,
     routes=None,
+    reasons=None,
 ) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(
-            ["path", "label", "predicted", "p_pit"] + (["route"] if routes is not None else [])
-        )
-        for i, p in enumerate(crops.paths):
-            row = [
-                p,
-                classes[labels[i]],
-                classes[int(probs[i].argmax())],
-                f"{probs[i, pit_index]:.6f}",
-            ]
-            writer.writerow(row + ([routes[i]] if routes is not None else []))
+    """Per-crop rows in the one prediction schema (``PREDICTION_COLUMNS``)."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(PREDICTION_COLUMNS)
+            for i, p in enumerate(crops.paths):
+                writer.writerow(
+                    [
+                        p,
+                        classes[labels[i]],
+                        classes[int(probs[i].argmax())],
+                        f"{probs[i, pit_index]:.6f}",
+                        routes[i] if routes is not None else "",
+                        "",
+                        reasons[i] if reasons is not None else "",
+                    ]
+                )
+
+    atomic_write(path, write)
 
 
 def evaluate_run(
@@ -104,7 +111,14 @@ def evaluate_run(
         result["plain_summary"] = plain_summary(result["policy"])
         routes = [Route(int(r)).label for r in route_ids]
     write_predictions(
-        out / EVAL_PREDICTIONS, ev.crops, ev.labels, probs, run.classes, run.pit_index, routes
+        out / EVAL_PREDICTIONS,
+        ev.crops,
+        ev.labels,
+        probs,
+        run.classes,
+        run.pit_index,
+        routes,
+        flagged,
     )
     plots.plot_confusion_matrix(
         np.array(report["confusion_matrix"]), list(run.classes), out / EVAL_CONFUSION

@@ -32,6 +32,9 @@ class Route(IntEnum):
 
 
 ROUTES: tuple[str, ...] = tuple(r.label for r in Route)  # ("clean", "maybe", "pit"), by id
+# One schema for per-crop predictions, eval's and predict's alike: the true class where it is
+# known, the argmax class, the calibrated p(pit), the route, a file's error, the guard's reason.
+PREDICTION_COLUMNS = ("path", "true_label", "predicted", "p_pit", "route", "error", "reason")
 
 
 def _pit_prob_torch(

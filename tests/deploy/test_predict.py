@@ -47,12 +47,13 @@ def test_predict_cli_lists_bad_files_and_classifies_the_rest(bundle, tmp_path, c
     out = tmp_path / "preds.csv"
     assert main(["predict", str(bundle), str(crops_dir), "--out", str(out)]) == 1
     lines = out.read_text().splitlines()
-    assert lines[0] == "path,route,p_pit,label,error,reason" and len(lines) == 9
+    assert lines[0] == "path,true_label,predicted,p_pit,route,error,reason" and len(lines) == 9
     rows = {line.split(",")[0].rsplit("/", 1)[1]: line.split(",") for line in lines[1:]}
-    assert rows["empty.png"][4] == "empty file (0 bytes)"
-    assert rows["broken.png"][4].startswith("cannot decode")
-    good = [r for r in rows.values() if not r[4]]
-    assert len(good) == 6 and all(r[1] in ("clean", "maybe", "pit") for r in good)
+    assert rows["empty.png"][5] == "empty file (0 bytes)"
+    assert rows["broken.png"][5].startswith("cannot decode")
+    good = [r for r in rows.values() if not r[5]]
+    assert len(good) == 6 and all(r[4] in ("clean", "maybe", "pit") for r in good)
+    assert all(r[1] == "" and r[2] in ("clean", "pit") for r in good)  # truth unknown here
     assert "failed 2" in capsys.readouterr().err
 
 
@@ -80,3 +81,13 @@ def test_a_damaged_bundle_json_is_named_not_a_traceback(bundle, tmp_path):
     (copy / "bundle.json").write_text('{"schema_version": 2, ')
     with pytest.raises(PitguardError, match=r"bundle.json: unreadable JSON .*rerun the step"):
         pitguard.load(copy)
+
+
+def test_predict_prints_the_files_columns_when_no_out_is_given(bundle, tmp_path, capsys):
+    synthesize(tmp_path / "in", count=2, seed=2)
+    pngs = sorted((tmp_path / "in").rglob("*.png"))
+    assert main(["predict", str(bundle), str(pngs[0])]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0] == "path,true_label,predicted,p_pit,route,error,reason" and len(lines) == 2
+    assert "1 file: " in err

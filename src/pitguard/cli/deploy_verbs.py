@@ -94,9 +94,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     predictor = load(args.bundle, args.backend, args.device, args.threads)
     queue = _queue(args)
+    import csv
+
+    from pitguard.policy import PREDICTION_COLUMNS
+
+    stdout = csv.DictWriter(sys.stdout, fieldnames=list(PREDICTION_COLUMNS))
+    if not args.out:
+        stdout.writeheader()  # the same columns as the file
 
     def show(row: dict) -> None:
-        print(f"{row['path']},{row['route']},{row['p_pit']},{row['error']}", flush=True)
+        stdout.writerow(row)
+        sys.stdout.flush()
 
     result = predict_files(
         predictor,
@@ -106,7 +114,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         on_row=None if args.out else show,
     )
     print(
-        f"{result['n']} files: "
+        f"{result['n']} file{'' if result['n'] == 1 else 's'}: "
         + ", ".join(f"{k} {v}" for k, v in result["routes"].items())
         + f", failed {result['failed']}",
         file=sys.stderr,
@@ -167,7 +175,11 @@ def add_predict(sub: Verbs) -> None:
     )
     p.add_argument("bundle", help="bundle folder")
     p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
-    p.add_argument("--out", help="write a CSV (path,route,p_pit,label,error)")
+    p.add_argument(
+        "--out",
+        help="write a CSV (path,true_label,predicted,p_pit,route,error,reason; stdout when "
+        "not given, same columns)",
+    )
     p.add_argument("--backend", default="auto", help=_serving_backends())
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")

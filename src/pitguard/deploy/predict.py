@@ -21,7 +21,7 @@ from pitguard.devices import pick_device
 from pitguard.errors import PitguardError
 from pitguard.files import atomic_path
 from pitguard.guard import InputGuard
-from pitguard.policy import ROUTES, Route
+from pitguard.policy import PREDICTION_COLUMNS, ROUTES, Route
 
 MAYBE = Route.MAYBE.label
 
@@ -161,7 +161,7 @@ def load(
     return Predictor(bundle, backend, device, threads)
 
 
-ROW_FIELDS = ("path", "route", "p_pit", "label", "error", "reason")
+ROW_FIELDS = PREDICTION_COLUMNS
 
 
 def walk_images(paths: Sequence[str | Path]) -> Iterator[tuple[Path, str | None]]:
@@ -245,7 +245,7 @@ def predict_files(
             for row, arr in pending:
                 if arr is not None:
                     route, p, label, why = next(done)
-                    row.update(route=route, p_pit=f"{float(p):.6f}", label=label, reason=why)
+                    row.update(route=route, p_pit=f"{float(p):.6f}", predicted=label, reason=why)
                     counts[route] += 1
                     if queue is not None:
                         queue.offer(arr, row["path"], route, float(p))

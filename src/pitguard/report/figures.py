@@ -22,7 +22,11 @@ def wrong_crops(
     Each crop's file is its path joined to the first of ROOTS under which the first crop exists.
     """
     with predictions.open(newline="") as fh:
-        rows: list[dict] = [{**r, "p_pit": float(r["p_pit"])} for r in csv.DictReader(fh)]
+        rows: list[dict] = [
+            # files written before the one schema named the true class "label"
+            {**r, "p_pit": float(r["p_pit"]), "label": r.get("true_label", r.get("label"))}
+            for r in csv.DictReader(fh)
+        ]
     root = next((r for r in roots if rows and (r / rows[0]["path"]).is_file()), roots[0])
     for r in rows:
         r["file"] = root / r["path"]
@@ -50,7 +54,7 @@ def crops_grid_png(crops: list[dict], columns: int = 8) -> bytes:
         wrong = crop.get("predicted") != crop["label"]
         route = f" {crop['route']}" if crop.get("route") else ""
         ax.set_title(
-            f"{crop['label']}{route}\np_pit {crop['p_pit']:.3f}",
+            f"true {crop['label']},{' routed' + route if route else ''}\np(pit) {crop['p_pit']:.3f}",
             fontsize=7,
             color="#b00020" if wrong else "black",
         )

@@ -108,7 +108,8 @@ def _run_section(rec: dict) -> str:
             png = crops_grid_png(crops)
             caption = (
                 f"pits with the lowest p_pit (false clean first), then clean crops with the "
-                f"highest; red titles are argmax errors; {measured}"
+                f"highest; each titled with its true class, the route the decision gave it and "
+                f"p(pit); red titles are argmax errors; {measured}"
             )
         else:
             png = (run / info["file"]).read_bytes()
