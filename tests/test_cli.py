@@ -165,3 +165,24 @@ def test_sigterm_stops_a_verb_with_a_message(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 143 and done.stderr.startswith("terminated")
+
+
+def test_a_dry_run_prints_the_config_and_an_estimate_and_trains_nothing(
+    synth_dir, tmp_path, capsys
+):
+    argv = ["train", "--recipe", "cpu-fast", "--data", str(synth_dir), "--out", str(tmp_path / "r")]
+    sets = ["--set", "model.name=pitguard_tiny", "--set", "train.threads=1"]
+    assert main([*argv, *sets, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "name: pitguard_tiny" in out and "max_minutes: 9.5" in out
+    assert "estimate: " in out and "nothing trained" in out
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_run_without_a_budget_says_how_long_the_rest_will_take(synth_dir, tmp_path, capsys):
+    from pitguard.config import load_config
+    from pitguard.train import train
+
+    sets = ["model.name=pitguard_tiny", "train.epochs=2", "train.threads=1", "train.max_minutes=0"]
+    train(load_config("cpu-fast", sets=sets, extra={"data.path": str(synth_dir)}), tmp_path / "r")
+    assert "min more for the 1 epochs left" in capsys.readouterr().out

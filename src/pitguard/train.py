@@ -171,7 +171,18 @@ def train(
             flush=True,
         )
     if plan_only:
-        return {"plan": plan.to_dict() if plan else None, "epochs": cfg.train.epochs}
+        timed = plan or _plan(
+            cfg, make_stepper, net, images, labels, val_part, steps_per_epoch, shuffle, clock
+        )
+        runs = plan.epochs if plan else cfg.train.epochs
+        return {
+            "plan": plan.to_dict() if plan else None,
+            "epochs": runs,
+            "seconds_per_epoch": timed.seconds_per_epoch,
+            "estimate_s": runs * timed.seconds_per_epoch,
+            "device": str(device),
+            "precision": "bf16 autocast" if use_bf16(cfg, device) else "fp32",
+        }
     epochs = plan.epochs if plan else cfg.train.epochs
     stepper = make_stepper(net, epochs)
     optimizer, scheduler, ema = stepper.optimizer, stepper.scheduler, stepper.ema
@@ -271,6 +282,8 @@ def train(
             flush=True,
         )
         write_history(run, history)
+        if epoch == start_epoch and plan is None and epochs > epoch:
+            _say_estimate(stats["elapsed_s"] - elapsed_before, epochs - epoch, device)
         state = {
             "config": cfg.to_dict(),
             "model_name": cfg.model.name,
@@ -360,6 +373,20 @@ def _plan(cfg, make_stepper, net, images, labels, val_part, steps_per_epoch, shu
     seconds = time_epoch(run_steps, run_validation, steps_per_epoch, clock)
     set_rng_state(saved, shuffle)
     return plan_epochs(cfg.train.max_minutes, cfg.train.epochs, seconds)
+
+
+def _say_estimate(seconds: float, left: int, device: torch.device) -> None:
+    """After the first epoch of a run without a time budget: how long the rest will take."""
+    minutes = seconds * left / 60
+    line = (
+        f"about {minutes:.0f} min more for the {left} epochs left ({seconds:.0f} s an epoch here)"
+    )
+    if device.type == "cpu" and minutes > 60:
+        line += (
+            "; over an hour on a CPU: a GPU, a smaller recipe (cpu-fast) or "
+            "--set train.max_minutes=N keeps it shorter"
+        )
+    print(line, flush=True)
 
 
 def _over_budget(cfg: Config, history: list[dict]) -> float | None:

@@ -38,10 +38,35 @@ def cmd_train(args: argparse.Namespace) -> int:
         recipe = args.recipe or (None if args.config else _default_recipe())
         extra = {"data.path": args.data} if args.data else None
         cfg = load_config(recipe, args.config, args.set, extra)
+        if args.dry_run:
+            return _dry_run(cfg, args.folds)
         if args.folds is not None:
             return _report_crossfit(crossfit(cfg, args.out, args.folds))
         summary = train(cfg, args.out, stop_after=args.stop_after)
     print(_describe_summary(summary))
+    return 0
+
+
+def _dry_run(cfg, folds: int | None) -> int:
+    """Print the resolved config and how long training would take here; train nothing."""
+    import tempfile
+
+    import yaml
+
+    from pitguard.train import train
+
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
+    with tempfile.TemporaryDirectory(prefix="pitguard-dry-run-") as tmp:
+        est = train(cfg, Path(tmp) / "run", plan_only=True)
+    models = 1.0 if folds is None else folds + folds / max(folds - 1, 1)
+    minutes = est["estimate_s"] * models / 60
+    what = "" if folds is None else f" ({folds} fold models and the final one)"
+    print(
+        f"estimate: {est['epochs']} epochs at {est['seconds_per_epoch']:.1f} s each on "
+        f"{est['device']} ({est['precision']}): about {minutes:.0f} min{what}; nothing trained"
+    )
+    if est["device"] == "cpu" and minutes > 60:
+        print("warning: over an hour on this CPU; a GPU or --recipe cpu-fast is faster")
     return 0
 
 
@@ -97,6 +122,7 @@ def add_train(sub: Verbs) -> None:
             "pitguard train --recipe resnet50-aug --data split.csv --out runs/r50 --set train.epochs=10",
             "pitguard train --recipe cpu-fast --data ../shared/data/cherry_classification/train --out runs/cf --folds 5",
             "pitguard train --resume runs/cpu-fast",
+            "pitguard train --recipe resnet50-aug --data crops/ --out runs/r50 --dry-run",
         ],
         cmd_train,
     )
@@ -117,6 +143,11 @@ def add_train(sub: Verbs) -> None:
     )
     p.add_argument(
         "--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint"
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved config and how long training would take here, then stop",
     )
     p.add_argument(
         "--folds",
