@@ -185,4 +185,4 @@ def test_a_run_without_a_budget_says_how_long_the_rest_will_take(synth_dir, tmp_
 
     sets = ["model.name=pitguard_tiny", "train.epochs=2", "train.threads=1", "train.max_minutes=0"]
     train(load_config("cpu-fast", sets=sets, extra={"data.path": str(synth_dir)}), tmp_path / "r")
-    assert "min more for the 1 epochs left" in capsys.readouterr().out
+    assert "min more for the 1 epoch left" in capsys.readouterr().out

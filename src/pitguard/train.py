@@ -379,7 +379,8 @@ def _say_estimate(seconds: float, left: int, device: torch.device) -> None:
     """After the first epoch of a run without a time budget: how long the rest will take."""
     minutes = seconds * left / 60
     line = (
-        f"about {minutes:.0f} min more for the {left} epochs left ({seconds:.0f} s an epoch here)"
+        f"about {minutes:.0f} min more for the {left} epoch{'' if left == 1 else 's'} left "
+        f"({seconds:.0f} s an epoch here)"
     )
     if device.type == "cpu" and minutes > 60:
         line += (
