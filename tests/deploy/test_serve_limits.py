@@ -158,7 +158,8 @@ def test_the_server_flags_are_in_help(capsys):
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     out = capsys.readouterr().out
-    for flag in ("--max-in-flight", "--max-crops", "--max-request-mb", "--token-file", "--docs"):
+    flags = ("--max-in-flight", "--max-connections", "--max-crops", "--max-request-mb")
+    for flag in (*flags, "--token-file", "--docs"):
         assert flag in out
     assert "exposes" in out and "TLS" in out
 

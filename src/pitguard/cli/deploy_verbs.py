@@ -199,6 +199,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         threads=args.threads,
         queue=_queue(args),
         max_in_flight=args.max_in_flight,
+        max_connections=args.max_connections,
         max_crops=args.max_crops,
         max_request_bytes=int(args.max_request_mb * 2**20),
         token=_read_token(args.token_file),
@@ -260,6 +261,12 @@ def add_serve(sub: Verbs) -> None:
         default=32,
         help="classify requests read or answered at once; more get 503 with Retry-After "
         "(default 32)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        help="open connections at once, slow ones included; more get 503 (default 256)",
     )
     p.add_argument(
         "--max-crops", type=int, default=256, help="most crops in one request (default 256)"

@@ -213,8 +213,18 @@ def _queue_all(queue: ReviewQueue, crops, names: list, pred: Prediction) -> None
         queue.offer(crops[i], f"http:{names[i]}", route, float(pred.p_pit[i]))
 
 
-def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, **kw) -> None:
-    """Serve ``bundle`` with uvicorn (one worker: the micro-batcher lives in its event loop)."""
+def serve(
+    bundle: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_connections: int = 256,
+    **kw,
+) -> None:
+    """Serve ``bundle`` with uvicorn (one worker: the micro-batcher lives in its event loop).
+
+    ``max_connections`` bounds open connections (uvicorn answers 503 beyond it), so clients
+    that send their headers slowly cannot exhaust the server; idle keep-alive ends after 5 s.
+    """
     import uvicorn
 
     app = create_app(bundle, **kw)
@@ -224,4 +234,12 @@ def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, **kw) -
             "set a token and put the service behind a reverse proxy with TLS (README)",
             host,
         )
-    uvicorn.run(app, host=host, port=port, workers=1, log_level="info", timeout_keep_alive=5)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        workers=1,
+        log_level="info",
+        timeout_keep_alive=5,
+        limit_concurrency=max_connections,
+    )
