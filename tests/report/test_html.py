@@ -2,6 +2,7 @@ import base64
 import io
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,3 +82,20 @@ def test_report_renders_in_headless_chromium(request):
     assert pixels.shape[0] > 900 and pixels.std() > 10
     packed = pixels.astype(np.uint32) @ np.array([1 << 16, 1 << 8, 1], dtype=np.uint32)
     assert len(np.unique(packed)) > 50  # distinct colours: text, plots and crops were drawn
+
+
+def test_a_crossfitted_run_shows_its_label_review_and_plain_summary(crossfit_run, tmp_path):
+    from pitguard.calibrate import calibrate_run
+    from pitguard.evaluate import evaluate_run
+    from pitguard.report import write_report
+    from pitguard.runfolder import load_policy
+    from tests.conftest import copy_run
+
+    run = copy_run(crossfit_run, tmp_path / "cf")
+    record = calibrate_run(run, max_pit_miss=0.05, confidence=0.9)
+    evaluate_run(run, n_boot=20, policy=load_policy(run), calibration=record)
+    written = write_report([run], tmp_path / "report")
+    page = Path(written["files"]["html"]).read_text()
+    assert "label review:" in page and "contradict their label out of fold" in page
+    assert "Of 10,000 crops like these" in page
+    assert "(oof)" in page  # the calibration mode beside the bound

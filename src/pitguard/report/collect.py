@@ -44,6 +44,7 @@ TEST_KEYS = (
     "roc_auc",
     "roc_auc_ci",
     "input_guard",
+    "plain_summary",
 )
 
 

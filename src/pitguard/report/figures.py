@@ -52,9 +52,10 @@ def crops_grid_png(crops: list[dict], columns: int = 8) -> bytes:
         except OSError:
             ax.text(0.5, 0.5, "unreadable", ha="center", va="center", fontsize=7)
         wrong = crop.get("predicted") != crop["label"]
-        route = f" {crop['route']}" if crop.get("route") else ""
+        # a second fact after the true class: the route given, or a caller's own note
+        note = crop.get("note") or (f"routed {crop['route']}" if crop.get("route") else "")
         ax.set_title(
-            f"true {crop['label']},{' routed' + route if route else ''}\np(pit) {crop['p_pit']:.3f}",
+            f"true {crop['label']}{', ' + note if note else ''}\np(pit) {crop['p_pit']:.3f}",
             fontsize=7,
             color="#b00020" if wrong else "black",
         )

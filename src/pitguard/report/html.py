@@ -67,6 +67,9 @@ def _figure_html(title: str, png: bytes, caption: str, wide: bool = False) -> st
 def _run_section(rec: dict) -> str:
     run = Path(rec["path"])
     parts = [f'<section id="{section_id(rec["run"])}">', f"<h2>{_esc(rec['run'])}</h2>"]
+    plain = (rec["test"] or {}).get("plain_summary")
+    if plain:
+        parts.append(f"<p><b>{_esc(plain)}</b></p>")
     facts = [
         ("folder", rec["path"]),
         ("recipe", rec["recipe"] or "n/a"),
@@ -115,6 +118,9 @@ def _run_section(rec: dict) -> str:
             png = (run / info["file"]).read_bytes()
             caption = measured
         parts.append(_figure_html(title, png, caption, wide=key == "most_wrong"))
+    review = _label_review(run)
+    if review is not None:
+        parts.append(review)
     if missing:
         parts.append(
             '<ul class="notes na">' + "".join(f"<li>{_esc(m)}</li>" for m in missing) + "</ul>"
@@ -125,6 +131,42 @@ def _run_section(rec: dict) -> str:
         )
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def _label_review(run: Path, top: int = 16) -> str | None:
+    """A cross-fitted run's most contradicted labels, as a gallery (None for other runs)."""
+    import numpy as np
+
+    from pitguard.review import rank_suspects
+    from pitguard.runfolder import RunPaths, read_oof
+
+    if not RunPaths(run).oof.is_file():
+        return None
+    oof = read_oof(run)
+    z = oof.logits - oof.logits.max(axis=1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    suspects, _ = rank_suspects(probs, oof.labels)
+    by = ", ".join(
+        f"{sum(s.label == i for s in suspects)} labelled {c}" for i, c in enumerate(oof.classes)
+    )
+    crops = [
+        {
+            "file": (run / oof.paths[s.index]).resolve(),
+            "label": oof.classes[s.label],
+            "predicted": oof.classes[s.suggested],
+            "note": f"scores say {oof.classes[s.suggested]}",
+            "p_pit": float(probs[s.index, oof.pit_index]),
+        }
+        for s in suspects[:top]
+    ]
+    caption = (
+        f"{len(suspects)} of {len(oof.paths)} crops contradict their label out of fold ({by}); "
+        f"the {len(crops)} most contradicted, each titled with its label and what the fold "
+        f"models say; review and relabel them with pitguard data review {run} --out DIR"
+    )
+    if not crops:
+        return f"<p>label review: no crop of the {len(oof.paths)} contradicts its label.</p>"
+    return _figure_html("label review", crops_grid_png(crops), caption, wide=True)
 
 
 def _latency_section(records: list[dict]) -> str:
