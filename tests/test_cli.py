@@ -186,3 +186,14 @@ def test_a_run_without_a_budget_says_how_long_the_rest_will_take(synth_dir, tmp_
     sets = ["model.name=pitguard_tiny", "train.epochs=2", "train.threads=1", "train.max_minutes=0"]
     train(load_config("cpu-fast", sets=sets, extra={"data.path": str(synth_dir)}), tmp_path / "r")
     assert "min more for the 1 epoch left" in capsys.readouterr().out
+
+
+def test_a_taken_run_folder_gets_the_next_free_name_and_says_so(synth_dir, tmp_path, capsys):
+    argv = ["train", "--recipe", "cpu-fast", "--data", str(synth_dir), "--out", str(tmp_path / "r")]
+    sets = ["--set", "model.name=pitguard_tiny", "--set", "train.epochs=1"]
+    sets += ["--set", "train.max_minutes=0", "--set", "train.threads=1"]
+    assert main([*argv, *sets]) == 0
+    assert main([*argv, *sets]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'r'} holds a run (continue it with --resume {tmp_path / 'r'})" in out
+    assert (tmp_path / "r-2" / "model.json").is_file()

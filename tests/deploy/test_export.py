@@ -72,3 +72,22 @@ def test_weights_in_the_denormal_range_are_zeroed():
         layer.weight[0, 1] = -1e-35
     assert sanitize_denormals(layer) == 2
     assert layer.weight[0, 0] == 0 and layer.weight[0, 1] == 0 and layer.weight[1, 1] != 0
+
+
+def test_force_replaces_a_bundle_and_nothing_else(calibrated_run, tmp_path, capsys):
+    from pitguard.cli import main
+
+    out = tmp_path / "bundle"
+    assert main(["export", str(calibrated_run), "--out", str(out)]) == 0
+    first = (out / "bundle.json").read_text()
+    assert main(["export", str(calibrated_run), "--out", str(out)]) == 2
+    assert "--force to replace" in capsys.readouterr().err
+    assert main(["export", str(calibrated_run), "--out", str(out), "--force", "--onnx"]) == 0
+    assert (out / "model.onnx").is_file() and (out / "bundle.json").read_text() != first
+    assert not list(tmp_path.glob(".bundle.*"))  # nothing left aside
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    assert main(["export", str(calibrated_run), "--out", str(other), "--force"]) == 2
+    assert "replaces only a bundle" in capsys.readouterr().err
+    assert (other / "notes.txt").read_text() == "keep"

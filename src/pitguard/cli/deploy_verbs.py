@@ -33,6 +33,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         args.fp16,
         args.calib_data,
         args.allow_uncalibrated,
+        args.force,
     )
     print(f"wrote bundle {args.out}: " + ", ".join(meta["files"].values()))
     for key, label in (("onnx", "ONNX parity"), ("int8", "INT8 gate"), ("fp16", "FP16 gate")):
@@ -81,6 +82,11 @@ def add_export(sub: Verbs) -> None:
     p.add_argument(
         "--calib-data",
         help="crops for the gates and INT8 calibration (default: the run's calib part)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the bundle already in --out (once the new one has passed its checks)",
     )
     p.add_argument(
         "--allow-uncalibrated",

@@ -35,6 +35,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise PitguardError("--out RUN is required (the run folder to create)")
         if args.stop_after is not None and args.stop_after < 1:
             raise PitguardError(f"--stop-after {args.stop_after}: give 1 or more epochs")
+        args.out = _free_out(args.out)
         recipe = args.recipe or (None if args.config else _default_recipe())
         extra = {"data.path": args.data} if args.data else None
         cfg = load_config(recipe, args.config, args.set, extra)
@@ -45,6 +46,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = train(cfg, args.out, stop_after=args.stop_after)
     print(_describe_summary(summary))
     return 0
+
+
+def _free_out(out: str) -> str:
+    """OUT, or OUT-2, OUT-3 ... when OUT already holds a run (said, with how to continue it)."""
+    from pitguard.runfolder import RunPaths
+
+    def taken(path: str) -> bool:
+        paths = RunPaths(Path(path))
+        return paths.last_checkpoint.exists() or paths.crossfit.exists() or paths.model.exists()
+
+    if not taken(out):
+        return out
+    n = 2
+    while taken(f"{out}-{n}") or Path(f"{out}-{n}").exists():
+        n += 1
+    print(f"{out} holds a run (continue it with --resume {out}); this run goes to {out}-{n}")
+    return f"{out}-{n}"
 
 
 def _dry_run(cfg, folds: int | None) -> int:

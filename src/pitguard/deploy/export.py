@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from pitguard import __version__
 from pitguard.deploy.backends import BACKENDS, ort_session
 from pitguard.deploy.bundle import (
     DeployModule,
+    is_bundle,
     sanitize_denormals,
     save_weights,
     write_bundle_json,
@@ -106,11 +109,25 @@ def export_run(
     fp16: bool = False,
     calib_data: str | Path | None = None,
     allow_uncalibrated: bool = False,
+    replace: bool = False,
 ) -> dict:
+    """Export RUN as a bundle in OUT; ``replace`` swaps an existing bundle there for the new one
+    (only once the new one has passed its gates; a folder that is no bundle is never replaced)."""
     run = load_run(run_dir)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PitguardError(f"--out {out}: is a file; give a folder for the bundle")
     if out.exists() and any(out.iterdir()):
-        raise PitguardError(f"{out}: exists and is not empty; choose a new --out")
+        if not replace:
+            raise PitguardError(
+                f"{out}: exists and is not empty; choose a new --out, or --force to replace "
+                "the bundle there"
+            )
+        if not is_bundle(out):
+            raise PitguardError(
+                f"{out}: holds files but no bundle.json; --force replaces only a bundle, "
+                "so choose a new --out"
+            )
     policy = load_policy(run.run)
     guarantee = None
     if policy is None:
@@ -131,6 +148,7 @@ def export_run(
     ev = load_part(run, calib_data, None if calib_data else _check_part(run))
     crops = ev.crops.images
 
+    old = out.with_name(f".{out.name}.replaced{os.getpid()}")
     with atomic_path(out) as tmp:
         tmp.mkdir()
         meta: dict[str, Any] = {
@@ -215,7 +233,12 @@ def export_run(
             }
         write_bundle_json(tmp, meta)
         if out.exists():
-            out.rmdir()  # an empty folder given as --out
+            if any(out.iterdir()):  # the bundle --force replaces, moved aside at the last step
+                os.replace(out, old)
+            else:
+                out.rmdir()  # an empty folder given as --out
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
     return meta
 
 
