@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pitguard.cli import main
-from pitguard.deploy.bundle import file_sha256
+from pitguard.files import file_sha256
 
 
 def _resume_with(run: Path, tmp_path: Path, content: bytes) -> Path:

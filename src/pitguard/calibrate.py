@@ -28,7 +28,7 @@ from scipy.special import softmax
 from pitguard import metrics, plots
 from pitguard.certify import choose_thresholds, operating_curve
 from pitguard.errors import PitguardError
-from pitguard.files import write_json
+from pitguard.files import file_sha256, write_json
 from pitguard.policy import DecisionPolicy, Route
 from pitguard.runfolder import (
     CALIB_OPERATING_CURVE,
@@ -154,6 +154,7 @@ def calibrate_run(
     calib_routes = policy(torch.from_numpy(logits).float())[1].numpy()
     record = {
         "policy": policy.to_dict(),
+        "model_sha256": file_sha256(paths.weights),  # the weights this policy was fitted to
         "mode": mode,
         "guarantee": {
             "mode": mode,

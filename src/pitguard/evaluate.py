@@ -10,7 +10,7 @@ import torch
 
 from pitguard import metrics, plots
 from pitguard.data.load import Crops
-from pitguard.files import atomic_write, write_json
+from pitguard.files import atomic_write, file_sha256, write_json
 from pitguard.policy import PREDICTION_COLUMNS, Route
 from pitguard.runfolder import (
     EVAL_CONFUSION,
@@ -84,6 +84,7 @@ def evaluate_run(
         "part": ev.part,
         "n": len(ev.labels),
         **report,
+        "model_sha256": file_sha256(RunPaths(run.run).weights),
     }
     out = Path(out_dir) if out_dir else RunPaths(run.run).eval_dir(ev)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,6 +109,7 @@ def evaluate_run(
         record = calibration or {}
         result["policy"]["calibration_mode"] = record.get("mode", "holdout")
         result["policy"]["guarantee"] = record.get("guarantee")
+        result["policy"]["policy_used"] = record.get("policy")  # what staleness is checked on
         result["plain_summary"] = plain_summary(result["policy"])
         routes = [Route(int(r)).label for r in route_ids]
     write_predictions(

@@ -94,3 +94,46 @@ def test_latency_prefers_onnx_at_batch_32():
     assert (pick["backend"], pick["batch_size"]) == ("eager", 32)
     cuda_only = [{**rec("eager", 32, 0.1), "device": "cuda"}]
     assert pick_latency({"results": cuda_only}) is None
+
+
+def test_results_measured_under_another_policy_or_other_weights_are_flagged(
+    calibrated_run, tmp_path
+):
+    from safetensors.torch import load_file, save_file
+
+    from pitguard.calibrate import calibrate_run
+    from pitguard.evaluate import evaluate_run
+    from pitguard.files import read_json
+    from pitguard.report.collect import run_record
+    from pitguard.runfolder import RunPaths, load_policy
+    from tests.conftest import copy_run
+
+    run = copy_run(calibrated_run, tmp_path / "run")
+    evaluate_run(
+        run, n_boot=20, policy=load_policy(run), calibration=read_json(RunPaths(run).policy)
+    )
+    assert not [n for n in run_record(run, "run")["notes"] if "earlier policy" in n]
+    calibrate_run(run, max_pit_miss=0.1, confidence=0.9)  # another bound: another t_low
+    assert [n for n in run_record(run, "run")["notes"] if "earlier policy" in n]
+    weights = RunPaths(run).weights
+    state = load_file(str(weights))
+    first = next(iter(state))
+    state[first] = state[first] + 1  # other weights (trained again, say)
+    save_file(state, str(weights))
+    assert [n for n in run_record(run, "run")["notes"] if "measured other weights" in n]
+
+
+def test_export_refuses_a_policy_calibrated_for_other_weights(calibrated_run, tmp_path):
+    import pytest
+
+    from pitguard.deploy.export import export_run
+    from pitguard.errors import PitguardError
+    from pitguard.files import read_json, write_json
+    from pitguard.runfolder import RunPaths
+    from tests.conftest import copy_run
+
+    run = copy_run(calibrated_run, tmp_path / "run")
+    record = read_json(RunPaths(run).policy)
+    write_json(RunPaths(run).policy, {**record, "model_sha256": "0" * 64})
+    with pytest.raises(PitguardError, match="calibrated for other weights"):
+        export_run(run, tmp_path / "bundle")

@@ -9,7 +9,6 @@ route id of :class:`pitguard.policy.Route`.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +17,7 @@ from torch import nn
 
 from pitguard.deploy.backends import WEIGHTS_FILE
 from pitguard.errors import PitguardError
-from pitguard.files import read_json, write_json
+from pitguard.files import file_sha256, read_json, write_json
 from pitguard.policy import DecisionPolicy, Route
 
 if TYPE_CHECKING:
@@ -94,14 +93,6 @@ def write_bundle_json(folder: str | Path, meta: dict) -> None:
         folder / BUNDLE_JSON,
         {"schema_version": BUNDLE_SCHEMA, "outputs": OUTPUTS, **meta, "sha256": digests},
     )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def open_bundle(bundle: str | Path) -> dict:

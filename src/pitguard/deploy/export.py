@@ -30,7 +30,7 @@ from pitguard.deploy.graphs import (
     run_torch,
 )
 from pitguard.errors import PitguardError
-from pitguard.files import atomic_path, read_json
+from pitguard.files import atomic_path, file_sha256, read_json
 from pitguard.models import fold_normalization
 from pitguard.policy import DecisionPolicy, Route
 from pitguard.runfolder import (
@@ -139,6 +139,13 @@ def export_run(
         policy = DecisionPolicy(1.0, 0.5, 0.5, run.pit_index)
     else:
         guarantee = read_json(RunPaths(run.run).policy)
+        fitted = (guarantee or {}).get("model_sha256")
+        if fitted and fitted != file_sha256(RunPaths(run.run).weights):
+            raise PitguardError(
+                f"{RunPaths(run.run).policy}: calibrated for other weights than the run's "
+                f"{RunPaths(run.run).weights.name} (trained again since?); run pitguard "
+                f"calibrate {run.run} again, then export"
+            )
     if int8 or fp16:
         onnx = True
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from pitguard.errors import PitguardError
-from pitguard.files import read_json
+from pitguard.files import file_sha256, read_json
 from pitguard.runfolder import (
     BENCH_FILE,
     CALIB_OPERATING_CURVE,
@@ -280,7 +280,13 @@ def run_record(run: Path, name: str) -> dict:
                 + (f": run {eval_hint}" if own_data else "")
             )
         evaluated = metrics_path.stat().st_mtime + STALE_SLACK_S
-        if weights.is_file() and weights.stat().st_mtime > evaluated:
+        measured_on = metrics.get("model_sha256")
+        if measured_on and weights.is_file() and measured_on != file_sha256(weights):
+            notes.append(
+                f"{rec['test']['metrics_file']} measured other weights than {weights.name} "
+                f"holds now: run pitguard eval {run} again"
+            )
+        elif not measured_on and weights.is_file() and weights.stat().st_mtime > evaluated:
             notes.append(
                 f"{weights.name} is newer than {rec['test']['metrics_file']}, so the metrics "
                 f"may be stale: run pitguard eval {run} again"
@@ -291,7 +297,13 @@ def run_record(run: Path, name: str) -> dict:
                 "n": metrics.get("n"),
                 **metrics["policy"],
             }
-            if policy and paths.policy.stat().st_mtime > evaluated:
+            used = metrics["policy"].get("policy_used")
+            if policy and used is not None and used != policy.get("policy"):
+                notes.append(
+                    f"the measured maybe and pit-miss rates belong to an earlier policy than "
+                    f"{paths.policy.name} holds now: run pitguard eval {run} again"
+                )
+            elif policy and used is None and paths.policy.stat().st_mtime > evaluated:
                 notes.append(
                     f"{paths.policy.name} is newer than the test evaluation, so the measured "
                     f"rates may belong to an earlier policy: run pitguard eval {run} again"
