@@ -32,6 +32,7 @@ RANKS: dict[str, int] = {
     "epoch": 4,
     "seeding": 1,
     "budget": 1,
+    "progress": 1,
     "train": 5,
     "evaluate": 5,
     "calibrate": 5,

@@ -29,6 +29,7 @@ from pitguard.models import (
 )
 from pitguard.optim import class_weights, epoch_order, make_optimizer, make_scheduler
 from pitguard.plots import plot_history
+from pitguard.progress import describe_counts, eta_text, over_budget, say_estimate
 from pitguard.runfolder import (
     RunPaths,
     load_checkpoint,
@@ -102,7 +103,7 @@ def train(
     write_json(paths.data, data_info)
     train_part, val_part = crops.split("train"), crops.split("val")
     n_classes = len(crops.classes)
-    print("data: " + _describe_counts(data_info["counts"]), flush=True)
+    print("data: " + describe_counts(data_info["counts"]), flush=True)
 
     data_mean = data_std = None
     if cfg.model.normalize == "data":
@@ -276,14 +277,16 @@ def train(
             if "val_loss" in stats
             else ""
         )
+        per_epoch = (clock() - started) / (epoch - start_epoch + 1)
         print(
-            f"epoch {epoch:>3}  loss {stats['train_loss']:.4f}  acc {stats['train_accuracy']:.3f}  "
-            f"{val}{stats['images_per_s']:.0f} img/s{'  *' if improved else ''}",
+            f"epoch {epoch:>3}/{epochs}  loss {stats['train_loss']:.4f}  "
+            f"acc {stats['train_accuracy']:.3f}  {val}{stats['images_per_s']:.0f} img/s  "
+            f"eta {eta_text(per_epoch * (epochs - epoch))}{'  *' if improved else ''}",
             flush=True,
         )
         write_history(run, history)
         if epoch == start_epoch and plan is None and epochs > epoch:
-            _say_estimate(stats["elapsed_s"] - elapsed_before, epochs - epoch, device)
+            say_estimate(stats["elapsed_s"] - elapsed_before, epochs - epoch, device)
         state = {
             "config": cfg.to_dict(),
             "model_name": cfg.model.name,
@@ -334,7 +337,7 @@ def train(
         "epochs_planned": epochs,
         "teacher": cfg.train.teacher,
         "plan": plan.to_dict() if plan else None,
-        "over_budget_s": _over_budget(cfg, history),
+        "over_budget_s": over_budget(cfg, history),
         "best_epoch": best_epoch,
         "selected_on": cfg.train.select_metric,
         "best_value": best,
@@ -375,29 +378,6 @@ def _plan(cfg, make_stepper, net, images, labels, val_part, steps_per_epoch, shu
     return plan_epochs(cfg.train.max_minutes, cfg.train.epochs, seconds)
 
 
-def _say_estimate(seconds: float, left: int, device: torch.device) -> None:
-    """After the first epoch of a run without a time budget: how long the rest will take."""
-    minutes = seconds * left / 60
-    line = (
-        f"about {minutes:.0f} min more for the {left} epoch{'' if left == 1 else 's'} left "
-        f"({seconds:.0f} s an epoch here)"
-    )
-    if device.type == "cpu" and minutes > 60:
-        line += (
-            "; over an hour on a CPU: a GPU, a smaller recipe (cpu-fast) or "
-            "--set train.max_minutes=N keeps it shorter"
-        )
-    print(line, flush=True)
-
-
-def _over_budget(cfg: Config, history: list[dict]) -> float | None:
-    """Seconds past ``train.max_minutes`` (a machine slower than its timing), or None."""
-    if not (cfg.train.max_minutes and history):
-        return None
-    over = history[-1]["elapsed_s"] - cfg.train.max_minutes * 60
-    return round(over, 1) if over > 0 else None
-
-
 def _teacher(cfg: Config, classes: tuple[str, ...], device: torch.device) -> nn.Module:
     """The teacher run's network, frozen, checked to speak the same classes and crop size."""
     run = load_run(cfg.train.teacher)  # type: ignore[arg-type]
@@ -415,11 +395,3 @@ def _teacher(cfg: Config, classes: tuple[str, ...], device: torch.device) -> nn.
         param.requires_grad_(False)
     print(f"teacher: {run.run} ({run.model_name}), alpha {cfg.train.distill_alpha}", flush=True)
     return run.net.eval().to(device)
-
-
-def _describe_counts(counts: dict[str, dict[str, int]]) -> str:
-    """``train 2,021 (clean 1,087, pit 934); val 368 (...)``: a split's sizes for people."""
-    return "; ".join(
-        f"{part} {sum(per.values()):,} (" + ", ".join(f"{c} {n:,}" for c, n in per.items()) + ")"
-        for part, per in counts.items()
-    )
