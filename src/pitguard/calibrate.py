@@ -10,8 +10,8 @@ Two sources of scores, two guarantees:
   ships is the final one, trained on all of them: the bound holds only as far as the final
   model scores like the fold models. This is the cross-conformal / CV+ family (Vovk 2015;
   Barber, Candes, Ramdas and Tibshirani 2021), whose worst-case coverage for a target
-  1 - alpha is only 1 - 2 alpha; in practice it sits near the target.
-  ``benchmarks/oof_coverage.py`` measures it.
+  1 - alpha is only 1 - 2 alpha; it sits near the target when the fold models and the final
+  model score alike, and below it when they differ. ``benchmarks/oof_coverage.py`` measures it.
 """
 
 from __future__ import annotations
