@@ -186,7 +186,10 @@ def test_cli_train_eval_end_to_end(synth_dir, tmp_path, capsys):
         .read_text()
         .splitlines()
     )
-    assert preds[0] == "path,true_label,predicted,p_pit,route,error,reason" and len(preds) == result["n"] + 1
+    assert (
+        preds[0] == "path,true_label,predicted,p_pit,route,error,reason"
+        and len(preds) == result["n"] + 1
+    )
     # A class-folder directory is evaluated whole.
     assert (
         main(["eval", str(run), "--data", str(synth_dir), "--json", str(out), "--n-boot", "100"])
