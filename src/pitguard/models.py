@@ -13,6 +13,7 @@ from timm.models import register_model
 from torch import nn
 
 from pitguard.errors import PitguardError
+from pitguard.progress import Progress
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -372,9 +373,12 @@ def infer_logits(
     was_training = net.training
     net.eval()
     out = []
+    progress = Progress("scoring crops", len(images))
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(device).float().div_(255)
         out.append(net(x).float().cpu())
+        progress.update(len(x))
+    progress.close()
     net.train(was_training)
     if not out:
         return torch.zeros(0, 0)

@@ -19,6 +19,7 @@ from pitguard.config import ModeRule, SizeRule, choices
 from pitguard.data.layout import DatasetIndex, Item
 from pitguard.errors import PitguardError
 from pitguard.files import atomic_path
+from pitguard.progress import Progress
 
 CACHE_VERSION = 1
 # Pixels an image may declare before it is refused unread: a decompression bomb's header says
@@ -251,7 +252,9 @@ def load_crops(
             raise PitguardError(_strict_message(problems[0]))
     else:
         arrays, problems = [], []
+        progress = Progress("decoding crops", len(names), "files")
         for name, blob in zip(names, blobs, strict=True):
+            progress.update()
             prob: Problem | None
             if isinstance(blob, OSError):
                 arr, prob = None, Problem(name, "unreadable", f"cannot read: {blob}", "skipped")
@@ -262,6 +265,7 @@ def load_crops(
                     raise PitguardError(_strict_message(prob))
                 problems.append(prob)
             arrays.append(arr)
+        progress.close()
         keep = np.array([a is not None for a in arrays], dtype=bool)
         kept = [a for a in arrays if a is not None]
         stack = (

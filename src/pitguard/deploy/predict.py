@@ -22,6 +22,7 @@ from pitguard.errors import PitguardError
 from pitguard.files import atomic_path
 from pitguard.guard import InputGuard
 from pitguard.policy import PREDICTION_COLUMNS, ROUTES, Route
+from pitguard.progress import Progress
 
 MAYBE = Route.MAYBE.label
 
@@ -259,8 +260,11 @@ def predict_files(
             pending.clear()
 
         n_arrays = 0
-        for path, reason in walk_images(paths):
+        files = list(walk_images(paths))  # paths only: the crops are read batch by batch
+        progress = Progress("predicting", len(files), "files")
+        for path, reason in files:
             n += 1
+            progress.update()
             row = dict.fromkeys(ROW_FIELDS, "") | {"path": str(path), "error": reason or ""}
             arr = None
             if reason is None:
@@ -278,6 +282,7 @@ def predict_files(
         if n == 0:
             raise PitguardError(f"no image files found in {', '.join(map(str, paths))}")
         flush()
+        progress.close()
     return {
         "n": n,
         "failed": failed,
