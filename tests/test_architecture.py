@@ -25,6 +25,7 @@ RANKS: dict[str, int] = {
     "models": 3,
     "plots": 3,
     "weights": 3,
+    "tracking": 3,
     "runfolder": 4,
     "metrics": 4,
     "certify": 3,

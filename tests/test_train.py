@@ -209,3 +209,16 @@ def test_run_keeps_the_split_it_was_given(synth_dir, tmp_path):
     second = tmp_path / "second"
     train(tiny_config(first / "split.csv", "train.epochs=1"), second)
     assert _split_rows(first) == _split_rows(second)
+
+
+def test_tensorboard_events_are_written_as_the_run_trains(trained_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained_run / "tensorboard"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    epochs = [e.step for e in events.Scalars("epoch/val_accuracy")]
+    assert epochs == [1, 2, 3, 4, 5, 6]  # the session run's six epochs
+    assert {"step/loss", "step/lr", "epoch/train_loss", "epoch/lr"} <= set(scalars)
+    assert len(events.Scalars("step/loss")) >= 6
+    assert "augment/grid" in events.Tags()["images"]

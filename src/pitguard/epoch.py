@@ -15,7 +15,9 @@ from tqdm import tqdm
 
 from pitguard.config import Config
 from pitguard.devices import cpu_has_native_bf16
+from pitguard.errors import PitguardError
 from pitguard.models import PitguardNet, infer_logits
+from pitguard.runfolder import load_run
 
 
 def use_bf16(cfg: Config, device: torch.device) -> bool:
@@ -38,6 +40,7 @@ class Stepper:
     cfg: Config
     device: torch.device
     teacher: nn.Module | None = None  # a trained run's network whose soft labels are learned too
+    on_step: Any = None  # called as on_step(step, loss, lr) after each step (live tracking)
 
 
 def distillation_loss(
@@ -99,6 +102,8 @@ def train_one_epoch(
         st.optimizer.step()
         step += 1
         st.scheduler.step_update(step)
+        if st.on_step is not None:
+            st.on_step(step, float(loss.detach()), st.optimizer.param_groups[-1]["lr"])
         if ema is not None:
             ema.update(net, step=step)
         seen += len(y)
@@ -127,3 +132,22 @@ def validate(net: nn.Module, images, labels, device, batch_size: int) -> dict:
         "val_accuracy": float((pred == y).mean()),
         "val_balanced_accuracy": float(np.mean(recalls)),
     }
+
+
+def load_teacher(cfg: Config, classes: tuple[str, ...], device: torch.device) -> nn.Module:
+    """The teacher run's network, frozen, checked to speak the same classes and crop size."""
+    run = load_run(cfg.train.teacher)  # type: ignore[arg-type]
+    if run.classes != tuple(classes):
+        raise PitguardError(
+            f"train.teacher={cfg.train.teacher}: its classes {', '.join(run.classes)} differ from "
+            f"the data's {', '.join(classes)}; distil from a run trained on the same classes"
+        )
+    if run.net.contract.size != cfg.data.size:
+        raise PitguardError(
+            f"train.teacher={cfg.train.teacher}: it reads {run.net.contract.size} px crops, the "
+            f"data has {cfg.data.size} px; distil from a run on crops of the same size"
+        )
+    for param in run.net.parameters():
+        param.requires_grad_(False)
+    print(f"teacher: {run.run} ({run.model_name}), alpha {cfg.train.distill_alpha}", flush=True)
+    return run.net.eval().to(device)

@@ -17,7 +17,7 @@ from pitguard.budget import EpochPlan, plan_epochs, time_epoch
 from pitguard.config import Config, config_from_dict
 from pitguard.data.prepare import prepare_data
 from pitguard.devices import pick_device
-from pitguard.epoch import Stepper, train_one_epoch, use_bf16, validate
+from pitguard.epoch import Stepper, load_teacher, train_one_epoch, use_bf16, validate
 from pitguard.errors import PitguardError
 from pitguard.files import clear_stale_temps, write_json
 from pitguard.models import (
@@ -33,13 +33,13 @@ from pitguard.progress import describe_counts, eta_text, over_budget, say_estima
 from pitguard.runfolder import (
     RunPaths,
     load_checkpoint,
-    load_run,
     model_meta,
     save_checkpoint,
     save_model,
     write_history,
 )
 from pitguard.seeding import rng_state, seed_everything, set_rng_state
+from pitguard.tracking import Tracker
 from pitguard.weights import load_imagenet, weight_file
 
 
@@ -157,7 +157,7 @@ def train(
         augment = build_augment(cfg.augment).to(device)
         return Stepper(model, ema, augment, loss_fn, optimizer, scheduler, cfg, device, teacher)
 
-    teacher = _teacher(cfg, crops.classes, device) if cfg.train.teacher else None
+    teacher = load_teacher(cfg, crops.classes, device) if cfg.train.teacher else None
 
     plan = None
     if ckpt is not None:  # the plan it was trained to (none in checkpoints from before plans)
@@ -187,6 +187,8 @@ def train(
     epochs = plan.epochs if plan else cfg.train.epochs
     stepper = make_stepper(net, epochs)
     optimizer, scheduler, ema = stepper.optimizer, stepper.scheduler, stepper.ema
+    tracker = Tracker(run)
+    stepper.on_step = tracker.step
 
     start_epoch, step, best, best_epoch, bad_epochs, history = 1, 0, None, 0, 0, []
     if ckpt is not None:
@@ -210,6 +212,7 @@ def train(
                 net.cpu().select(train_part.images[:64].float().div(255))
             )
         save_grid(_as_rgb(seen, contract.channels), paths.augment_grid)
+        tracker.images("augment/grid", _as_rgb(seen[:16], contract.channels))
         net.to(device)
         seed_everything(cfg.train.seed)  # the grid's draws do not shift training's random stream
 
@@ -250,6 +253,7 @@ def train(
             "elapsed_s": elapsed_before + clock() - started,
         }
         history.append(stats)
+        tracker.epoch(epoch, stats)
         if cfg.train.select_metric == "last":
             metric, improved = float(epoch), True
         else:
@@ -326,6 +330,7 @@ def train(
         if stop_after is not None and epoch >= stop_after:
             stop_reason = f"stopped after epoch {epoch} (resume with --resume)"
             break
+    tracker.close()
     plot_history(history, paths.curves)
     summary = {
         "run": str(run),
@@ -376,22 +381,3 @@ def _plan(cfg, make_stepper, net, images, labels, val_part, steps_per_epoch, shu
     seconds = time_epoch(run_steps, run_validation, steps_per_epoch, clock)
     set_rng_state(saved, shuffle)
     return plan_epochs(cfg.train.max_minutes, cfg.train.epochs, seconds)
-
-
-def _teacher(cfg: Config, classes: tuple[str, ...], device: torch.device) -> nn.Module:
-    """The teacher run's network, frozen, checked to speak the same classes and crop size."""
-    run = load_run(cfg.train.teacher)  # type: ignore[arg-type]
-    if run.classes != tuple(classes):
-        raise PitguardError(
-            f"train.teacher={cfg.train.teacher}: its classes {', '.join(run.classes)} differ from "
-            f"the data's {', '.join(classes)}; distil from a run trained on the same classes"
-        )
-    if run.net.contract.size != cfg.data.size:
-        raise PitguardError(
-            f"train.teacher={cfg.train.teacher}: it reads {run.net.contract.size} px crops, the "
-            f"data has {cfg.data.size} px; distil from a run on crops of the same size"
-        )
-    for param in run.net.parameters():
-        param.requires_grad_(False)
-    print(f"teacher: {run.run} ({run.model_name}), alpha {cfg.train.distill_alpha}", flush=True)
-    return run.net.eval().to(device)
