@@ -7,10 +7,10 @@ import torch
 from torch.nn import functional as F
 
 from pitguard.config import load_config
-from pitguard.epoch import distillation_loss
+from pitguard.epoch import distillation_loss, load_teacher
 from pitguard.errors import PitguardError
 from pitguard.runfolder import RunPaths
-from pitguard.train import _teacher, train
+from pitguard.train import train
 
 
 def test_distillation_loss_weighs_hard_and_soft_labels():
@@ -47,4 +47,4 @@ def test_a_student_learns_from_a_frozen_teacher_run(trained_run, synth_dir, tmp_
     assert summary["teacher"] == str(trained_run) and summary["epochs_run"] == 1
     assert _digest(RunPaths(trained_run).weights) == before  # the teacher is never trained
     with pytest.raises(PitguardError, match=r"classes clean, pit differ from the data's"):
-        _teacher(cfg, ("clean", "maybe", "pit"), torch.device("cpu"))
+        load_teacher(cfg, ("clean", "maybe", "pit"), torch.device("cpu"))
