@@ -194,7 +194,8 @@ def audit(data: str | Path | DatasetIndex, opts: DecodeOptions | None = None, **
         "duplicates": [names(g) for g in exact],
         "near_duplicates": [names(g) for g in near],
         "near_duplicate_method": {
-            "method": f"RMS difference of {NEAR_DUP_POOL}x{NEAR_DUP_POOL} block-mean thumbnails",
+            "method": f"RMS difference of block-mean thumbnails, each pixel the mean of a "
+            f"{NEAR_DUP_POOL}x{NEAR_DUP_POOL} block (16x16 thumbnails for 128 px crops)",
             "threshold_grey_levels": NEAR_DUP_THRESHOLD,
         },
         "cross_split_duplicates": [names(g) for g in cross],
