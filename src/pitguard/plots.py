@@ -45,6 +45,11 @@ def plot_confusion_matrix(
     cm: Sequence[Sequence[int]] | np.ndarray, classes: Sequence[str], path: str | Path
 ) -> Path:
     """Counts (rows = true, columns = predicted) with the row share in brackets, as a PNG."""
+    return save_png(confusion_figure(cm, classes), path)
+
+
+def confusion_figure(cm: Sequence[Sequence[int]] | np.ndarray, classes: Sequence[str]):
+    """The confusion matrix figure (for a PNG, or TensorBoard)."""
     cm = np.asarray(cm, dtype=int)
     row_total = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, row_total, out=np.zeros(cm.shape, dtype=float), where=row_total > 0)
@@ -62,7 +67,7 @@ def plot_confusion_matrix(
             color = "white" if share[i, j] > 0.5 else "black"
             ax.text(j, i, f"{cm[i, j]}\n({share[i, j]:.0%})", ha="center", va="center", color=color)
     ax.set_title(f"confusion matrix (N={int(cm.sum())})")
-    return save_png(fig, path)
+    return fig
 
 
 def plot_roc_pr(labels_pit: np.ndarray, p_pit: np.ndarray, path: str | Path) -> Path:

@@ -1,13 +1,15 @@
 """Live experiment tracking: TensorBoard event files in RUN/tensorboard, written as a run trains.
 
 Watch a run while it trains with ``tensorboard --logdir runs/``: per-step loss and learning
-rate, per-epoch train and val metrics, and the augmentation grid (what training saw).
+rate, per-epoch train and val metrics, the augmentation grid (what training saw) and the val
+confusion matrix of the model training ended with.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 EPOCH_SCALARS = (
@@ -43,6 +45,25 @@ class Tracker:
     def images(self, tag: str, batch: torch.Tensor) -> None:
         """Float images (N, 3, H, W) in [0, 1]."""
         self.writer.add_images(tag, batch.clamp(0, 1), 0)
+        self.writer.flush()
+
+    def confusion(self, net, images, labels, classes, device) -> None:
+        """The val confusion matrix of the model training ended with, as a figure."""
+        from pitguard.models import infer_logits
+        from pitguard.plots import confusion_figure
+
+        pred = infer_logits(net, images, device).argmax(1)
+        n = len(classes)
+        cm = torch.zeros(n, n, dtype=torch.long)
+        cm.index_put_(
+            (labels.long().cpu(), pred.cpu()),
+            torch.ones(len(pred), dtype=torch.long),
+            accumulate=True,
+        )
+        fig = confusion_figure(cm.numpy(), list(classes))
+        fig.canvas.draw()  # the Agg canvas plots.py gave it: no pyplot involved
+        rgba = np.asarray(fig.canvas.buffer_rgba())
+        self.writer.add_image("val/confusion_matrix", rgba[..., :3], 0, dataformats="HWC")
         self.writer.flush()
 
     def close(self) -> None:

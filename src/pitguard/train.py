@@ -330,6 +330,8 @@ def train(
         if stop_after is not None and epoch >= stop_after:
             stop_reason = f"stopped after epoch {epoch} (resume with --resume)"
             break
+    if len(val_part) and history:
+        tracker.confusion(selected, val_part.images, val_part.labels, crops.classes, device)
     tracker.close()
     plot_history(history, paths.curves)
     summary = {

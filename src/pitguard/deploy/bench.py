@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -195,6 +196,12 @@ def _bench_target(
                 else:
                     call = functools.partial(_predict_autocast, predictor, x, dtype)
                 stats = measure(call, batch, cuda_events=cuda_events, **timing)
+                print(  # a line per measurement: a long bench is never silent
+                    f"bench: {Path(target).name} {backend} batch {batch}: "
+                    f"{stats['ms_per_crop']:.3f} ms per crop ({stats['runs']} runs)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 records.append(
                     {
                         "target": target,
