@@ -331,7 +331,8 @@ def train(
             stop_reason = f"stopped after epoch {epoch} (resume with --resume)"
             break
     if len(val_part) and history:
-        tracker.confusion(selected, val_part.images, val_part.labels, crops.classes, device)
+        final = ema.module if ema is not None else net
+        tracker.confusion(final, val_part.images, val_part.labels, crops.classes, device)
     tracker.close()
     plot_history(history, paths.curves)
     summary = {
