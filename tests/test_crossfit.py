@@ -112,16 +112,17 @@ def test_too_few_crops_for_the_folds_is_refused_before_training(tmp_path):
 
 def test_an_interrupted_crossfit_resumes_to_the_same_scores(crops, cf_run, tmp_path, monkeypatch):
     import pitguard.crossfit as cf
+    import pitguard.train as training
 
     calls = itertools.count()
-    real = cf.train
+    real = training.train
 
     def dies_on_the_third_model(*args, **kwargs):
         if next(calls) == 2:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cf, "train", dies_on_the_third_model)
+    monkeypatch.setattr(training, "train", dies_on_the_third_model)
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         cf.crossfit(_config(crops), run, FOLDS)
@@ -129,7 +130,7 @@ def test_an_interrupted_crossfit_resumes_to_the_same_scores(crops, cf_run, tmp_p
     assert not RunPaths(run).oof.exists()
     with pytest.raises(PitguardError, match="--resume"):
         cf.crossfit(_config(crops), run, FOLDS)
-    monkeypatch.setattr(cf, "train", real)
+    monkeypatch.setattr(training, "train", real)
     cf.crossfit(None, run, resume=True)
     a, b = read_oof(run), read_oof(cf_run)
     assert a.paths == b.paths and np.array_equal(a.folds, b.folds)

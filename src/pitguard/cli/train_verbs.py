@@ -15,9 +15,13 @@ if TYPE_CHECKING:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pitguard.config import load_config
-    from pitguard.crossfit import crossfit
     from pitguard.runfolder import RunPaths
     from pitguard.train import train
+
+    def crossfit(*a, **kw):  # imported when asked for
+        from pitguard.crossfit import crossfit as run_folds
+
+        return run_folds(*a, **kw)
 
     if args.folds is not None and args.stop_after is not None:
         raise PitguardError("--stop-after applies to one model, not to --folds; stop with Ctrl-C")
