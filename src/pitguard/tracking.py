@@ -49,18 +49,14 @@ class Tracker:
 
     def confusion(self, net, images, labels, classes, device) -> None:
         """The val confusion matrix of the model training ended with, as a figure."""
+        from sklearn.metrics import confusion_matrix
+
         from pitguard.models import infer_logits
         from pitguard.plots import confusion_figure
 
         pred = infer_logits(net, images, device).argmax(1)
-        n = len(classes)
-        cm = torch.zeros(n, n, dtype=torch.long)
-        cm.index_put_(
-            (labels.long().cpu(), pred.cpu()),
-            torch.ones(len(pred), dtype=torch.long),
-            accumulate=True,
-        )
-        fig = confusion_figure(cm.numpy(), list(classes))
+        cm = confusion_matrix(labels.cpu().numpy(), pred.numpy(), labels=range(len(classes)))
+        fig = confusion_figure(cm, list(classes))
         fig.canvas.draw()  # the Agg canvas plots.py gave it: no pyplot involved
         rgba = np.asarray(fig.canvas.buffer_rgba())
         self.writer.add_image("val/confusion_matrix", rgba[..., :3], 0, dataformats="HWC")

@@ -135,7 +135,7 @@ def _run_section(rec: dict) -> str:
 
 def _label_review(run: Path, top: int = 16) -> str | None:
     """A cross-fitted run's most contradicted labels, as a gallery (None for other runs)."""
-    import numpy as np
+    from scipy.special import softmax
 
     from pitguard.review import rank_suspects
     from pitguard.runfolder import RunPaths, read_oof
@@ -143,8 +143,7 @@ def _label_review(run: Path, top: int = 16) -> str | None:
     if not RunPaths(run).oof.is_file():
         return None
     oof = read_oof(run)
-    z = oof.logits - oof.logits.max(axis=1, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    probs = softmax(oof.logits, axis=1)
     suspects, _ = rank_suspects(probs, oof.labels)
     by = ", ".join(
         f"{sum(s.label == i for s in suspects)} labelled {c}" for i, c in enumerate(oof.classes)
