@@ -39,6 +39,8 @@ RANKS: dict[str, int] = {
     "calibrate": 5,
     "coverage": 4,
     "crossfit": 6,
+    "sweep": 6,
+    "distributed": 2,
     "review": 6,
     "deploy": 5,
     "studies": 6,

@@ -20,6 +20,7 @@ VERBS = [
     ["data", "review"],
     ["data", "cache"],
     ["train"],
+    ["sweep"],
     ["eval"],
     ["calibrate"],
     ["thresholds"],

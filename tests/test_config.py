@@ -22,6 +22,7 @@ ALL_RECIPES = {
     "convnextv2-tiny-ls",
     "dinov2-vits14-probe",
     "cpu-fast",
+    "lite0",
 }
 
 

@@ -222,3 +222,25 @@ def test_the_oof_file_is_checked_when_read(cf_run, tmp_path):
     os.remove(path)
     with pytest.raises(PitguardError, match="--folds"):
         read_oof(run)
+
+
+def test_worker_processes_share_the_models_and_score_every_crop_once(crops, cf_run, tmp_path):
+    """--workers 2: a helper process takes the models the first one has not started; each
+    model is trained once (its folder's lock names the process that trained it) and every
+    pooled crop gets exactly one out-of-fold score."""
+    from pitguard.cli import main
+
+    run = tmp_path / "run"
+    argv = ["train", "--recipe", "cpu-fast", "--data", str(crops), "--out", str(run)]
+    sets = [arg for s in (*SETS, "train.epochs=20") for arg in ("--set", s)]
+    assert main([*argv, *sets, "--folds", str(FOLDS), "--workers", "2"]) == 0
+    trained_by = {
+        p.parent.name: p.read_text().split()[1]
+        for p in [*run.joinpath("folds").glob("fold-*/.lock"), run / ".lock"]
+    }
+    assert len(trained_by) == FOLDS + 1 and len(set(trained_by.values())) == 2
+    for fold in range(1, FOLDS + 1):
+        history = json.loads(RunPaths(run / "folds" / f"fold-{fold}").summary.read_text())
+        assert history["epochs_run"] == 20
+    a, b = read_oof(run), read_oof(cf_run)
+    assert sorted(a.paths) == sorted(b.paths) and len(set(a.paths)) == len(a.paths)

@@ -89,3 +89,18 @@ def test_a_resumed_run_starts_by_clearing_a_killed_save(trained_run, tmp_path):
     stale.write_bytes(b"half")
     train(None, run, resume=True)
     assert not stale.exists()
+
+
+def test_a_held_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
+    from pitguard.files import hold_lock
+
+    lock = tmp_path / ".lock"
+    busy = r"runs/x \(a run folder\) is in use by pid \d+ on "
+    with (
+        hold_lock(lock, "runs/x (a run folder)"),
+        pytest.raises(PitguardError, match=busy),
+        hold_lock(lock, "runs/x (a run folder)"),
+    ):
+        pass
+    with hold_lock(lock, "runs/x (a run folder)"):  # freed when the block ended
+        pass

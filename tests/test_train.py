@@ -6,7 +6,6 @@ import torch
 from PIL import Image
 
 from pitguard import epoch as epoch_module
-from pitguard import train as train_module
 from pitguard.cli import main
 from pitguard.config import load_config
 from pitguard.evaluate import evaluate_run
@@ -110,7 +109,9 @@ def test_bf16_autocast_only_where_the_device_computes_it(monkeypatch):
 
 def test_summary_records_the_step_precision(synth_dir, tmp_path, monkeypatch):
     autocast_seen = []  # whether autocast was on at each training forward of the backbone
-    build = train_module.build_model
+    from pitguard import weights as weights_module
+
+    build = weights_module.build_model
 
     def recording_build(*args, **kwargs):
         net = build(*args, **kwargs)
@@ -121,7 +122,7 @@ def test_summary_records_the_step_precision(synth_dir, tmp_path, monkeypatch):
         )
         return net
 
-    monkeypatch.setattr(train_module, "build_model", recording_build)
+    monkeypatch.setattr(weights_module, "build_model", recording_build)
     monkeypatch.setattr(epoch_module, "cpu_has_native_bf16", lambda: False)
     summary = train(tiny_config(synth_dir, "train.epochs=1"), tmp_path / "fp32")
     assert summary["precision"] == "fp32"
@@ -222,3 +223,15 @@ def test_tensorboard_events_are_written_as_the_run_trains(trained_run):
     assert {"step/loss", "step/lr", "epoch/train_loss", "epoch/lr"} <= set(scalars)
     assert len(events.Scalars("step/loss")) >= 6
     assert {"augment/grid", "val/confusion_matrix"} <= set(events.Tags()["images"])
+
+
+def test_a_run_folder_in_use_by_another_job_is_refused_before_any_work(synth_dir, tmp_path):
+    from pitguard.errors import PitguardError
+    from pitguard.files import hold_lock
+
+    run = tmp_path / "r"
+    run.mkdir()
+    busy = r"r \(a run folder\) is in use by pid"
+    with hold_lock(run / ".lock", "another job"), pytest.raises(PitguardError, match=busy):
+        train(tiny_config(synth_dir, "train.epochs=1"), run)
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]

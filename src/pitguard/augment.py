@@ -79,3 +79,13 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(images[: nrow * nrow].float().cpu(), path, nrow=nrow, padding=2, pad_value=0.5)
+
+
+def preview(cfg, net, images: torch.Tensor, channels: tuple[int, ...]) -> torch.Tensor:
+    """What training sees: uint8 crops through the net's channel choice and the augmentation,
+    the chosen channels put back in their RGB places so a person can read the picture."""
+    with torch.no_grad():
+        seen = build_augment(cfg).train()(net.select(images.float().div(255)))
+    out = torch.zeros(seen.shape[0], 3, *seen.shape[2:], dtype=seen.dtype)
+    out[:, list(channels)] = seen
+    return out

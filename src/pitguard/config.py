@@ -49,6 +49,7 @@ Schedule = Literal["cosine", "step", "constant"]
 Balance = Literal["none", "loss", "sampler"]
 SelectMetric = Literal["val_accuracy", "val_balanced_accuracy", "val_loss", "last"]
 Device = Literal["auto", "cpu", "cuda"]
+Tracking = Literal["tensorboard", "mlflow"]
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class TrainConfig:
     teacher: str | None = None  # a trained run folder whose soft labels the model also learns
     distill_alpha: Fraction = 0.5  # weight of the teacher's soft labels against the hard ones
     distill_temperature: PositiveFloat = 4.0  # softens both distributions before comparing
+    sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over all ranks' batches
     channels_last: bool = True  # channels-last memory layout for the training step
     # val_accuracy, val_balanced_accuracy, val_loss, or last (the last epoch: nothing chosen on val)
     select_metric: SelectMetric = "val_accuracy"
@@ -123,6 +125,8 @@ class TrainConfig:
     device: Device = "auto"  # auto, cpu or cuda
     threads: int = 0  # CPU threads; 0 = all cores
     eval_batch_size: PositiveInt = 256  # crops per inference call in validation
+    # tensorboard: event files in RUN/tensorboard (always written); mlflow: an MLflow run as well
+    tracking: Tracking = "tensorboard"
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,11 @@ export and serve use it unchanged), and beside it:
 * ``oof.csv``: every pooled crop's logits from the one fold model that never saw it;
 * ``crossfit.json``: K, the epoch plan all K + 1 models follow, and per-fold results.
 
+Several processes may share the work (``--workers``, or ``pitguard train --resume RUN`` started
+again elsewhere on the same folder): each model's run folder is locked while it trains, a
+process skips a model another one holds, and waits for it at the end (training it itself if
+that process died).
+
 Every model keeps its last epoch (``train.select_metric: last``), so no out-of-fold score comes
 from a model chosen on it, and all follow one epoch count: a time budget is timed once, on fold
 1, and every model then trains the epochs it planned, on any machine load.
@@ -17,6 +22,8 @@ from a model chosen on it, and all follow one epoch count: a time budget is time
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,8 +38,9 @@ from pitguard.data.layout import find_dataset, parse_class_mapping
 from pitguard.data.load import DecodeOptions
 from pitguard.data.manifest import ManifestRow, read_manifest, write_manifest
 from pitguard.data.split import assign_splits, parse_fractions, split_dataset
+from pitguard.devices import usable_cores
 from pitguard.errors import PitguardError
-from pitguard.files import read_json, write_json
+from pitguard.files import Busy, hold_lock, read_json, write_json
 from pitguard.runfolder import OofScores, RunPaths, load_part, load_run, run_logits, write_oof
 
 POOL, TEST = "train", "test"
@@ -107,14 +115,34 @@ def _train_or_finish(cfg: Config, run: Path, clock: Callable[[], float]) -> dict
     return training.train(cfg, run, clock=clock)
 
 
+def _start_helpers(run: Path, workers: int) -> list[subprocess.Popen]:
+    """workers - 1 processes resuming this cross-fitted run; the cores (or GPUs) shared."""
+    if workers <= 1:
+        return []
+    threads = max(1, usable_cores() // workers)
+    torch.set_num_threads(threads)
+    gpus = torch.cuda.device_count()
+    helpers = []
+    for w in range(1, workers):
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        if gpus >= workers:
+            env["CUDA_VISIBLE_DEVICES"] = str(w)
+        command = [sys.executable, "-m", "pitguard", "train", "--resume", str(run)]
+        helpers.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL))
+    print(f"{workers - 1} helper process(es) share the models ({threads} threads each)")
+    return helpers
+
+
 def crossfit(
     cfg: Config | None,
     run: str | Path,
     folds: int = 5,
     resume: bool = False,
     clock: Callable[[], float] = time.perf_counter,
+    workers: int = 1,
 ) -> dict:
-    """Train K fold models and the final model into ``run``; write oof.csv and crossfit.json."""
+    """Train K fold models and the final model into ``run``; write oof.csv and crossfit.json.
+    ``workers`` > 1 starts that many - 1 helper processes on the same folder."""
     run = Path(run)
     paths = RunPaths(run)
     record = read_json(paths.crossfit)
@@ -159,24 +187,40 @@ def crossfit(
     k, epochs = int(record["folds"]), int(record["epochs"])
     rows = read_manifest(paths.split)
     started = clock()
-    per_fold = []
+    models: list[tuple[str, Path, Config]] = []
     for f in range(1, k + 1):
-        fold_run = paths.fold(f)
-        split = fold_run / "split.csv"
+        split = paths.fold(f) / "split.csv"
         if not split.exists():
-            _fold_split(rows, str(f), fold_run)
-        print(f"fold {f}/{k}: training on the other {k - 1} folds ({epochs} epochs)", flush=True)
-        summary = _train_or_finish(_with(cfg, split, epochs), fold_run, clock)
-        per_fold.append(
-            {
-                "fold": f,
-                "n_train": summary["n_train"],
-                "n_oof": summary["n_val"],
-                "train_seconds": summary["train_seconds"],
-            }
+            _fold_split(rows, str(f), paths.fold(f))
+        models.append(
+            (f"fold {f}/{k}: on the other {k - 1} folds", paths.fold(f), _with(cfg, split, epochs))
         )
-    print(f"final model: training on all {k} folds ({epochs} epochs)", flush=True)
-    final = _train_or_finish(_with(cfg, paths.split, epochs), run, clock)
+    models.append((f"final model: on all {k} folds", run, _with(cfg, paths.split, epochs)))
+    helpers = _start_helpers(run, workers)
+    summaries: dict[Path, dict] = {}
+    for what, model_run, model_cfg in models:
+        print(f"{what} ({epochs} epochs)", flush=True)
+        try:
+            summaries[model_run] = _train_or_finish(model_cfg, model_run, clock)
+        except Busy:
+            print(f"{what}: another process trains it; going on", flush=True)
+    for _what, model_run, model_cfg in models:  # wait for the others' models
+        if model_run not in summaries:
+            with hold_lock(model_run / ".lock", f"{model_run} (a run folder)", wait=True):
+                pass
+            summaries[model_run] = _train_or_finish(model_cfg, model_run, clock)
+    for helper in helpers:
+        helper.wait()
+    per_fold = [
+        {
+            "fold": f,
+            "n_train": summaries[paths.fold(f)]["n_train"],
+            "n_oof": summaries[paths.fold(f)]["n_val"],
+            "train_seconds": summaries[paths.fold(f)]["train_seconds"],
+        }
+        for f in range(1, k + 1)
+    ]
+    final = summaries[run]
     scores = _score_out_of_fold(run, k)
     write_oof(run, scores)
     probs = torch.softmax(torch.from_numpy(scores.logits), dim=1).numpy()

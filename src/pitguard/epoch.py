@@ -13,11 +13,13 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from pitguard.budget import EpochPlan, plan_epochs, time_epoch
 from pitguard.config import Config
 from pitguard.devices import cpu_has_native_bf16
 from pitguard.errors import PitguardError
 from pitguard.models import PitguardNet, infer_logits
 from pitguard.runfolder import load_run
+from pitguard.seeding import rng_state, set_rng_state
 
 
 def use_bf16(cfg: Config, device: torch.device) -> bool:
@@ -25,6 +27,17 @@ def use_bf16(cfg: Config, device: torch.device) -> bool:
     if not cfg.train.amp:
         return False
     return device.type == "cuda" or cpu_has_native_bf16()
+
+
+class TrainForward(nn.Module):
+    """The training forward (normalise, then the backbone) as one module DDP can wrap."""
+
+    def __init__(self, net: PitguardNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.backbone(self.net.normalize(x))
 
 
 @dataclass
@@ -41,6 +54,12 @@ class Stepper:
     device: torch.device
     teacher: nn.Module | None = None  # a trained run's network whose soft labels are learned too
     on_step: Any = None  # called as on_step(step, loss, lr) after each step (live tracking)
+    forward: nn.Module | None = None  # the step's forward; train wraps it in DDP under torchrun
+    show: bool = True  # the progress bar (rank 0 only under torchrun)
+
+    def __post_init__(self) -> None:
+        if self.forward is None:
+            self.forward = TrainForward(self.net)
 
 
 def distillation_loss(
@@ -73,7 +92,7 @@ def train_one_epoch(
     seen = correct = 0
     loss_sum = 0.0
     start = time.perf_counter()
-    bar = tqdm(batches, desc=desc, leave=False, mininterval=1.0, disable=None)
+    bar = tqdm(batches, desc=desc, leave=False, mininterval=1.0, disable=None if st.show else True)
     for idx in bar:
         x = images[idx].to(device, non_blocking=True).float().div_(255)
         y = labels[idx].to(device, non_blocking=True)
@@ -87,7 +106,7 @@ def train_one_epoch(
         if cfg.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = net.backbone(net.normalize(x))
+            logits = cast(nn.Module, st.forward)(x)
             loss = st.loss_fn(logits.float(), y)
             if st.teacher is not None:
                 loss = distillation_loss(
@@ -121,8 +140,13 @@ def train_one_epoch(
     }
 
 
-def validate(net: nn.Module, images, labels, device, batch_size: int) -> dict:
-    logits = infer_logits(net, images, device, batch_size)
+def validate(net: nn.Module, images, labels, device, batch_size: int, dist=None) -> dict:
+    """Val loss, accuracy and balanced accuracy; under torchrun the ranks share the scoring."""
+
+    def score(part: torch.Tensor) -> torch.Tensor:
+        return infer_logits(net, part, device, batch_size)
+
+    logits = dist.gather_logits(score, images) if dist is not None else score(images)
     y = labels.numpy()
     loss = float(nn.functional.cross_entropy(logits, labels))
     pred = logits.argmax(1).numpy()
@@ -151,3 +175,36 @@ def load_teacher(cfg: Config, classes: tuple[str, ...], device: torch.device) ->
         param.requires_grad_(False)
     print(f"teacher: {run.run} ({run.model_name}), alpha {cfg.train.distill_alpha}", flush=True)
     return run.net.eval().to(device)
+
+
+def plan_for_budget(
+    cfg: Config, probe: Stepper, images, labels, val_part, steps_per_epoch, shuffle, clock, dist
+) -> EpochPlan:
+    """Time a few steps of ``probe`` (a copy of the model); the random streams are left as they
+    were. Under torchrun each rank times its share of the batches and all take the slowest."""
+    saved = rng_state(shuffle)
+    size = cfg.train.batch_size
+    order = torch.randperm(len(labels), generator=shuffle)
+    batches = [order[i : i + size] for i in range(0, len(order) - size + 1, size)] or [order]
+    done = 0
+
+    def run_steps(n: int) -> None:
+        nonlocal done
+        chosen = [dist.shard(batches[(done + i) % len(batches)]) for i in range(n)]
+        train_one_epoch(probe, chosen, images, labels, done, "timing")
+        done += n
+
+    def run_validation() -> None:
+        if len(val_part):
+            share = slice(dist.rank, None, dist.world)
+            validate(
+                probe.net,
+                val_part.images[share],
+                val_part.labels[share],
+                probe.device,
+                cfg.train.eval_batch_size,
+            )
+
+    seconds = dist.slowest(time_epoch(run_steps, run_validation, steps_per_epoch, clock))
+    set_rng_state(saved, shuffle)
+    return plan_epochs(cfg.train.max_minutes, cfg.train.epochs, seconds)

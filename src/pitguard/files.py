@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,14 +55,14 @@ def clear_stale_temps(folder: str | Path) -> list[Path]:
         return removed
     for path in folder.glob(".*.tmp*"):
         pid = path.name.rsplit(".tmp", 1)[1]
-        if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+        if not pid.isdigit() or (int(pid) != os.getpid() and process_alive(int(pid))):
             continue
         _remove(path)
         removed.append(path)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -139,3 +141,32 @@ def read_json(path: str | Path) -> dict | None:
     if not isinstance(value, dict):
         raise PitguardError(f"{path}: not a JSON object; rerun the step that wrote it")
     return value
+
+
+class Busy(PitguardError):
+    """A lock another process holds."""
+
+
+@contextmanager
+def hold_lock(path: str | Path, what: str, wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` for the block; a second holder is refused
+    with who holds it (or, with ``wait``, waits its turn). The kernel frees the lock when its
+    process ends, even by kill -9."""
+    path = Path(path)
+    with path.open("a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise Busy(
+                f"{what} is in use by {holder}; wait for it to end or stop it, then run again"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import timm.optim
@@ -47,6 +48,8 @@ def make_scheduler(cfg: Config, optimizer, steps_per_epoch: int, epochs: int | N
     total = (epochs or t.epochs) * steps_per_epoch
     if t.schedule == "cosine":
         warmup = min(int(t.warmup_epochs * steps_per_epoch), total - 1)
+        if total - warmup < 2:  # one step of cosine: timm warns it has no effect, and it is right
+            logging.getLogger("timm.scheduler.cosine_lr").setLevel(logging.ERROR)
         return CosineLRScheduler(
             optimizer,
             t_initial=total - warmup,

@@ -5,28 +5,32 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
+from typing import cast
 
 import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 
 from pitguard import __version__
-from pitguard.augment import build_augment, save_grid
-from pitguard.budget import EpochPlan, plan_epochs, time_epoch
+from pitguard.augment import build_augment, preview, save_grid
+from pitguard.budget import EpochPlan
 from pitguard.config import Config, config_from_dict
 from pitguard.data.prepare import prepare_data
 from pitguard.devices import pick_device
-from pitguard.epoch import Stepper, load_teacher, train_one_epoch, use_bf16, validate
-from pitguard.errors import PitguardError
-from pitguard.files import clear_stale_temps, write_json
-from pitguard.models import (
-    PitguardNet,
-    build_model,
-    classifier_params,
-    load_pretrained,
-    make_contract,
+from pitguard.distributed import check_resume, check_sync_bn, from_env
+from pitguard.epoch import (
+    Stepper,
+    load_teacher,
+    plan_for_budget,
+    train_one_epoch,
+    use_bf16,
+    validate,
 )
+from pitguard.errors import PitguardError
+from pitguard.files import clear_stale_temps, hold_lock, write_json
+from pitguard.models import PitguardNet
 from pitguard.optim import class_weights, epoch_order, make_optimizer, make_scheduler
 from pitguard.plots import plot_history
 from pitguard.progress import describe_counts, eta_text, over_budget, say_estimate
@@ -39,21 +43,14 @@ from pitguard.runfolder import (
     write_history,
 )
 from pitguard.seeding import rng_state, seed_everything, set_rng_state
-from pitguard.tracking import Tracker
-from pitguard.weights import load_imagenet, weight_file
+from pitguard.tracking import NullTracker, Tracker, require_mlflow
+from pitguard.weights import training_net, weight_file
 
 
 def _better(metric: str, value: float, best: float | None) -> bool:
     if best is None:
         return True
     return value < best if metric == "val_loss" else value > best
-
-
-def _as_rgb(x: torch.Tensor, channels: tuple[int, ...]) -> torch.Tensor:
-    """Selected channels back in their RGB places, for a picture a person can read."""
-    out = torch.zeros(x.shape[0], 3, *x.shape[2:], dtype=x.dtype)
-    out[:, list(channels)] = x
-    return out
 
 
 # ---------------------------------------------------------------- train
@@ -66,18 +63,30 @@ def train(
     stop_after: int | None = None,
     clock: Callable[[], float] = time.perf_counter,
     plan_only: bool = False,
+    on_epoch: Callable[[int, dict], str | None] | None = None,
 ) -> dict:
     """Train ``cfg`` into the run folder; ``resume`` continues from its last checkpoint.
 
     ``stop_after`` ends this call after that many epochs in total (a planned interruption);
     ``clock`` measures the time budget (tests pass their own); ``plan_only`` returns the epoch
-    plan of a budgeted config (``{"plan": ...}``) before any training.
+    plan of a budgeted config (``{"plan": ...}``) before any training; ``on_epoch(epoch, stats)``
+    may return a reason to stop after that epoch (a sweep's pruning). Under ``torchrun`` the
+    processes train data-parallel (:mod:`pitguard.distributed`) and only rank 0 writes.
     """
+    dist = from_env()
     run = Path(run)
+    if dist.main:  # one job trains into a run folder at a time (a lock freed when it ends)
+        run.mkdir(parents=True, exist_ok=True)
+    with hold_lock(run / ".lock", f"{run} (a run folder)") if dist.main else nullcontext():
+        return _train(cfg, run, dist, resume, stop_after, clock, plan_only, on_epoch)
+
+
+def _train(cfg, run: Path, dist, resume, stop_after, clock, plan_only, on_epoch) -> dict:
     paths = RunPaths(run)
     ckpt = None
     if resume:
         ckpt = load_checkpoint(paths.last_checkpoint)
+        check_resume(dist, ckpt.get("world_size"), run)
         cfg = config_from_dict(ckpt["config"])
     elif cfg is None:
         raise PitguardError("train needs a config, or resume=True to continue a run")
@@ -85,53 +94,46 @@ def train(
         raise PitguardError(
             f"{run}: already holds a run; use --resume to continue it or choose a new --out"
         )
-    run.mkdir(parents=True, exist_ok=True)
-    for folder in (run, paths.checkpoints):  # what a killed save left behind
-        clear_stale_temps(folder)
-    write_json(paths.config, cfg.to_dict())
+    if dist.world > cfg.train.batch_size:
+        raise PitguardError(
+            f"train.batch_size={cfg.train.batch_size} is the global batch; {dist.world} processes "
+            "need at least one crop each: raise it or start fewer processes"
+        )
+    if dist.main:
+        run.mkdir(parents=True, exist_ok=True)
+        for folder in (run, paths.checkpoints):  # what a killed save left behind
+            clear_stale_temps(folder)
+        write_json(paths.config, cfg.to_dict())
 
     torch.set_flush_denormal(True)  # denormal floats slow CPU math ~10x
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    device = pick_device(cfg.train.device, "train.device")
-    seed_everything(cfg.train.seed)
-    shuffle = torch.Generator().manual_seed(cfg.train.seed)
+    device = dist.device(pick_device(cfg.train.device, "train.device"))
+    check_sync_bn(cfg.train.sync_bn, device)
+    if cfg.train.threads or (dist.active and device.type == "cpu"):
+        torch.set_num_threads(cfg.train.threads or dist.threads())
+    dist.start(device)
+    if dist.active and len(set(dist.gather(ckpt["epoch"] if ckpt else 0))) > 1:
+        raise PitguardError(f"{run}: the processes read different checkpoints; resume again")
+    seed_everything(dist.seed(cfg.train.seed))  # augmentation and dropout: a seed per rank
+    shuffle = torch.Generator().manual_seed(cfg.train.seed)  # one permutation for every rank
 
     if cfg.model.weights == "imagenet":
         weight_file(cfg.model.name)  # a missing weight package stops the run before any work
+    if cfg.train.tracking == "mlflow":
+        require_mlflow()
+    if not dist.main:
+        dist.barrier()  # rank 0 writes the split and fills the decoded-crop cache first
     crops, data_info = prepare_data(cfg, paths.split)
-    write_json(paths.data, data_info)
+    if dist.main:
+        dist.barrier()
+        write_json(paths.data, data_info)
     train_part, val_part = crops.split("train"), crops.split("val")
     n_classes = len(crops.classes)
-    print("data: " + describe_counts(data_info["counts"]), flush=True)
+    say = print if dist.main else _quiet
+    say("data: " + describe_counts(data_info["counts"]), flush=True)
 
-    data_mean = data_std = None
-    if cfg.model.normalize == "data":
-        x = train_part.images.float().div(255)[:, list(cfg.model.channels)]
-        data_mean = tuple(float(v) for v in x.mean(dim=(0, 2, 3)))
-        data_std = tuple(float(v) for v in x.std(dim=(0, 2, 3)).clamp_min(1e-3))
-    contract = make_contract(cfg.model, cfg.data.size, data_mean, data_std)
-    kwargs = {
-        "num_classes": n_classes,
-        "drop_rate": cfg.model.drop_rate,
-        "drop_path_rate": cfg.model.drop_path_rate,
-    }
-    net = build_model(
-        cfg.model.name, n_classes, contract, cfg.model.drop_rate, cfg.model.drop_path_rate
+    net, contract, kwargs = training_net(
+        cfg, n_classes, train_part.images, fresh=ckpt is None, sync_bn=dist.active, say=say
     )
-    if cfg.model.weights == "imagenet" and ckpt is None:
-        info = load_imagenet(net.backbone, cfg.model.name, len(contract.channels))
-        print(f"ImageNet weights: {info['loaded']} tensors from {info['source']}", flush=True)
-    if cfg.model.pretrained_path and ckpt is None:
-        info = load_pretrained(net.backbone, cfg.model.pretrained_path, len(contract.channels))
-        print(
-            f"pretrained: {info['loaded']} tensors loaded, {len(info['skipped'])} skipped",
-            flush=True,
-        )
-    if cfg.model.freeze_backbone:
-        head = {id(p) for p in classifier_params(net.backbone)}
-        for p in net.backbone.parameters():
-            p.requires_grad_(id(p) in head)
     net.to(device)
     if cfg.train.channels_last:
         net.to(memory_format=torch.channels_last)
@@ -146,7 +148,7 @@ def train(
     )
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.train.label_smoothing)
 
-    def make_stepper(model: PitguardNet, epochs: int) -> Stepper:
+    def make_stepper(model: PitguardNet, epochs: int, probe: bool = False) -> Stepper:
         optimizer = make_optimizer(cfg, model)
         scheduler = make_scheduler(cfg, optimizer, steps_per_epoch, epochs)
         ema = (
@@ -155,25 +157,32 @@ def train(
             else None
         )
         augment = build_augment(cfg.augment).to(device)
-        return Stepper(model, ema, augment, loss_fn, optimizer, scheduler, cfg, device, teacher)
+        st = Stepper(model, ema, augment, loss_fn, optimizer, scheduler, cfg, device, teacher)
+        st.show = dist.main
+        if not probe:  # the timing probe steps alone; the real steps average gradients
+            st.forward = dist.wrap(cast(nn.Module, st.forward), device)
+        return st
 
     teacher = load_teacher(cfg, crops.classes, device) if cfg.train.teacher else None
+
+    def probe() -> Stepper:
+        return make_stepper(copy.deepcopy(net), cfg.train.epochs, probe=True)
 
     plan = None
     if ckpt is not None:  # the plan it was trained to (none in checkpoints from before plans)
         plan = EpochPlan(**ckpt["plan"]) if ckpt.get("plan") else None
     elif cfg.train.max_minutes:
-        plan = _plan(
-            cfg, make_stepper, net, images, labels, val_part, steps_per_epoch, shuffle, clock
+        plan = plan_for_budget(
+            cfg, probe(), images, labels, val_part, steps_per_epoch, shuffle, clock, dist
         )
-        print(
+        say(
             f"time budget {cfg.train.max_minutes} min: {plan.epochs} of {cfg.train.epochs} epochs "
             f"at {plan.seconds_per_epoch:.1f} s each on this machine",
             flush=True,
         )
     if plan_only:
-        timed = plan or _plan(
-            cfg, make_stepper, net, images, labels, val_part, steps_per_epoch, shuffle, clock
+        timed = plan or plan_for_budget(
+            cfg, probe(), images, labels, val_part, steps_per_epoch, shuffle, clock, dist
         )
         runs = plan.epochs if plan else cfg.train.epochs
         return {
@@ -187,7 +196,7 @@ def train(
     epochs = plan.epochs if plan else cfg.train.epochs
     stepper = make_stepper(net, epochs)
     optimizer, scheduler, ema = stepper.optimizer, stepper.scheduler, stepper.ema
-    tracker = Tracker(run)
+    tracker = Tracker(run, cfg.to_dict()) if dist.main else NullTracker()
     stepper.on_step = tracker.step
 
     start_epoch, step, best, best_epoch, bad_epochs, history = 1, 0, None, 0, 0, []
@@ -197,7 +206,7 @@ def train(
         scheduler.load_state_dict(ckpt["scheduler"])
         if ema is not None:
             ema.module.load_state_dict(ckpt["ema"])
-        set_rng_state(ckpt["rng"], shuffle)
+        set_rng_state(ckpt.get("rng_ranks", [ckpt["rng"]])[dist.rank], shuffle)
         start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
         best, best_epoch, bad_epochs, history = (
             ckpt["best"],
@@ -205,16 +214,15 @@ def train(
             ckpt["bad_epochs"],
             ckpt["history"],
         )
-        print(f"resuming {run} after epoch {ckpt['epoch']}", flush=True)
-    else:
-        with torch.no_grad():
-            seen = build_augment(cfg.augment).train()(
-                net.cpu().select(train_part.images[:64].float().div(255))
-            )
-        save_grid(_as_rgb(seen, contract.channels), paths.augment_grid)
-        tracker.images("augment/grid", _as_rgb(seen[:16], contract.channels))
+        say(f"resuming {run} after epoch {ckpt['epoch']}", flush=True)
+    elif dist.main:
+        seen = preview(cfg.augment, net.cpu(), train_part.images[:64], contract.channels)
+        save_grid(seen, paths.augment_grid)
+        tracker.images("augment/grid", seen[:16])
         net.to(device)
         seed_everything(cfg.train.seed)  # the grid's draws do not shift training's random stream
+    else:
+        seed_everything(dist.seed(cfg.train.seed))
 
     meta = model_meta(
         cfg.model.name,
@@ -232,18 +240,24 @@ def train(
     stop_reason = "every planned epoch done"
     for epoch in range(start_epoch, epochs + 1):
         order = epoch_order(train_part.labels, cfg.train.balance, shuffle)
-        batches = [
-            order[i : i + cfg.train.batch_size]
+        batches = [  # global batches; each rank steps on its share
+            dist.shard(order[i : i + cfg.train.batch_size])
             for i in range(0, steps_per_epoch * cfg.train.batch_size, cfg.train.batch_size)
         ]
         step, stats = train_one_epoch(
             stepper, batches, images, labels, step, f"epoch {epoch}/{epochs}"
         )
+        stats = dist.mean_stats(stats)
         selected = ema.module if ema is not None else net
         if len(val_part):
             stats.update(
                 validate(
-                    selected, val_part.images, val_part.labels, device, cfg.train.eval_batch_size
+                    selected,
+                    val_part.images,
+                    val_part.labels,
+                    device,
+                    cfg.train.eval_batch_size,
+                    dist,
                 )
             )
         stats = {
@@ -261,6 +275,7 @@ def train(
             improved = _better(cfg.train.select_metric, metric, best)
         if improved:
             best, best_epoch, bad_epochs = metric, epoch, 0
+        if improved and dist.main:
             save_model(
                 run,
                 selected,
@@ -274,7 +289,7 @@ def train(
                     },
                 },
             )
-        else:
+        if not improved:
             bad_epochs += 1
         val = (
             f"val_loss {stats['val_loss']:.4f}  val_acc {stats['val_accuracy']:.3f}  "
@@ -282,15 +297,17 @@ def train(
             else ""
         )
         per_epoch = (clock() - started) / (epoch - start_epoch + 1)
-        print(
+        say(
             f"epoch {epoch:>3}/{epochs}  loss {stats['train_loss']:.4f}  "
             f"acc {stats['train_accuracy']:.3f}  {val}{stats['images_per_s']:.0f} img/s  "
             f"eta {eta_text(per_epoch * (epochs - epoch))}{'  *' if improved else ''}",
             flush=True,
         )
-        write_history(run, history)
-        if epoch == start_epoch and plan is None and epochs > epoch:
+        if dist.main:
+            write_history(run, history)
+        if epoch == start_epoch and plan is None and epochs > epoch and dist.main:
             say_estimate(stats["elapsed_s"] - elapsed_before, epochs - epoch, device)
+        rng_ranks = dist.gather(rng_state(shuffle))  # every rank's streams, for --resume
         state = {
             "config": cfg.to_dict(),
             "model_name": cfg.model.name,
@@ -303,7 +320,9 @@ def train(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "ema": ema.module.state_dict() if ema is not None else None,
-            "rng": rng_state(shuffle),
+            "rng": rng_ranks[0],
+            "rng_ranks": rng_ranks,
+            "world_size": dist.world,
             "best": best,
             "best_epoch": best_epoch,
             "bad_epochs": bad_epochs,
@@ -311,9 +330,14 @@ def train(
             "elapsed_s": stats["elapsed_s"],
             "plan": plan.to_dict() if plan else None,
         }
-        save_checkpoint(paths.last_checkpoint, state)
-        if improved:
-            save_checkpoint(paths.best_checkpoint, state)
+        if dist.main:
+            save_checkpoint(paths.last_checkpoint, state)
+            if improved:
+                save_checkpoint(paths.best_checkpoint, state)
+        asked = on_epoch(epoch, stats) if on_epoch else None
+        if asked:
+            stop_reason = asked
+            break
         if cfg.train.patience and bad_epochs >= cfg.train.patience:
             stop_reason = f"early stop: no better {cfg.train.select_metric} for {bad_epochs} epochs"
             break
@@ -330,11 +354,10 @@ def train(
         if stop_after is not None and epoch >= stop_after:
             stop_reason = f"stopped after epoch {epoch} (resume with --resume)"
             break
-    if len(val_part) and history:
+    if len(val_part) and history and dist.main:
         final = ema.module if ema is not None else net
         tracker.confusion(final, val_part.images, val_part.labels, crops.classes, device)
     tracker.close()
-    plot_history(history, paths.curves)
     summary = {
         "run": str(run),
         "recipe": cfg.recipe,
@@ -354,33 +377,15 @@ def train(
         "device": str(device),
         "precision": "bf16 autocast" if use_bf16(cfg, device) else "fp32",
         "threads": torch.get_num_threads(),
+        "world_size": dist.world,
+        "rank_seeds": [dist.seed(cfg.train.seed) - dist.rank + r for r in range(dist.world)],
     }
-    write_json(paths.summary, summary)
+    if dist.main:
+        plot_history(history, paths.curves)
+        write_json(paths.summary, summary)
+    dist.barrier()  # no rank leaves before rank 0 has written the run
     return summary
 
 
-def _plan(cfg, make_stepper, net, images, labels, val_part, steps_per_epoch, shuffle, clock):
-    """Time a few steps on a copy of the model; the random streams are left as they were."""
-    saved = rng_state(shuffle)
-    probe = make_stepper(copy.deepcopy(net), cfg.train.epochs)
-    size = cfg.train.batch_size
-    order = torch.randperm(len(labels), generator=shuffle)
-    batches = [order[i : i + size] for i in range(0, len(order) - size + 1, size)] or [order]
-    done = 0
-
-    def run_steps(n: int) -> None:
-        nonlocal done
-        chosen = [batches[(done + i) % len(batches)] for i in range(n)]
-        train_one_epoch(probe, chosen, images, labels, done, "timing")
-        done += n
-
-    def run_validation() -> None:
-        if not len(val_part):
-            return
-        validate(
-            probe.net, val_part.images, val_part.labels, probe.device, cfg.train.eval_batch_size
-        )
-
-    seconds = time_epoch(run_steps, run_validation, steps_per_epoch, clock)
-    set_rng_state(saved, shuffle)
-    return plan_epochs(cfg.train.max_minutes, cfg.train.epochs, seconds)
+def _quiet(*args, **kwargs) -> None:
+    """print() on ranks other than 0: one voice per job."""

@@ -19,7 +19,14 @@ import torch
 from torch import nn
 
 from pitguard.errors import PitguardError
-from pitguard.models import zero_classifier
+from pitguard.models import (
+    PitguardNet,
+    build_model,
+    classifier_params,
+    load_pretrained,
+    make_contract,
+    zero_classifier,
+)
 
 
 @dataclass(frozen=True)
@@ -130,3 +137,41 @@ def load_imagenet(backbone: nn.Module, name: str, in_chans: int) -> dict:
     backbone.load_state_dict(own)
     zero_classifier(backbone)
     return {"loaded": loaded, "source": IMAGENET[name].pip_name}
+
+
+def training_net(
+    cfg, n_classes: int, train_images: torch.Tensor, fresh: bool, sync_bn: bool, say
+) -> tuple[PitguardNet, Any, dict]:
+    """The network a run trains, its input contract and its timm kwargs: data statistics when
+    ``model.normalize: data``; ImageNet or local weights on a fresh run (a resumed one loads its
+    checkpoint); the backbone frozen for head-only recipes; BatchNorm synchronised when asked."""
+    data_mean = data_std = None
+    if cfg.model.normalize == "data":
+        x = train_images.float().div(255)[:, list(cfg.model.channels)]
+        data_mean = tuple(float(v) for v in x.mean(dim=(0, 2, 3)))
+        data_std = tuple(float(v) for v in x.std(dim=(0, 2, 3)).clamp_min(1e-3))
+    contract = make_contract(cfg.model, cfg.data.size, data_mean, data_std)
+    kwargs = {
+        "num_classes": n_classes,
+        "drop_rate": cfg.model.drop_rate,
+        "drop_path_rate": cfg.model.drop_path_rate,
+    }
+    net = build_model(
+        cfg.model.name, n_classes, contract, cfg.model.drop_rate, cfg.model.drop_path_rate
+    )
+    if cfg.model.weights == "imagenet" and fresh:
+        info = load_imagenet(net.backbone, cfg.model.name, len(contract.channels))
+        say(f"ImageNet weights: {info['loaded']} tensors from {info['source']}", flush=True)
+    if cfg.model.pretrained_path and fresh:
+        info = load_pretrained(net.backbone, cfg.model.pretrained_path, len(contract.channels))
+        say(
+            f"pretrained: {info['loaded']} tensors loaded, {len(info['skipped'])} skipped",
+            flush=True,
+        )
+    if cfg.model.freeze_backbone:
+        head = {id(p) for p in classifier_params(net.backbone)}
+        for p in net.backbone.parameters():
+            p.requires_grad_(id(p) in head)
+    if cfg.train.sync_bn and sync_bn:
+        net = cast(PitguardNet, nn.SyncBatchNorm.convert_sync_batchnorm(net))
+    return net, contract, kwargs

@@ -23,6 +23,21 @@ def test_round_trip_keeps_rows_and_writes_paths_relative_to_the_manifest(tmp_pat
     assert not list(manifest.parent.glob(".*tmp*"))  # written atomically, nothing left behind
 
 
+def test_paths_through_a_symlinked_folder_keep_the_links_name(tmp_path):
+    """A run beside ../shared (a symlink, as on CI) stores ../shared/..., not the link's target."""
+    target = tmp_path / "elsewhere" / "data"
+    target.mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "shared").symlink_to(target)
+    crop = tmp_path / "work" / "main" / ".." / "shared" / "a.png"
+    manifest = write_manifest(
+        tmp_path / "work" / "main" / "runs" / "r" / "split.csv", [ManifestRow(crop, "pit")]
+    )
+    assert manifest.read_text().splitlines()[1].startswith("../../../shared/a.png,pit")
+    (read,) = read_manifest(manifest)
+    assert read.path == tmp_path / "work" / "shared" / "a.png"  # the link's name, not its target
+
+
 def test_errors_name_the_file_line_and_fix(tmp_path):
     bad = tmp_path / "m.csv"
     bad.write_text("file,label\nx.png,pit\n")

@@ -10,7 +10,7 @@ import threading
 import traceback
 
 from pitguard import __version__
-from pitguard.cli import data_verbs, deploy_verbs, study_verbs, train_verbs
+from pitguard.cli import check_verbs, data_verbs, deploy_verbs, study_verbs, train_verbs
 from pitguard.cli.common import examples
 from pitguard.errors import PitguardError
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     data_verbs.add_verbs(sub)
     train_verbs.add_verbs(sub)
+    check_verbs.add_verbs(sub)
     deploy_verbs.add_verbs(sub)
     study_verbs.add_verbs(sub)
     return parser
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     or a crash; 130/143 interrupted or terminated."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for verbs that relaunch themselves
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2

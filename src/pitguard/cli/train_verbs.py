@@ -1,12 +1,14 @@
-"""The training verbs: train, eval, calibrate, thresholds and recipes."""
+"""The training verbs: train (one model, cross-fitted folds, or data-parallel) and sweep."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pitguard.cli.common import verb, write_json_out
+from pitguard.cli.common import verb
 from pitguard.errors import PitguardError
 
 if TYPE_CHECKING:
@@ -14,7 +16,46 @@ if TYPE_CHECKING:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from pitguard.distributed import from_env
+
+    if args.nproc is not None:
+        return _launch(args)
+    dist = from_env()
+    if dist.main:
+        return _train(args)
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # rank 0 speaks
+        return _train(args)
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """--nproc N: the same command under torchrun on this machine, N processes."""
+    import subprocess
+    import sys
+
+    if args.nproc < 1:
+        raise PitguardError(f"--nproc {args.nproc}: give 1 or more processes")
+    if args.folds is not None:
+        raise PitguardError("--nproc trains one model data-parallel; drop --folds (or --nproc)")
+    argv, rest = list(args.argv), []
+    while argv:
+        arg = argv.pop(0)
+        if arg == "--nproc":
+            argv.pop(0)
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command = [*launcher, "--nproc-per-node", str(args.nproc), "-m", "pitguard", *rest]
+    print(
+        "running: torchrun --standalone --nproc-per-node "
+        + f"{args.nproc} -m pitguard "
+        + " ".join(rest)
+    )
+    return subprocess.run(command).returncode
+
+
+def _train(args: argparse.Namespace) -> int:
     from pitguard.config import load_config
+    from pitguard.distributed import from_env
     from pitguard.runfolder import RunPaths
     from pitguard.train import train
 
@@ -23,6 +64,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         return run_folds(*a, **kw)
 
+    if args.workers != 1 and args.folds is None:
+        raise PitguardError("--workers shares the models of --folds K; for one model use --nproc")
     if args.folds is not None and args.stop_after is not None:
         raise PitguardError("--stop-after applies to one model, not to --folds; stop with Ctrl-C")
     if args.resume:
@@ -41,13 +84,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise PitguardError(f"--stop-after {args.stop_after}: give 1 or more epochs")
         args.out = _free_out(args.out)
         recipe = args.recipe or (None if args.config else _default_recipe())
-        extra = {"data.path": args.data} if args.data else None
-        cfg = load_config(recipe, args.config, args.set, extra)
+        extra = {"data.path": args.data} if args.data else {}
+        if args.tracking:
+            extra["train.tracking"] = args.tracking
+        cfg = load_config(recipe, args.config, args.set, extra or None)
         if args.dry_run:
             return _dry_run(cfg, args.folds)
         if args.folds is not None:
-            return _report_crossfit(crossfit(cfg, args.out, args.folds))
+            return _report_crossfit(crossfit(cfg, args.out, args.folds, workers=args.workers))
         summary = train(cfg, args.out, stop_after=args.stop_after)
+    from_env().stop()
     print(_describe_summary(summary))
     return 0
 
@@ -179,6 +225,27 @@ def add_train(sub: Verbs) -> None:
         "(for calibrate --scores oof), then a final model trains on all of them",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="W",
+        help="with --folds: W processes share the K + 1 models (one GPU each where there are W); "
+        "more machines join with pitguard train --resume RUN on the same folder",
+    )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train data-parallel in N processes on this machine (runs torchrun --standalone "
+        "--nproc-per-node N -m pitguard train ...; on several machines run torchrun yourself)",
+    )
+    p.add_argument(
+        "--tracking",
+        choices=["tensorboard", "mlflow"],
+        help="tensorboard: event files in RUN/tensorboard (always written); mlflow: an MLflow run "
+        "as well (MLFLOW_TRACKING_URI, else RUN's parent/mlflow.db; pip install 'pitguard[mlflow]')",
+    )
+    p.add_argument(
         "--stop-after",
         type=int,
         metavar="EPOCHS",
@@ -186,194 +253,119 @@ def add_train(sub: Verbs) -> None:
     )
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from pitguard.evaluate import evaluate_run, format_report
-    from pitguard.files import read_json
-    from pitguard.runfolder import RunPaths, load_policy
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pitguard.config import load_config
+    from pitguard.sweep import read_space, sweep
 
-    policy = load_policy(args.run)
-    result = evaluate_run(
-        args.run,
-        args.data,
-        args.split,
-        n_boot=args.n_boot,
-        classes=args.classes,
-        policy=policy,
-        calibration=read_json(RunPaths(Path(args.run)).policy),
+    if args.trials < 1:
+        raise PitguardError(f"--trials {args.trials}: give 1 or more")
+    if args.workers < 1:
+        raise PitguardError(f"--workers {args.workers}: give 1 or more")
+    space = read_space(args.space)  # a bad space stops before any worker starts
+    recipe = args.recipe or (None if args.config else "cpu-fast")
+    cfg = load_config(recipe, args.config, args.set, {"data.path": args.data})
+    storage = args.storage or f"sqlite:///{Path(args.out).absolute() / 'study.db'}"
+    study = args.study or Path(args.out).name
+    if args.workers > 1:
+        failed = _sweep_workers(args, storage, study)
+        if failed:
+            return failed
+    record = sweep(
+        cfg,
+        args.out,
+        args.trials,
+        storage,
+        study,
+        space,
+        args.set or [],
+        recipe,
+        args.config,
+        args.seed,
     )
-    print(format_report(result))
-    print(f"outputs in {result['outputs']}")
-    write_json_out(result, args.json)
-    return 0
-
-
-def add_eval(sub: Verbs) -> None:
-    p = verb(
-        sub,
-        "eval",
-        "Evaluate a run: metrics with 95% intervals, per-crop predictions and plots.",
-        [
-            "pitguard eval runs/cpu-fast                      # the run's own test part",
-            "pitguard eval runs/cpu-fast --data other_crops/ --json eval.json",
-            "pitguard eval runs/cpu-fast --data runs/cpu-fast/split.csv --split calib",
-        ],
-        cmd_eval,
-    )
-    p.add_argument("run", help="run folder")
-    p.add_argument("--data", help="dataset (any layout); default: the run's own split")
-    p.add_argument("--split", help="part of a split dataset to evaluate (default test)")
-    p.add_argument("--json", metavar="OUT", help="also write the metrics JSON here")
-    p.add_argument(
-        "--n-boot", type=int, default=1000, help="bootstrap resamples for intervals (default 1000)"
-    )
-    p.add_argument(
-        "--classes", metavar="MAP", help="map folder names to classes, e.g. good=clean,bad=pit"
-    )
-
-
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    from pitguard.calibrate import calibrate_run
-
-    rec = calibrate_run(
-        args.run,
-        args.data,
-        args.split,
-        args.max_pit_miss,
-        args.confidence,
-        args.max_false_reject,
-        args.scores,
-    )
-    th, cal = rec["thresholds"], rec["calibration_data"]
-    pol = rec["policy"]
-    print(
-        f"temperature {pol['temperature']:.4f}  ECE {rec['ece_before']:.4f} -> {rec['ece_after']:.4f}"
-    )
-    print(
-        f"t_low {th['t_low']:.6f}  t_high {th['t_high']:.6f}  (p_pit < t_low: clean; >= t_high: pit; else maybe)"
-    )
-    print(
-        f"on {cal['data']} (n={cal['n']}, {cal['n_pits']} pits): {th['calib_pit_misses']} pits routed clean, "
-        f"pit-miss bound {100 * th['pit_miss_bound']:.3f}% at {100 * args.confidence:.0f}% confidence "
-        f"(target {100 * args.max_pit_miss:g}%), maybe rate {100 * th['calib_maybe_rate']:.2f}%"
-    )
-    print(
-        "routes on the calibration crops: "
-        + ", ".join(f"{k} {v}" for k, v in rec["calib_routes"].items())
-    )
-    print(f"guarantee ({rec['mode']}): {rec['guarantee']['statement']}")
-    from pitguard.runfolder import RunPaths
-
-    paths = RunPaths(Path(args.run))
-    print(f"wrote {paths.policy} and {paths.calibration}/")
-    return 0
-
-
-def add_calibrate(sub: Verbs) -> None:
-    p = verb(
-        sub,
-        "calibrate",
-        "Calibrate the clean/maybe/pit decision with a stated bound on pits routed clean.",
-        [
-            "pitguard calibrate runs/cpu-fast --max-pit-miss 0.01 --confidence 0.95",
-            "pitguard calibrate runs/cpu-fast --max-pit-miss 0.02 --max-false-reject 0.05",
-            "pitguard calibrate runs/prod --data held_out_calib/",
-            "pitguard calibrate runs/cf --scores oof --max-pit-miss 0.01 --max-false-reject 0.05",
-        ],
-        cmd_calibrate,
-    )
-    p.add_argument("run", help="run folder")
-    p.add_argument("--data", help="calibration crops (default: the run's own calib part)")
-    p.add_argument("--split", help="part of a split --data to use (default calib)")
-    p.add_argument(
-        "--max-pit-miss", type=float, default=0.01, help="bound on pits routed clean (default 0.01)"
-    )
-    p.add_argument(
-        "--confidence", type=float, default=0.95, help="confidence of the bound (default 0.95)"
-    )
-    p.add_argument("--max-false-reject", type=float, help="also bound clean crops routed pit")
-    p.add_argument(
-        "--scores",
-        choices=("holdout", "oof"),
-        help="holdout: the model's scores on its calib part or --data (exact bound); oof: a "
-        "--folds run's out-of-fold scores (more pits, cross-fit bound). Default: oof for a "
-        "--folds run, else holdout",
-    )
-
-
-def cmd_thresholds(args: argparse.Namespace) -> int:
-    from pitguard.calibrate import sweep_run
-
-    sweep = sweep_run(args.run, args.data, args.split, args.min_recall)
-    print(f"{sweep['data']}  n={sweep['n']}  (pit when p_pit >= threshold)")
-    print(
-        f"{'thr':>6}{'acc':>8}{'prec':>8}{'recall':>8}{'f1':>8}{'spec':>8}{'tp':>6}{'fp':>6}{'tn':>6}{'fn':>6}"
-    )
-
-    def f(x):
-        return f"{'n/a':>8}" if x is None else f"{x:>8.4f}"
-
-    for r in sweep["rows"][:: max(1, args.every)]:
-        print(
-            f"{r['threshold']:>6.2f}{f(r['accuracy'])}{f(r['precision'])}{f(r['recall'])}{f(r['f1'])}"
-            f"{f(r['specificity'])}{r['tp']:>6}{r['fp']:>6}{r['tn']:>6}{r['fn']:>6}"
-        )
-    best = sweep["best"]
+    states = ", ".join(f"{n} {s}" for s, n in record["states"].items() if n)
+    print(f"study {record['study']} in {storage}: {states}")
+    best = record["best"]
     if best:
         print(
-            f"best F1 with recall >= {args.min_recall}: threshold {best['threshold']:.2f}, F1 {best['f1']:.4f}, "
-            f"recall {best['recall']:.4f}, precision {best['precision']:.4f}"
+            f"best: trial {best['number']}, {record['metric']} {best['value']:.4f} on val; "
+            f"recipe written to {best['recipe']} (pitguard train --recipe {best['recipe']} ...)"
         )
-    else:
-        print(f"no threshold reaches recall {args.min_recall}")
-    print(f"wrote {sweep['outputs']}/sweep.json and sweep.png")
     return 0
 
 
-def add_thresholds(sub: Verbs) -> None:
+def _sweep_workers(args: argparse.Namespace, storage: str, study: str) -> int:
+    """--workers W: W processes of this sweep on one storage, the cores shared among them."""
+    import subprocess
+    import sys
+
+    from pitguard.devices import usable_cores
+
+    argv, rest = list(args.argv), []
+    while argv:
+        arg = argv.pop(0)
+        if arg in ("--workers", "--storage", "--study", "--seed"):
+            argv.pop(0)
+        elif not arg.startswith(("--workers=", "--storage=", "--study=", "--seed=")):
+            rest.append(arg)
+    rest += ["--storage", storage, "--study", study]
+    if not any("train.threads=" in s for s in args.set or []):
+        rest += ["--set", f"train.threads={max(1, usable_cores() // args.workers)}"]
+    seeds = [None if args.seed is None else args.seed + w for w in range(args.workers)]
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pitguard", *rest, *([] if s is None else ["--seed", str(s)])]
+        )
+        for s in seeds
+    ]
+    codes = [job.wait() for job in jobs]
+    bad = [c for c in codes if c]
+    if bad:
+        print(f"{len(bad)} of {args.workers} sweep workers failed (exit {bad[0]}); see above")
+    return bad[0] if bad else 0
+
+
+def add_sweep(sub: Verbs) -> None:
     p = verb(
         sub,
-        "thresholds",
-        "Sweep one threshold on p(pit) (the old reports' analysis): table, JSON and plot.",
+        "sweep",
+        "Tune a recipe with an Optuna study: TPE sampling, median pruning on val, trials as runs.",
         [
-            "pitguard thresholds runs/cpu-fast --min-recall 0.99",
-            "pitguard thresholds runs/cpu-fast --data other_crops/ --every 5",
+            "pitguard sweep --recipe cpu-fast --data crops/ --out runs/sweep --trials 20",
+            "pitguard sweep --recipe cpu-fast --data crops/ --out runs/sweep --trials 8 --workers 2",
+            "pitguard sweep --recipe cpu-fast --data crops/ --out runs/sweep --trials 40 "
+            "--space space.yaml --storage postgresql://pg@db/pitguard",
         ],
-        cmd_thresholds,
+        cmd_sweep,
     )
-    p.add_argument("run", help="run folder")
-    p.add_argument("--data", help="crops to sweep on (default: the run's calib part)")
-    p.add_argument("--split", help="part of a split --data (default calib)")
-    p.add_argument("--min-recall", type=float, default=0.99, help="pit recall floor (default 0.99)")
+    p.add_argument("--recipe", help="the recipe to tune (default cpu-fast)")
+    p.add_argument("--config", help="a YAML file of overrides (applied after the recipe)")
+    p.add_argument("--data", required=True, help="dataset (its val part scores every trial)")
     p.add_argument(
-        "--every", type=int, default=5, help="print every Nth threshold of the 101 (default 5)"
+        "--out", required=True, help="sweep folder: trials/, sweep.json, best-recipe.yaml"
     )
-
-
-def cmd_recipes(args: argparse.Namespace) -> int:
-    from pitguard.recipes import recipe_names, recipe_summary, recipe_text
-
-    if args.name:
-        print(recipe_text(args.name), end="")
-        return 0
-    for name in recipe_names():
-        print(f"{name:<26} {recipe_summary(name)}")
-    return 0
-
-
-def add_recipes(sub: Verbs) -> None:
-    p = verb(
-        sub,
-        "recipes",
-        "List the shipped recipes, or print one.",
-        ["pitguard recipes", "pitguard recipes cpu-fast"],
-        cmd_recipes,
+    p.add_argument(
+        "--set", action="append", metavar="SECTION.KEY=VALUE", help="fixed override (repeatable)"
     )
-    p.add_argument("name", nargs="?", help="print this recipe's YAML")
+    p.add_argument(
+        "--space",
+        metavar="FILE",
+        help="YAML search space: section.key: {type: float|int, low, high, log} or "
+        "{type: categorical, choices: [...]}; default: lr, weight decay, label smoothing, brightness",
+    )
+    p.add_argument(
+        "--trials", type=int, required=True, help="trials the study holds when done (all workers)"
+    )
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage every worker shares: sqlite:///PATH (one machine, default "
+        "OUT/study.db) or postgresql://... (several machines)",
+    )
+    p.add_argument("--study", help="study name in the storage (default: OUT's folder name)")
+    p.add_argument("--workers", type=int, default=1, help="processes on this machine (default 1)")
+    p.add_argument("--seed", type=int, help="sampler seed (worker k uses seed + k)")
 
 
 def add_verbs(sub: Verbs) -> None:
     add_train(sub)
-    add_eval(sub)
-    add_calibrate(sub)
-    add_thresholds(sub)
-    add_recipes(sub)
+    add_sweep(sub)

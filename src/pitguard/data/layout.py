@@ -218,4 +218,4 @@ def _from_manifest(csv_path: Path, mapping) -> DatasetIndex:
         Item(r.path, classes.index(found[r.label]), r.split, r.group)  # type: ignore[arg-type]
         for r in rows
     ]
-    return DatasetIndex(csv_path.parent.resolve(), "manifest", classes, items, dict(found))  # type: ignore[arg-type]
+    return DatasetIndex(csv_path.parent.absolute(), "manifest", classes, items, dict(found))  # type: ignore[arg-type]

@@ -25,8 +25,16 @@ class ManifestRow:
     fold: str | None = None  # cross-fitting fold (the column is written only when some row has one)
 
 
+def _absolute(path: Path) -> Path:
+    """An absolute path with ``..`` folded by name, symlinks not followed."""
+    return Path(os.path.normpath(os.path.abspath(path)))
+
+
 def read_manifest(csv_path: str | Path) -> list[ManifestRow]:
-    """Rows of a manifest, paths resolved against its folder; errors name the file and line."""
+    """Rows of a manifest, paths made absolute against its folder; errors name the file and line.
+
+    Paths stay as named: a folder reached through a symlink (``../shared``) keeps the link's
+    name, so a manifest still reads where the link points elsewhere on another machine."""
     csv_path = Path(csv_path)
     base = csv_path.parent
     with csv_path.open(newline="") as fh:
@@ -53,7 +61,7 @@ def read_manifest(csv_path: str | Path) -> list[ManifestRow]:
         path = Path(r["path"])
         rows.append(
             ManifestRow(
-                path if path.is_absolute() else (base / path).resolve(),
+                _absolute(path if path.is_absolute() else base / path),
                 r["label"],
                 r.get("split") or None,
                 r.get("group") or None,
@@ -66,7 +74,7 @@ def read_manifest(csv_path: str | Path) -> list[ManifestRow]:
 def write_manifest(path: str | Path, rows: Iterable[ManifestRow]) -> Path:
     """Write rows atomically, paths relative to the manifest's folder so the pair can move."""
     path = Path(path)
-    base = path.parent.resolve()
+    base = _absolute(path.parent)
     rows = list(rows)
     folds = any(row.fold for row in rows)
 
@@ -75,7 +83,7 @@ def write_manifest(path: str | Path, rows: Iterable[ManifestRow]) -> Path:
             writer = csv.writer(fh)
             writer.writerow(COLUMNS + (("fold",) if folds else ()))
             for row in rows:
-                rel = os.path.relpath(Path(row.path).resolve(), base)
+                rel = os.path.relpath(_absolute(Path(row.path)), base)
                 cells = [rel, row.label, row.split or "", row.group or ""]
                 writer.writerow(cells + ([row.fold or ""] if folds else []))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -20,6 +21,12 @@ def recipe_names() -> list[str]:
 
 
 def recipe_text(name: str) -> str:
+    """A shipped recipe by name, or a recipe file (``.yaml``, e.g. a sweep's best-recipe.yaml)."""
+    if name.endswith((".yaml", ".yml")):
+        path = Path(name)
+        if not path.is_file():
+            raise PitguardError(f"recipe file {name}: no such file")
+        return path.read_text()
     names = recipe_names()
     if name not in names:
         close = difflib.get_close_matches(name, names, n=1)

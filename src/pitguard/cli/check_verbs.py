@@ -1,0 +1,204 @@
+"""The verbs that check and certify a trained run: eval, calibrate, thresholds and recipes."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pitguard.cli.common import verb, write_json_out
+
+if TYPE_CHECKING:
+    from pitguard.cli.common import Verbs
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pitguard.evaluate import evaluate_run, format_report
+    from pitguard.files import read_json
+    from pitguard.runfolder import RunPaths, load_policy
+
+    policy = load_policy(args.run)
+    result = evaluate_run(
+        args.run,
+        args.data,
+        args.split,
+        n_boot=args.n_boot,
+        classes=args.classes,
+        policy=policy,
+        calibration=read_json(RunPaths(Path(args.run)).policy),
+    )
+    print(format_report(result))
+    print(f"outputs in {result['outputs']}")
+    write_json_out(result, args.json)
+    return 0
+
+
+def add_eval(sub: Verbs) -> None:
+    p = verb(
+        sub,
+        "eval",
+        "Evaluate a run: metrics with 95% intervals, per-crop predictions and plots.",
+        [
+            "pitguard eval runs/cpu-fast                      # the run's own test part",
+            "pitguard eval runs/cpu-fast --data other_crops/ --json eval.json",
+            "pitguard eval runs/cpu-fast --data runs/cpu-fast/split.csv --split calib",
+        ],
+        cmd_eval,
+    )
+    p.add_argument("run", help="run folder")
+    p.add_argument("--data", help="dataset (any layout); default: the run's own split")
+    p.add_argument("--split", help="part of a split dataset to evaluate (default test)")
+    p.add_argument("--json", metavar="OUT", help="also write the metrics JSON here")
+    p.add_argument(
+        "--n-boot", type=int, default=1000, help="bootstrap resamples for intervals (default 1000)"
+    )
+    p.add_argument(
+        "--classes", metavar="MAP", help="map folder names to classes, e.g. good=clean,bad=pit"
+    )
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from pitguard.calibrate import calibrate_run
+
+    rec = calibrate_run(
+        args.run,
+        args.data,
+        args.split,
+        args.max_pit_miss,
+        args.confidence,
+        args.max_false_reject,
+        args.scores,
+    )
+    th, cal = rec["thresholds"], rec["calibration_data"]
+    pol = rec["policy"]
+    print(
+        f"temperature {pol['temperature']:.4f}  ECE {rec['ece_before']:.4f} -> {rec['ece_after']:.4f}"
+    )
+    print(
+        f"t_low {th['t_low']:.6f}  t_high {th['t_high']:.6f}  (p_pit < t_low: clean; >= t_high: pit; else maybe)"
+    )
+    print(
+        f"on {cal['data']} (n={cal['n']}, {cal['n_pits']} pits): {th['calib_pit_misses']} pits routed clean, "
+        f"pit-miss bound {100 * th['pit_miss_bound']:.3f}% at {100 * args.confidence:.0f}% confidence "
+        f"(target {100 * args.max_pit_miss:g}%), maybe rate {100 * th['calib_maybe_rate']:.2f}%"
+    )
+    print(
+        "routes on the calibration crops: "
+        + ", ".join(f"{k} {v}" for k, v in rec["calib_routes"].items())
+    )
+    print(f"guarantee ({rec['mode']}): {rec['guarantee']['statement']}")
+    from pitguard.runfolder import RunPaths
+
+    paths = RunPaths(Path(args.run))
+    print(f"wrote {paths.policy} and {paths.calibration}/")
+    return 0
+
+
+def add_calibrate(sub: Verbs) -> None:
+    p = verb(
+        sub,
+        "calibrate",
+        "Calibrate the clean/maybe/pit decision with a stated bound on pits routed clean.",
+        [
+            "pitguard calibrate runs/cpu-fast --max-pit-miss 0.01 --confidence 0.95",
+            "pitguard calibrate runs/cpu-fast --max-pit-miss 0.02 --max-false-reject 0.05",
+            "pitguard calibrate runs/prod --data held_out_calib/",
+            "pitguard calibrate runs/cf --scores oof --max-pit-miss 0.01 --max-false-reject 0.05",
+        ],
+        cmd_calibrate,
+    )
+    p.add_argument("run", help="run folder")
+    p.add_argument("--data", help="calibration crops (default: the run's own calib part)")
+    p.add_argument("--split", help="part of a split --data to use (default calib)")
+    p.add_argument(
+        "--max-pit-miss", type=float, default=0.01, help="bound on pits routed clean (default 0.01)"
+    )
+    p.add_argument(
+        "--confidence", type=float, default=0.95, help="confidence of the bound (default 0.95)"
+    )
+    p.add_argument("--max-false-reject", type=float, help="also bound clean crops routed pit")
+    p.add_argument(
+        "--scores",
+        choices=("holdout", "oof"),
+        help="holdout: the model's scores on its calib part or --data (exact bound); oof: a "
+        "--folds run's out-of-fold scores (more pits, cross-fit bound). Default: oof for a "
+        "--folds run, else holdout",
+    )
+
+
+def cmd_thresholds(args: argparse.Namespace) -> int:
+    from pitguard.calibrate import sweep_run
+
+    sweep = sweep_run(args.run, args.data, args.split, args.min_recall)
+    print(f"{sweep['data']}  n={sweep['n']}  (pit when p_pit >= threshold)")
+    print(
+        f"{'thr':>6}{'acc':>8}{'prec':>8}{'recall':>8}{'f1':>8}{'spec':>8}{'tp':>6}{'fp':>6}{'tn':>6}{'fn':>6}"
+    )
+
+    def f(x):
+        return f"{'n/a':>8}" if x is None else f"{x:>8.4f}"
+
+    for r in sweep["rows"][:: max(1, args.every)]:
+        print(
+            f"{r['threshold']:>6.2f}{f(r['accuracy'])}{f(r['precision'])}{f(r['recall'])}{f(r['f1'])}"
+            f"{f(r['specificity'])}{r['tp']:>6}{r['fp']:>6}{r['tn']:>6}{r['fn']:>6}"
+        )
+    best = sweep["best"]
+    if best:
+        print(
+            f"best F1 with recall >= {args.min_recall}: threshold {best['threshold']:.2f}, F1 {best['f1']:.4f}, "
+            f"recall {best['recall']:.4f}, precision {best['precision']:.4f}"
+        )
+    else:
+        print(f"no threshold reaches recall {args.min_recall}")
+    print(f"wrote {sweep['outputs']}/sweep.json and sweep.png")
+    return 0
+
+
+def add_thresholds(sub: Verbs) -> None:
+    p = verb(
+        sub,
+        "thresholds",
+        "Sweep one threshold on p(pit) (the old reports' analysis): table, JSON and plot.",
+        [
+            "pitguard thresholds runs/cpu-fast --min-recall 0.99",
+            "pitguard thresholds runs/cpu-fast --data other_crops/ --every 5",
+        ],
+        cmd_thresholds,
+    )
+    p.add_argument("run", help="run folder")
+    p.add_argument("--data", help="crops to sweep on (default: the run's calib part)")
+    p.add_argument("--split", help="part of a split --data (default calib)")
+    p.add_argument("--min-recall", type=float, default=0.99, help="pit recall floor (default 0.99)")
+    p.add_argument(
+        "--every", type=int, default=5, help="print every Nth threshold of the 101 (default 5)"
+    )
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from pitguard.recipes import recipe_names, recipe_summary, recipe_text
+
+    if args.name:
+        print(recipe_text(args.name), end="")
+        return 0
+    for name in recipe_names():
+        print(f"{name:<26} {recipe_summary(name)}")
+    return 0
+
+
+def add_recipes(sub: Verbs) -> None:
+    p = verb(
+        sub,
+        "recipes",
+        "List the shipped recipes, or print one.",
+        ["pitguard recipes", "pitguard recipes cpu-fast"],
+        cmd_recipes,
+    )
+    p.add_argument("name", nargs="?", help="print this recipe's YAML")
+
+
+def add_verbs(sub: Verbs) -> None:
+    add_eval(sub)
+    add_calibrate(sub)
+    add_thresholds(sub)
+    add_recipes(sub)
