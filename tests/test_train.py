@@ -235,3 +235,19 @@ def test_a_run_folder_in_use_by_another_job_is_refused_before_any_work(synth_dir
     with hold_lock(run / ".lock", "another job"), pytest.raises(PitguardError, match=busy):
         train(tiny_config(synth_dir, "train.epochs=1"), run)
     assert sorted(p.name for p in run.iterdir()) == [".lock"]
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path):
+    """Bad data found after the run folder was made: the folder goes; an existing one stays."""
+    from pitguard.errors import PitguardError
+
+    data = tmp_path / "d"
+    (data / "goodones").mkdir(parents=True)
+    with pytest.raises(PitguardError, match="unknown class name"):
+        train(tiny_config(data), tmp_path / "runs" / "x")
+    assert not (tmp_path / "runs" / "x").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(PitguardError, match="unknown class name"):
+        train(tiny_config(data), mine)
+    assert mine.is_dir()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -75,10 +76,16 @@ def train(
     """
     dist = from_env()
     run = Path(run)
+    created = dist.main and not run.exists()
     if dist.main:  # one job trains into a run folder at a time (a lock freed when it ends)
         run.mkdir(parents=True, exist_ok=True)
-    with hold_lock(run / ".lock", f"{run} (a run folder)") if dist.main else nullcontext():
-        return _train(cfg, run, dist, resume, stop_after, clock, plan_only, on_epoch)
+    try:
+        with hold_lock(run / ".lock", f"{run} (a run folder)") if dist.main else nullcontext():
+            return _train(cfg, run, dist, resume, stop_after, clock, plan_only, on_epoch)
+    except BaseException:
+        if created and not RunPaths(run).last_checkpoint.exists():  # no half-made run folder
+            shutil.rmtree(run, ignore_errors=True)
+        raise
 
 
 def _train(cfg, run: Path, dist, resume, stop_after, clock, plan_only, on_epoch) -> dict:
