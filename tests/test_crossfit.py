@@ -224,6 +224,7 @@ def test_the_oof_file_is_checked_when_read(cf_run, tmp_path):
         read_oof(run)
 
 
+@pytest.mark.slow
 def test_worker_processes_share_the_models_and_score_every_crop_once(crops, cf_run, tmp_path):
     """--workers 2: a helper process takes the models the first one has not started; each
     model is trained once (its folder's lock names the process that trained it) and every

@@ -92,6 +92,7 @@ def test_resume_with_another_number_of_processes_says_how_to_resume(tmp_path):
         check_sync_bn(True, torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_two_ranks_match_one_rank_and_write_one_set_of_files(easy_crops, tmp_path):
     """Same global batch (64) and seed: 2 gloo ranks end within 6 of 80 val crops of 1 rank
     (the ranks draw their own augmentation and keep BatchNorm statistics of their own share)."""
@@ -144,6 +145,7 @@ def _workers_of(run: Path) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_a_killed_torchrun_job_resumes_under_torchrun(easy_crops, tmp_path):
     run = tmp_path / "run"
     job = subprocess.Popen(

@@ -109,6 +109,7 @@ def test_sweep_runs_its_trials_as_runs_and_writes_a_usable_best_recipe(synth_dir
     assert len(_study(db, "sw").get_trials()) == 4
 
 
+@pytest.mark.slow
 def test_two_workers_on_one_sqlite_study_lose_and_repeat_no_trial(synth_dir, tmp_path):
     db = tmp_path / "shared.db"
     argv = ["sweep", "--recipe", "cpu-fast", "--data", str(synth_dir), "--trials", "8"]
