@@ -200,11 +200,13 @@ def _run_trial(study, trial, out, metric, space, sets, recipe, config_file, base
     chosen = [f"{k}={v}" for k, v in params.items()]
     print(f"trial {trial.number}: {', '.join(chosen)} -> {run}", flush=True)
     pruned: list[int] = []
+    last: list[float] = []  # the latest epoch's val metric
 
     def report(epoch: int, stats: dict) -> str | None:
         if metric not in stats:
             return None
-        trial.report(float(stats[metric]), epoch)
+        last[:] = [float(stats[metric])]
+        trial.report(last[0], epoch)
         if trial.should_prune():
             pruned.append(epoch)
             return f"pruned by the sweep after epoch {epoch} (median rule on {metric})"
@@ -220,22 +222,14 @@ def _run_trial(study, trial, out, metric, space, sets, recipe, config_file, base
         study.tell(trial, state=TrialState.PRUNED)
         print(f"trial {trial.number}: pruned after epoch {pruned[0]}", flush=True)
         return
-    value = summary["best_value"] if base.train.select_metric != "last" else None
-    if value is None:
-        value = _last_val(run, metric)
+    # a recipe that keeps its last epoch chose nothing on val: its value is the last epoch's
+    kept_last = base.train.select_metric == "last"
+    value = (last[0] if last else None) if kept_last else summary["best_value"]
     if value is None or not math.isfinite(float(value)):
         study.tell(trial, state=TrialState.FAIL)
         raise PitguardError(f"{run}: no {metric} to report; the sweep needs a val part")
     study.tell(trial, float(value))
     print(f"trial {trial.number}: {metric} {float(value):.4f}", flush=True)
-
-
-def _last_val(run: Path, metric: str) -> float | None:
-    """The last epoch's val metric (a recipe that keeps its last epoch chose nothing on val)."""
-    from pitguard.runfolder import load_checkpoint
-
-    history = load_checkpoint(run / "checkpoints" / "last.pt")["history"]
-    return float(history[-1][metric]) if history and metric in history[-1] else None
 
 
 def _record(study, out: Path, metric: str, base: Config, target: int, ran: int) -> dict:

@@ -36,13 +36,7 @@ def _launch(args: argparse.Namespace) -> int:
         raise PitguardError(f"--nproc {args.nproc}: give 1 or more processes")
     if args.folds is not None:
         raise PitguardError("--nproc trains one model data-parallel; drop --folds (or --nproc)")
-    argv, rest = list(args.argv), []
-    while argv:
-        arg = argv.pop(0)
-        if arg == "--nproc":
-            argv.pop(0)
-        elif not arg.startswith("--nproc="):
-            rest.append(arg)
+    rest = _without(args.argv, ("--nproc",))
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command = [*launcher, "--nproc-per-node", str(args.nproc), "-m", "pitguard", *rest]
     print(
@@ -51,6 +45,18 @@ def _launch(args: argparse.Namespace) -> int:
         + " ".join(rest)
     )
     return subprocess.run(command).returncode
+
+
+def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """The command line with these options and their values taken out (to relaunch it)."""
+    rest, args = [], list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in options:
+            args.pop(0)
+        elif not arg.startswith(tuple(f"{o}=" for o in options)):
+            rest.append(arg)
+    return rest
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -300,13 +306,7 @@ def _sweep_workers(args: argparse.Namespace, storage: str, study: str) -> int:
 
     from pitguard.devices import usable_cores
 
-    argv, rest = list(args.argv), []
-    while argv:
-        arg = argv.pop(0)
-        if arg in ("--workers", "--storage", "--study", "--seed"):
-            argv.pop(0)
-        elif not arg.startswith(("--workers=", "--storage=", "--study=", "--seed=")):
-            rest.append(arg)
+    rest = _without(args.argv, ("--workers", "--storage", "--study", "--seed"))
     rest += ["--storage", storage, "--study", study]
     if not any("train.threads=" in s for s in args.set or []):
         rest += ["--set", f"train.threads={max(1, usable_cores() // args.workers)}"]
