@@ -96,7 +96,7 @@ def train_tiny(
         synthesize(crops, count=count, seed=seed, difficulty=difficulty)
     # no time budget: a budgeted run is timed before it starts (tests/test_budget.py)
     base = ["model.name=pitguard_tiny", "train.epochs=1", "train.threads=1", "train.max_minutes=0"]
-    cfg = load_config("cpu-fast", sets=[*base, *sets], extra={"data.path": str(crops)})
+    cfg = load_config("small-fast", sets=[*base, *sets], extra={"data.path": str(crops)})
     train(cfg, root / name)
     return root / name
 
@@ -164,7 +164,7 @@ def crossfit_run(crossfit_crops, tmp_path_factory) -> Path:
     from pitguard.crossfit import crossfit
 
     cfg = load_config(
-        "cpu-fast", sets=list(CROSSFIT_SETS), extra={"data.path": str(crossfit_crops)}
+        "small-fast", sets=list(CROSSFIT_SETS), extra={"data.path": str(crossfit_crops)}
     )
     run = tmp_path_factory.mktemp("crossfit-run") / "run"
     crossfit(cfg, run, CROSSFIT_FOLDS)

@@ -52,7 +52,7 @@ def test_a_slow_machine_plans_fewer_epochs_and_still_ends_fully_decayed(
         "train.warmup_epochs=1",
         "train.ema_decay=0",
     ]
-    cfg = load_config("cpu-fast", sets=sets, extra={"data.path": str(synth_dir)})
+    cfg = load_config("small-fast", sets=sets, extra={"data.path": str(synth_dir)})
     run = tmp_path / f"run{seconds_per_call}"
     summary = train(cfg, run, clock=fake_clock(seconds_per_call))
     plan = summary["plan"]
@@ -70,7 +70,7 @@ def test_a_budgeted_run_resumed_follows_its_plan_to_the_same_weights(synth_dir, 
     import torch
 
     sets = ["model.name=pitguard_tiny", "train.epochs=5", "train.threads=1", "train.max_minutes=1"]
-    cfg = load_config("cpu-fast", sets=sets, extra={"data.path": str(synth_dir)})
+    cfg = load_config("small-fast", sets=sets, extra={"data.path": str(synth_dir)})
     # 13 s per clock read: one epoch "takes" 13 / 3 * 2 + 13 = 21.7 s, so 2 of 5 epochs fit
     full = train(cfg, tmp_path / "full", clock=fake_clock(13.0))
     train(cfg, tmp_path / "cut", stop_after=1, clock=fake_clock(13.0))

@@ -113,7 +113,8 @@ def test_train_without_a_recipe_uses_cpu_fast_and_says_so(synth_dir, tmp_path, c
     if torch.cuda.is_available():
         pytest.skip("on a GPU machine train asks for a recipe")
     run = tmp_path / "run"
-    sets = ["model.name=pitguard_tiny", "train.epochs=1", "train.max_minutes=0", "train.threads=1"]
+    sets = ["model.name=pitguard_tiny", "model.weights=none", "model.normalize=none"]
+    sets += ["train.epochs=1", "train.max_minutes=0", "train.threads=1"]
     args = ["train", "--data", str(synth_dir), "--out", str(run)]
     for s in sets:
         args += ["--set", s]
@@ -171,7 +172,15 @@ def test_sigterm_stops_a_verb_with_a_message(tmp_path):
 def test_a_dry_run_prints_the_config_and_an_estimate_and_trains_nothing(
     synth_dir, tmp_path, capsys
 ):
-    argv = ["train", "--recipe", "cpu-fast", "--data", str(synth_dir), "--out", str(tmp_path / "r")]
+    argv = [
+        "train",
+        "--recipe",
+        "small-fast",
+        "--data",
+        str(synth_dir),
+        "--out",
+        str(tmp_path / "r"),
+    ]
     sets = ["--set", "model.name=pitguard_tiny", "--set", "train.threads=1"]
     assert main([*argv, *sets, "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -185,12 +194,20 @@ def test_a_run_without_a_budget_says_how_long_the_rest_will_take(synth_dir, tmp_
     from pitguard.train import train
 
     sets = ["model.name=pitguard_tiny", "train.epochs=2", "train.threads=1", "train.max_minutes=0"]
-    train(load_config("cpu-fast", sets=sets, extra={"data.path": str(synth_dir)}), tmp_path / "r")
+    train(load_config("small-fast", sets=sets, extra={"data.path": str(synth_dir)}), tmp_path / "r")
     assert "min more for the 1 epoch left" in capsys.readouterr().out
 
 
 def test_a_taken_run_folder_gets_the_next_free_name_and_says_so(synth_dir, tmp_path, capsys):
-    argv = ["train", "--recipe", "cpu-fast", "--data", str(synth_dir), "--out", str(tmp_path / "r")]
+    argv = [
+        "train",
+        "--recipe",
+        "small-fast",
+        "--data",
+        str(synth_dir),
+        "--out",
+        str(tmp_path / "r"),
+    ]
     sets = ["--set", "model.name=pitguard_tiny", "--set", "train.epochs=1"]
     sets += ["--set", "train.max_minutes=0", "--set", "train.threads=1"]
     assert main([*argv, *sets]) == 0

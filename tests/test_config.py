@@ -22,7 +22,11 @@ ALL_RECIPES = {
     "convnextv2-tiny-ls",
     "dinov2-vits14-probe",
     "cpu-fast",
+    "cpu-best",
+    "small-fast",
     "lite0",
+    "lite1",
+    "lite2",
 }
 
 

@@ -21,7 +21,7 @@ from tests.conftest import CROSSFIT_SETS as SETS
 
 
 def _config(data: Path, sets=()):
-    return load_config("cpu-fast", sets=[*SETS, *sets], extra={"data.path": str(data)})
+    return load_config("small-fast", sets=[*SETS, *sets], extra={"data.path": str(data)})
 
 
 @pytest.fixture
@@ -199,7 +199,7 @@ def test_eval_and_export_of_a_crossfitted_run_carry_the_calibration_mode(cf_run,
 def test_cli_refuses_folds_below_two_and_with_stop_after(crops, tmp_path, capsys):
     from pitguard.cli import main
 
-    base = ["train", "--recipe", "cpu-fast", "--data", str(crops), "--out", str(tmp_path / "r")]
+    base = ["train", "--recipe", "small-fast", "--data", str(crops), "--out", str(tmp_path / "r")]
     assert main([*base, "--folds", "1"]) == 2
     assert "2 or more folds" in capsys.readouterr().err
     assert main([*base, "--folds", "3", "--stop-after", "1"]) == 2
@@ -232,7 +232,7 @@ def test_worker_processes_share_the_models_and_score_every_crop_once(crops, cf_r
     from pitguard.cli import main
 
     run = tmp_path / "run"
-    argv = ["train", "--recipe", "cpu-fast", "--data", str(crops), "--out", str(run)]
+    argv = ["train", "--recipe", "small-fast", "--data", str(crops), "--out", str(run)]
     sets = [arg for s in (*SETS, "train.epochs=20") for arg in ("--set", s)]
     assert main([*argv, *sets, "--folds", str(FOLDS), "--workers", "2"]) == 0
     trained_by = {

@@ -39,7 +39,7 @@ def _train_cmd(data: Path, out: Path, *extra: str) -> list[str]:
         "pitguard",
         "train",
         "--recipe",
-        "cpu-fast",
+        "small-fast",
         "--data",
         str(data),
         "--out",

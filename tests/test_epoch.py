@@ -42,7 +42,7 @@ def test_a_student_learns_from_a_frozen_teacher_run(trained_run, synth_dir, tmp_
         "train.distill_alpha=0.7",
         "train.distill_temperature=2",
     ]
-    cfg = load_config("cpu-fast", sets=sets, extra={"data.path": str(synth_dir)})
+    cfg = load_config("small-fast", sets=sets, extra={"data.path": str(synth_dir)})
     summary = train(cfg, tmp_path / "student")
     assert summary["teacher"] == str(trained_run) and summary["epochs_run"] == 1
     assert _digest(RunPaths(trained_run).weights) == before  # the teacher is never trained

@@ -23,7 +23,7 @@ SETS = ["model.name=pitguard_small", "train.epochs=3", "train.max_minutes=0", "t
 
 
 def test_training_on_cuda_runs_bf16_with_the_crops_on_the_device(synth_dir, tmp_path):
-    cfg = load_config("cpu-fast", sets=SETS, extra={"data.path": str(synth_dir)})
+    cfg = load_config("small-fast", sets=SETS, extra={"data.path": str(synth_dir)})
     summary = train(cfg, tmp_path / "r")
     assert summary["device"].startswith("cuda") and summary["precision"] == "bf16 autocast"
     assert summary["epochs_run"] == 3
@@ -35,7 +35,7 @@ def test_training_on_cuda_runs_bf16_with_the_crops_on_the_device(synth_dir, tmp_
 def test_two_gpus_train_data_parallel_with_nccl(synth_dir, tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     sets = [arg for s in SETS for arg in ("--set", s)]
-    job = ["--nproc-per-node", "2", "-m", "pitguard", "train", "--recipe", "cpu-fast"]
+    job = ["--nproc-per-node", "2", "-m", "pitguard", "train", "--recipe", "small-fast"]
     data = ["--data", str(synth_dir), "--out", str(tmp_path / "r")]
     done = subprocess.run(
         [*launcher, *job, *data, *sets],

@@ -56,7 +56,7 @@ def test_a_bad_space_file_lists_every_problem_with_its_key(tmp_path):
 
 def test_an_epoch_hook_stops_a_run_and_the_reason_is_kept(synth_dir, tmp_path):
     cfg = load_config(
-        "cpu-fast", sets=[*FAST, "train.epochs=4"], extra={"data.path": str(synth_dir)}
+        "small-fast", sets=[*FAST, "train.epochs=4"], extra={"data.path": str(synth_dir)}
     )
     seen = []
 
@@ -74,11 +74,11 @@ def test_a_trial_the_pruner_stops_is_recorded_pruned(synth_dir, tmp_path, monkey
     trial = study.ask()
     monkeypatch.setattr(trial, "should_prune", lambda: True)
     base = load_config(
-        "cpu-fast", sets=[*FAST, "train.epochs=3"], extra={"data.path": str(synth_dir)}
+        "small-fast", sets=[*FAST, "train.epochs=3"], extra={"data.path": str(synth_dir)}
     )
     space = {"train.lr": {"type": "float", "low": 1e-3, "high": 2e-3}}
     sets = [*FAST, "train.epochs=3"]
-    _run_trial(study, trial, tmp_path, "val_accuracy", space, sets, "cpu-fast", None, base)
+    _run_trial(study, trial, tmp_path, "val_accuracy", space, sets, "small-fast", None, base)
     (t,) = study.get_trials()
     assert t.state == TrialState.PRUNED and list(t.intermediate_values) == [1]
     summary = read_json(tmp_path / "trials" / "trial-0000" / "train_summary.json")
@@ -87,7 +87,7 @@ def test_a_trial_the_pruner_stops_is_recorded_pruned(synth_dir, tmp_path, monkey
 
 def test_sweep_runs_its_trials_as_runs_and_writes_a_usable_best_recipe(synth_dir, tmp_path, capsys):
     db = tmp_path / "study.db"
-    argv = ["sweep", "--recipe", "cpu-fast", "--data", str(synth_dir), "--trials", "4"]
+    argv = ["sweep", "--recipe", "small-fast", "--data", str(synth_dir), "--trials", "4"]
     argv += ["--storage", f"sqlite:///{db}", "--out", str(tmp_path / "sw"), *_sets(), "--seed", "0"]
     assert main(argv) == 0
     trials = _study(db, "sw").get_trials()
@@ -112,7 +112,7 @@ def test_sweep_runs_its_trials_as_runs_and_writes_a_usable_best_recipe(synth_dir
 @pytest.mark.slow
 def test_two_workers_on_one_sqlite_study_lose_and_repeat_no_trial(synth_dir, tmp_path):
     db = tmp_path / "shared.db"
-    argv = ["sweep", "--recipe", "cpu-fast", "--data", str(synth_dir), "--trials", "8"]
+    argv = ["sweep", "--recipe", "small-fast", "--data", str(synth_dir), "--trials", "8"]
     argv += ["--storage", f"sqlite:///{db}", "--out", str(tmp_path / "sw"), "--workers", "2"]
     assert main([*argv, *_sets()]) == 0
     trials = _study(db, "sw").get_trials()
@@ -132,9 +132,9 @@ def test_a_trial_left_running_by_a_dead_worker_is_run_again(synth_dir, tmp_path)
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
     orphan = study.ask()
     orphan.set_user_attr("worker", f"{socket.gethostname()}:999999999")  # no such process
-    base = load_config("cpu-fast", sets=FAST, extra={"data.path": str(synth_dir)})
+    base = load_config("small-fast", sets=FAST, extra={"data.path": str(synth_dir)})
     space = {"train.lr": {"type": "float", "low": 1e-3, "high": 2e-3}}
-    record = sweep(base, tmp_path / "sw", 2, storage, "s", space, FAST, "cpu-fast", None, 0)
+    record = sweep(base, tmp_path / "sw", 2, storage, "s", space, FAST, "small-fast", None, 0)
     states = [t.state for t in _study(db, "s").get_trials()]
     assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert record["states"]["fail"] == 1 and record["trials_run_here"] == 2

@@ -13,7 +13,7 @@ TINY = ("model.name=pitguard_tiny", "train.epochs=2", "train.threads=1", "train.
 
 
 def _config(data, *extra):
-    return load_config("cpu-fast", sets=[*TINY, *extra], extra={"data.path": str(data)})
+    return load_config("small-fast", sets=[*TINY, *extra], extra={"data.path": str(data)})
 
 
 def test_mlflow_run_gets_params_and_every_epoch_and_a_resume_continues_it(

@@ -27,7 +27,7 @@ TINY = [
 
 
 def tiny_config(data, *extra):
-    return load_config("cpu-fast", sets=[*TINY, *extra], extra={"data.path": str(data)})
+    return load_config("small-fast", sets=[*TINY, *extra], extra={"data.path": str(data)})
 
 
 def test_resumed_run_ends_with_the_same_weights(synth_dir, tmp_path):
@@ -82,7 +82,7 @@ def test_run_folder_contents_and_split_never_trains_on_test(synth_dir, tmp_path)
     ):
         assert (run / name).is_file(), name
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["model"]["name"] == "pitguard_tiny" and cfg["recipe"] == "cpu-fast"
+    assert cfg["model"]["name"] == "pitguard_tiny" and cfg["recipe"] == "small-fast"
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert json.loads(json.dumps(ckpt["config"])) == cfg and ckpt["model_name"] == "pitguard_tiny"
     meta = json.loads((run / "model.json").read_text())
@@ -98,8 +98,8 @@ def test_run_folder_contents_and_split_never_trains_on_test(synth_dir, tmp_path)
 
 def test_bf16_autocast_only_where_the_device_computes_it(monkeypatch):
     cpu = torch.device("cpu")
-    on = load_config("cpu-fast")
-    off = load_config("cpu-fast", sets=["train.amp=false"])
+    on = load_config("small-fast")
+    off = load_config("small-fast", sets=["train.amp=false"])
     monkeypatch.setattr(epoch_module, "cpu_has_native_bf16", lambda: True)
     assert epoch_module.use_bf16(on, cpu) and not epoch_module.use_bf16(off, cpu)
     monkeypatch.setattr(epoch_module, "cpu_has_native_bf16", lambda: False)
@@ -163,7 +163,7 @@ def test_three_class_training_and_eval(synth_dir, tmp_path):
 
 def test_cli_train_eval_end_to_end(synth_dir, tmp_path, capsys):
     run = tmp_path / "cli"
-    args = ["train", "--recipe", "cpu-fast", "--data", str(synth_dir), "--out", str(run)]
+    args = ["train", "--recipe", "small-fast", "--data", str(synth_dir), "--out", str(run)]
     for s in [
         *TINY,
         "train.epochs=2",

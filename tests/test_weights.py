@@ -119,3 +119,33 @@ def test_config_asks_for_matching_normalization_and_one_source():
             ]
         )
     assert InputContract().mean is None
+
+
+def test_cpu_fast_fine_tunes_lite0_from_its_imagenet_weights(synth_dir, tmp_path):
+    from pitguard.runfolder import load_run
+    from pitguard.train import train
+
+    sets = ["train.epochs=1", "train.max_minutes=0", "train.threads=1"]
+    cfg = load_config("cpu-fast", sets=sets, extra={"data.path": str(synth_dir)})
+    assert (cfg.model.name, cfg.model.weights, cfg.model.normalize) == (
+        LITE0,
+        "imagenet",
+        "pretrained",
+    )
+    assert train(cfg, tmp_path / "r")["epochs_run"] == 1
+    own = load_run(tmp_path / "r").net.backbone.state_dict()
+    reference = imagenet_state_dict(LITE0)
+    key = "blocks.5.0.conv_pw.weight"  # deep in the net: two steps barely move it
+    cosine = torch.nn.functional.cosine_similarity(
+        own[key].flatten().float(), reference[key].flatten(), dim=0
+    )
+    assert cosine > 0.99
+    random = timm.create_model(LITE0, num_classes=2).state_dict()[key]
+    assert torch.nn.functional.cosine_similarity(own[key].flatten(), random.flatten(), dim=0) < 0.5
+
+
+def test_the_imagenet_recipes_name_their_weights():
+    for name, model in [("cpu-best", "tf_efficientnet_lite2"), ("lite1", "tf_efficientnet_lite1")]:
+        cfg = load_config(name)
+        assert cfg.model.name == model and cfg.model.weights == "imagenet"
+        assert cfg.model.normalize == "pretrained" and IMAGENET[model].extra == "lite"

@@ -82,9 +82,9 @@ def run_demo(out: Path, data: str | None = None, fast: bool = False) -> int:
     write_json(out / "audit.json", report)
     timings["audit"] = time.perf_counter() - t
 
-    t = _step("train (cpu-fast recipe; split seeded and duplicate-aware)")
+    t = _step("train (small-fast recipe; split seeded and duplicate-aware)")
     sets = ["train.epochs=2", "model.name=pitguard_tiny"] if fast else ["train.epochs=12"]
-    cfg = load_config("cpu-fast", sets=sets, extra={"data.path": str(data_dir)})
+    cfg = load_config("small-fast", sets=sets, extra={"data.path": str(data_dir)})
     train(cfg, run)
     timings["train"] = time.perf_counter() - t
 

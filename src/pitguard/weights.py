@@ -60,7 +60,8 @@ def weight_file(name: str):
     if name not in IMAGENET:
         raise PitguardError(
             f"model.weights=imagenet: no ImageNet weights can be had offline for {name!r}; "
-            f"choose one of {', '.join(IMAGENET)}, or give a local file as model.pretrained_path"
+            f"choose one of {', '.join(IMAGENET)}, give a local file as model.pretrained_path, "
+            "or train from scratch with --set model.weights=none"
         )
     package = IMAGENET[name]
     if importlib.util.find_spec(package.module) is None:

@@ -60,7 +60,7 @@ def test_predict_cli_lists_bad_files_and_classifies_the_rest(bundle, tmp_path, c
 def test_bundle_schema_versions(bundle, tmp_path):
     bundle = shutil.copytree(bundle, tmp_path / "b")
     meta = json.loads((bundle / "bundle.json").read_text())
-    assert meta["schema_version"] == 3 and meta["input"]["crop"] == 96  # the cpu-fast recipe's
+    assert meta["schema_version"] == 3 and meta["input"]["crop"] == 96  # the small-fast recipe's
     crops = np.zeros((2, 128, 128, 3), np.uint8)
     expected = pitguard.load(bundle, backend="torch").predict(crops).routes
     # a schema-1 bundle (no crop field) still loads

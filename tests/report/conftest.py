@@ -43,7 +43,7 @@ def _make_runs(root: Path, calibrated_run: Path, trained_run: Path) -> None:
     (a / "bench.json").write_text(json.dumps(result, indent=2))
 
     sets = ["model.name=pitguard_tiny", "train.epochs=1", "train.threads=1", "train.max_minutes=0"]
-    cfg = load_config("cpu-fast", sets=sets, extra={"data.path": str(trained_run / "split.csv")})
+    cfg = load_config("small-fast", sets=sets, extra={"data.path": str(trained_run / "split.csv")})
     b = root / "runs" / "b"
     train(cfg, b)
     evaluate_run(b, n_boot=200)

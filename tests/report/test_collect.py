@@ -28,7 +28,7 @@ def test_numbers_equal_the_runs_own_files(runs, report):
         ):
             assert rec["test"][key] == metrics[key], (name, key)
         assert rec["test"]["part"] == "test" and metrics["data"].endswith("[test]")
-        assert rec["architecture"] == "pitguard_tiny" and rec["recipe"] == "cpu-fast"
+        assert rec["architecture"] == "pitguard_tiny" and rec["recipe"] == "small-fast"
         assert rec["size_bytes"] == (runs / name / "model.safetensors").stat().st_size
         assert rec["parameters"] > 1000
         assert rec["figures"]["confusion_matrix"]["data"] == metrics["data"]

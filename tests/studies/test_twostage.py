@@ -8,7 +8,17 @@ from pitguard.runfolder import load_run
 def test_twostage_mines_only_train_val_and_reports_on_original_labels(synth_dir, tmp_path, capsys):
     out = tmp_path / "ts"
     sets = ["model.name=pitguard_tiny", "train.epochs=2", "train.threads=1", "train.batch_size=32"]
-    args = ["twostage", "--data", str(synth_dir), "--out", str(out), "--stage2-epochs", "1"]
+    args = [
+        "twostage",
+        "--data",
+        str(synth_dir),
+        "--out",
+        str(out),
+        "--stage2-epochs",
+        "1",
+        "--recipe",
+        "small-fast",
+    ]
     for s in sets:
         args += ["--set", s]
     assert main(args) == 0
