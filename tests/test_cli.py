@@ -169,18 +169,14 @@ def test_sigterm_stops_a_verb_with_a_message(tmp_path):
     assert done.returncode == 143 and done.stderr.startswith("terminated")
 
 
+def _train_argv(data, out) -> list[str]:
+    return ["train", "--recipe", "small-fast", "--data", str(data), "--out", str(out)]
+
+
 def test_a_dry_run_prints_the_config_and_an_estimate_and_trains_nothing(
     synth_dir, tmp_path, capsys
 ):
-    argv = [
-        "train",
-        "--recipe",
-        "small-fast",
-        "--data",
-        str(synth_dir),
-        "--out",
-        str(tmp_path / "r"),
-    ]
+    argv = _train_argv(synth_dir, tmp_path / "r")
     sets = ["--set", "model.name=pitguard_tiny", "--set", "train.threads=1"]
     assert main([*argv, *sets, "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -199,15 +195,7 @@ def test_a_run_without_a_budget_says_how_long_the_rest_will_take(synth_dir, tmp_
 
 
 def test_a_taken_run_folder_gets_the_next_free_name_and_says_so(synth_dir, tmp_path, capsys):
-    argv = [
-        "train",
-        "--recipe",
-        "small-fast",
-        "--data",
-        str(synth_dir),
-        "--out",
-        str(tmp_path / "r"),
-    ]
+    argv = _train_argv(synth_dir, tmp_path / "r")
     sets = ["--set", "model.name=pitguard_tiny", "--set", "train.epochs=1"]
     sets += ["--set", "train.max_minutes=0", "--set", "train.threads=1"]
     assert main([*argv, *sets]) == 0
