@@ -170,3 +170,50 @@ def test_a_short_token_is_refused(bundle, tmp_path: Path, capsys):
     (tmp_path / "token").write_text("short\n")
     assert main(["serve", str(bundle), "--token-file", str(tmp_path / "token")]) == 2
     assert "16 or more" in capsys.readouterr().err
+
+
+def test_a_nonpositive_header_timeout_is_refused(bundle, capsys):
+    from pitguard.cli import main
+
+    assert main(["serve", str(bundle), "--header-timeout", "0"]) == 2
+    assert "--header-timeout 0.0: give a positive number of seconds" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_connection_that_sends_its_headers_too_slowly_is_closed(bundle, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from tests.deploy.test_serve import _free_port, _wait_healthy
+
+    port = _free_port()
+    log = tmp_path / "server.log"
+    cmd = [sys.executable, "-m", "pitguard.cli", "serve", str(bundle), "--port", str(port)]
+    with log.open("w") as fh:
+        proc = subprocess.Popen(
+            [*cmd, "--header-timeout", "1"], stdout=fh, stderr=subprocess.STDOUT, env=os.environ
+        )
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", proc, log)
+        slow = socket.create_connection(("127.0.0.1", port), timeout=10)
+        opened = time.monotonic()
+        slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+        prompt = socket.create_connection(("127.0.0.1", port), timeout=10)
+        prompt.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = prompt.recv(4096)
+        while not answer.endswith(b"}"):  # the JSON body may come in a second packet
+            answer += prompt.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 200")
+        assert slow.recv(1024) == b""  # closed by the server, with no answer
+        assert 0.9 < time.monotonic() - opened < 6
+        # a kept-alive connection's next request gets the same deadline
+        prompt.sendall(b"GET /healthz HTTP/1.1\r\n")
+        start = time.monotonic()
+        assert prompt.recv(1024) == b"" and time.monotonic() - start < 5
+        slow.close()
+        prompt.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

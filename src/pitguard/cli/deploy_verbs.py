@@ -195,6 +195,11 @@ def add_predict(sub: Verbs) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from pitguard.deploy.serve import serve
 
+    if not args.header_timeout > 0:
+        raise PitguardError(
+            f"--header-timeout {args.header_timeout}: give a positive number of seconds "
+            "(default 10)"
+        )
     serve(
         args.bundle,
         host=args.host,
@@ -206,6 +211,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         queue=_queue(args),
         max_in_flight=args.max_in_flight,
         max_connections=args.max_connections,
+        header_timeout=args.header_timeout,
         max_crops=args.max_crops,
         max_request_bytes=int(args.max_request_mb * 2**20),
         token=_read_token(args.token_file),
@@ -273,6 +279,13 @@ def add_serve(sub: Verbs) -> None:
         type=int,
         default=256,
         help="open connections at once, slow ones included; more get 503 (default 256)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a connection may take to send a request's line and headers; slower "
+        "ones are closed (default 10)",
     )
     p.add_argument(
         "--max-crops", type=int, default=256, help="most crops in one request (default 256)"

@@ -213,17 +213,67 @@ def _queue_all(queue: ReviewQueue, crops, names: list, pred: Prediction) -> None
         queue.offer(crops[i], f"http:{names[i]}", route, float(pred.p_pit[i]))
 
 
+def header_timeout_protocol(seconds: float) -> type:
+    """uvicorn's h11 protocol with a deadline on each request's line and headers.
+
+    uvicorn times out idle keep-alive connections but not a client that sends its headers a
+    byte at a time: such a connection would be held for as long as the client likes. Here a
+    connection whose request line and headers are not complete ``seconds`` after it opened (or
+    after its first byte of a next request) is closed without an answer.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(seconds, self._headers_too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                log.info("closed a connection whose headers took over %.0f s", seconds)
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self.conn.their_state is h11.IDLE:
+                self._arm()  # a next request on a kept-alive connection starts its clock
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:
+                self._disarm()  # the request line and headers are in
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutProtocol
+
+
 def serve(
     bundle: str | Path,
     host: str = "127.0.0.1",
     port: int = 8000,
     max_connections: int = 256,
+    header_timeout: float = 10.0,
     **kw,
 ) -> None:
     """Serve ``bundle`` with uvicorn (one worker: the micro-batcher lives in its event loop).
 
-    ``max_connections`` bounds open connections (uvicorn answers 503 beyond it), so clients
-    that send their headers slowly cannot exhaust the server; idle keep-alive ends after 5 s.
+    ``max_connections`` bounds open connections (uvicorn answers 503 beyond it);
+    ``header_timeout`` closes a connection whose request headers are not in after that many
+    seconds, so clients that send their headers slowly cannot hold the server's connections;
+    idle keep-alive ends after 5 s.
     """
     import uvicorn
 
@@ -242,4 +292,5 @@ def serve(
         log_level="info",
         timeout_keep_alive=5,
         limit_concurrency=max_connections,
+        http=header_timeout_protocol(header_timeout),
     )
