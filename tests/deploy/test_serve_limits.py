@@ -158,7 +158,13 @@ def test_the_server_flags_are_in_help(capsys):
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     out = capsys.readouterr().out
-    flags = ("--max-in-flight", "--max-connections", "--max-crops", "--max-request-mb")
+    flags = (
+        "--max-in-flight",
+        "--max-connections",
+        "--max-crops",
+        "--max-request-mb",
+        "--header-timeout",
+    )
     for flag in (*flags, "--token-file", "--docs"):
         assert flag in out
     assert "exposes" in out and "TLS" in out
