@@ -326,9 +326,10 @@ def test_cli_serve_verb_defaults():
         "bundles/x",
         "127.0.0.1",
         8000,
-        64,
+        None,  # by device: 64 on a GPU, 4 on a CPU
     )
     assert (args.max_wait_ms, args.backend, args.threads) == (5.0, "auto", 0)
+    assert args.max_queue_ms == 100.0
 
 
 # --------------------------------------------------------------------------- real server

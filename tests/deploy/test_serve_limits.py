@@ -152,6 +152,73 @@ def test_small_requests_are_not_held_up_behind_a_large_one():
     assert order.index(2) <= 1  # second model call at the latest, not after all of the large one
 
 
+class _PerCrop:
+    """A model that takes a fixed time per crop."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def predict_uint8(self, crops):
+        time.sleep(self.seconds * len(crops))
+        n = len(crops)
+        return Prediction(["clean"] * n, np.zeros(n, np.float32), ["clean"] * n, [""] * n)
+
+
+def test_the_expected_wait_counts_the_running_call_and_queued_first_pieces():
+    batcher = MicroBatcher(_PerCrop(0.05), max_batch=4, max_wait_s=0.0, metrics=Metrics())  # type: ignore[arg-type]
+
+    def crops(n: int) -> np.ndarray:
+        return np.ones((n, 3, 2, 2), np.uint8)
+
+    async def go():
+        untimed = batcher.expected_wait()
+        await batcher.classify(crops(4))  # the first call (warm-up) is not counted
+        await batcher.classify(crops(4))  # this one times the model
+        per_crop = batcher.seconds_per_crop
+        big = asyncio.ensure_future(batcher.classify(crops(12)))
+        await asyncio.sleep(0.02)  # its first 4 crops run (0.2 s); its later pieces wait
+        behind_big = batcher.expected_wait()
+        small = asyncio.ensure_future(batcher.classify(crops(2)))
+        await asyncio.sleep(0.02)  # queued as a first piece, ahead of the big one's later ones
+        behind_both = batcher.expected_wait()
+        await asyncio.gather(big, small)
+        idle = batcher.expected_wait()
+        await batcher.stop()
+        return untimed, per_crop, behind_big, behind_both, idle
+
+    untimed, per_crop, behind_big, behind_both, idle = asyncio.run(go())
+    assert untimed == 0.0 and idle == 0.0
+    assert per_crop is not None and per_crop >= 0.05
+    assert behind_big == pytest.approx(4 * per_crop)  # the running call, not the 8 queued later
+    assert behind_both == pytest.approx(6 * per_crop)
+
+
+def test_a_request_that_would_wait_too_long_gets_503(bundle, png):
+    app = create_app(bundle, max_queue_ms=10)
+    with TestClient(app) as client:
+        assert client.post("/v1/classify", files=_files(png)).status_code == 200
+        app.state.batcher.expected_wait = lambda: 0.5
+        busy = client.post("/v1/classify", files=_files(png))
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert "500 ms of model work queued, over the 10 ms limit" in busy.json()["error"]
+        assert 'pitguard_errors_total{reason="busy"} 1' in client.get("/metrics").text
+        del app.state.batcher.expected_wait  # the real estimate again
+        assert client.post("/v1/classify", files=_files(png)).status_code == 200
+
+
+def test_the_defaults_keep_cpu_model_calls_and_in_flight_work_small(bundle):
+    from pitguard.devices import usable_cores
+
+    app = create_app(bundle)
+    if app.state.predictor.device == "cuda":
+        assert (app.state.batcher.max_batch, app.state.max_in_flight) == (64, 32)
+    else:
+        assert app.state.batcher.max_batch == 4
+        assert app.state.max_in_flight == 4 * usable_cores()
+    explicit = create_app(bundle, max_batch=64, max_in_flight=32)
+    assert (explicit.state.batcher.max_batch, explicit.state.max_in_flight) == (64, 32)
+
+
 def test_the_server_flags_are_in_help(capsys):
     from pitguard.cli import main
 
@@ -164,6 +231,7 @@ def test_the_server_flags_are_in_help(capsys):
         "--max-crops",
         "--max-request-mb",
         "--header-timeout",
+        "--max-queue-ms",
     )
     for flag in (*flags, "--token-file", "--docs"):
         assert flag in out

@@ -210,6 +210,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         threads=args.threads,
         queue=_queue(args),
         max_in_flight=args.max_in_flight,
+        max_queue_ms=args.max_queue_ms,
         max_connections=args.max_connections,
         header_timeout=args.header_timeout,
         max_crops=args.max_crops,
@@ -257,7 +258,11 @@ def add_serve(sub: Verbs) -> None:
     )
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument(
-        "--max-batch", type=int, default=64, help="most crops per model call (default 64)"
+        "--max-batch",
+        type=int,
+        default=None,
+        help="most crops per model call (default 64 on a GPU, 4 on a CPU, where the time per "
+        "crop hardly depends on the batch and small calls keep waits short)",
     )
     p.add_argument(
         "--max-wait-ms",
@@ -270,9 +275,18 @@ def add_serve(sub: Verbs) -> None:
     p.add_argument(
         "--max-in-flight",
         type=int,
-        default=32,
+        default=None,
         help="classify requests read or answered at once; more get 503 with Retry-After "
-        "(default 32)",
+        "(default 4 per CPU core on a CPU, 32 on a GPU)",
+    )
+    p.add_argument(
+        "--max-queue-ms",
+        type=float,
+        default=100.0,
+        help="refuse new requests (503, Retry-After) while a new request's crops would wait more "
+        "than this many ms of model work, estimated from the model's recent time per crop; "
+        "lower keeps the latency of the requests taken closer to its unloaded value, at the "
+        "price of more 503s (default 100)",
     )
     p.add_argument(
         "--max-connections",

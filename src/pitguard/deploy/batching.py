@@ -4,7 +4,9 @@ Each request's crops are cut into pieces of at most ``max_batch``; a batch waits
 ``max_wait_s`` for company, and model calls run one after another in a single worker thread.
 Pieces are taken by their place in their request, then by arrival: every request's first piece
 goes before any request's second, so one client's large requests do not hold up the small ones
-of the others.
+of the others. The batcher keeps a running estimate of the model's time per crop, and from it
+the wait a new request's first piece would have (the call running now plus every first piece
+queued ahead): the server refuses new work while that wait is over its bound.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
@@ -30,6 +33,7 @@ class _Piece:
 
     crops: np.ndarray  # (n, 3, H, W) uint8
     future: asyncio.Future
+    first: bool = True  # its request's first piece
 
 
 class MicroBatcher:
@@ -49,10 +53,22 @@ class MicroBatcher:
         self._getter: asyncio.Future | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._taken: list[_Piece] = []  # out of the queue, not yet answered
+        self._first_crops = 0  # crops in queued first pieces: what a new request waits behind
+        self._running_crops = 0
+        self.seconds_per_crop: float | None = None  # median over the recent model calls
+        self._recent: deque[float] = deque(maxlen=32)
+        self._timed = 0
 
     def depth(self) -> int:
         """Pieces waiting for a model call."""
         return self._queue.qsize() if self._queue is not None else 0
+
+    def expected_wait(self) -> float:
+        """Seconds a new request's first piece would wait for its model call (0 until the
+        first call has been timed)."""
+        if self.seconds_per_crop is None:
+            return 0.0
+        return (self._first_crops + self._running_crops) * self.seconds_per_crop
 
     def start(self) -> None:
         """Start the collector on the running loop (again, if an earlier loop has gone)."""
@@ -61,6 +77,7 @@ class MicroBatcher:
             return
         self._loop = loop
         self._queue = asyncio.PriorityQueue()
+        self._first_crops = 0
         self._getter = None
         if self._executor is None:
             # One thread: model calls run one after another, the next batch fills meanwhile.
@@ -97,7 +114,9 @@ class MicroBatcher:
         arrival = next(self._arrivals)
         for place, start in enumerate(range(0, len(crops), self.max_batch)):
             future = loop.create_future()
-            piece = _Piece(crops[start : start + self.max_batch], future)
+            piece = _Piece(crops[start : start + self.max_batch], future, place == 0)
+            if place == 0:
+                self._first_crops += len(piece.crops)
             self._queue.put_nowait((place, arrival, piece))
             futures.append(future)
         parts: list[Prediction] = await asyncio.gather(*futures)
@@ -121,6 +140,8 @@ class MicroBatcher:
             return None
         *_, piece = self._getter.result()
         self._getter = None
+        if piece.first:
+            self._first_crops -= len(piece.crops)
         return piece
 
     async def _collect(self) -> None:
@@ -153,6 +174,7 @@ class MicroBatcher:
         batch = live[0].crops if len(live) == 1 else np.concatenate([p.crops for p in live])
         loop = asyncio.get_running_loop()
         started = loop.time()
+        self._running_crops = len(batch)
         try:
             pred = await loop.run_in_executor(self._executor, self.predictor.predict_uint8, batch)
         except Exception as exc:
@@ -161,7 +183,14 @@ class MicroBatcher:
                 if not p.future.done():
                     p.future.set_exception(exc)
             return
-        self.metrics.observe_batch(len(batch), loop.time() - started)
+        finally:
+            self._running_crops = 0
+        took = loop.time() - started
+        self.metrics.observe_batch(len(batch), took)
+        self._timed += 1
+        if self._timed > 1:  # the first call pays for warm-up; it would skew the estimate
+            self._recent.append(took / len(batch))
+            self.seconds_per_crop = float(np.median(self._recent))
         start = 0
         for p in live:
             end = start + len(p.crops)

@@ -4,8 +4,10 @@
 (N, H, W, 3) / (N, 3, H, W). Crops of concurrent requests are gathered into one model call of at
 most ``max_batch`` crops, waiting at most ``max_wait_ms`` for company, and the results are split
 back to each request. ``GET /healthz`` says what is loaded; ``GET /metrics`` is Prometheus text.
-At most ``max_in_flight`` classify requests are read or answered at once; more are refused at
-once with 503 and ``Retry-After`` (memory stays near max_in_flight x max_request_bytes). With
+At most ``max_in_flight`` classify requests are read or answered at once, and a request whose
+first crops would wait more than ``max_queue_ms`` of model work is not taken; both are refused
+at once with 503 and ``Retry-After`` (memory stays near max_in_flight x max_request_bytes, and
+the latency of what is taken stays near its unloaded value). With
 a token, classify and metrics need ``Authorization: Bearer TOKEN``; ``/docs`` is off unless
 asked. A client that goes away before its answer has its model work skipped.
 Request parsing lives in :mod:`.crop_reader`, batching in :mod:`.batching`, the counters in
@@ -31,6 +33,7 @@ from pitguard.deploy.crop_reader import CropReader, RequestError
 from pitguard.deploy.predict import Prediction, Predictor
 from pitguard.deploy.queue import ReviewQueue
 from pitguard.deploy.server_metrics import METRICS_CONTENT_TYPE, Metrics
+from pitguard.devices import usable_cores
 from pitguard.errors import PitguardError
 
 log = logging.getLogger("pitguard.serve")  # one logger for the whole server
@@ -38,24 +41,40 @@ log = logging.getLogger("pitguard.serve")  # one logger for the whole server
 
 def create_app(
     bundle: str | Path,
-    max_batch: int = 64,
+    max_batch: int | None = None,
     max_wait_ms: float = 5.0,
     max_request_bytes: int = 8 * 2**20,
     max_crops: int = 256,
     backend: str = "auto",
     threads: int = 0,
     queue: ReviewQueue | None = None,
-    max_in_flight: int = 32,
+    max_in_flight: int | None = None,
     token: str | None = None,
     docs: bool = False,
+    max_queue_ms: float = 100.0,
 ) -> FastAPI:
-    """The service for one bundle; the model loads here, so a bad bundle fails before serving."""
-    if min(max_batch, max_crops, max_request_bytes, max_in_flight) < 1 or max_wait_ms < 0:
+    """The service for one bundle; the model loads here, so a bad bundle fails before serving.
+
+    ``max_batch`` and ``max_in_flight`` None pick by device. On a GPU: 64 crops per call,
+    where larger calls are cheaper per crop, and 32 requests in flight to fill them. On a CPU: 4
+    crops per call, as the time per crop hardly changes with the batch size and a small call
+    keeps the wait of the requests behind it short, and 4 requests per core in flight, as the
+    cores are the bottleneck and more requests at once only lengthen each one's wait.
+    """
+    if (
+        min(max_batch or 1, max_in_flight or 1, max_crops, max_request_bytes) < 1
+        or max_wait_ms < 0
+        or not max_queue_ms > 0
+    ):
         raise PitguardError(
-            "max_batch, max_crops, max_request_bytes and max_in_flight must be >= 1 and "
-            "max_wait_ms >= 0"
+            "max_batch, max_in_flight, max_crops and max_request_bytes must be >= 1, "
+            "max_wait_ms >= 0 and max_queue_ms > 0"
         )
     predictor = Predictor(bundle, backend=backend, threads=threads)
+    if max_batch is None:
+        max_batch = 64 if predictor.device == "cuda" else CPU_MAX_BATCH
+    if max_in_flight is None:
+        max_in_flight = 32 if predictor.device == "cuda" else 4 * usable_cores()
     model_name = predictor.meta.get("model_name", Path(bundle).name)
     metrics = Metrics()
     batcher = MicroBatcher(predictor, max_batch, max_wait_ms / 1000.0, metrics)
@@ -93,9 +112,30 @@ def create_app(
             headers={"WWW-Authenticate": "Bearer"},
         )
 
+    max_queue_s = max_queue_ms / 1000.0
+
+    def queued_note() -> str:
+        return (
+            f"{1000 * batcher.expected_wait():.0f} ms of model work queued, over the "
+            f"{max_queue_ms:g} ms limit"
+        )
+
+    def busy_response(why: str) -> JSONResponse:
+        return JSONResponse(
+            {"error": f"busy: {why}; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
+    def busy(t0: float, why: str) -> JSONResponse:
+        metrics.error("busy")
+        metrics.observe(503, time.perf_counter() - t0)
+        return busy_response(why)
+
     app.state.predictor = predictor
     app.state.metrics = metrics
     app.state.batcher = batcher
+    app.state.max_in_flight = max_in_flight
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException):
@@ -113,17 +153,17 @@ def create_app(
             metrics.observe(401, time.perf_counter() - t0)
             return denied
         if metrics.in_flight >= max_in_flight:
-            metrics.error("busy")
-            metrics.observe(503, time.perf_counter() - t0)
-            return JSONResponse(
-                {"error": f"busy: {max_in_flight} requests in flight (the limit); retry shortly"},
-                status_code=503,
-                headers={"Retry-After": "1"},
-            )
+            return busy(t0, f"{max_in_flight} requests in flight (the limit)")
+        if batcher.expected_wait() > max_queue_s:
+            return busy(t0, queued_note())
         metrics.in_flight += 1
         status = 499  # the client went away before an answer
         try:
             crops, names = await reader.read(request)
+            if batcher.expected_wait() > max_queue_s:  # it grew while the body came in
+                status = 503
+                metrics.error("busy")
+                return busy_response(queued_note())
             pred = await _unless_gone(request, batcher.classify(crops))
             if pred is None:
                 metrics.error("client_gone")
@@ -181,6 +221,8 @@ def create_app(
 
     return app
 
+
+CPU_MAX_BATCH = 4  # crops per model call on a CPU (README: Serving)
 
 ERROR_REASONS = {
     400: "malformed",
