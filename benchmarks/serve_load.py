@@ -59,12 +59,14 @@ def _npy(n: int) -> bytes:
 
 
 def _probe(url: str, png: bytes, unloaded_n: int, seconds: float, ready, go, out) -> None:
-    """Single-crop requests one after another: UNLOADED_N alone, then for SECONDS after GO."""
+    """Single-crop requests one after another: UNLOADED_N answered alone, then for SECONDS
+    after GO."""
 
-    def series(stop) -> tuple[list[float], Counter]:
-        ms, statuses = [], Counter()
+    def series(done) -> tuple[list[float], Counter]:
+        ms: list[float] = []
+        statuses: Counter = Counter()
         with httpx.Client(timeout=60) as http:
-            while not stop():
+            while not done(ms):
                 t = time.perf_counter()
                 try:
                     r = http.post(url, files=[("files", ("c.png", png, "image/png"))])
@@ -78,16 +80,11 @@ def _probe(url: str, png: bytes, unloaded_n: int, seconds: float, ready, go, out
                     time.sleep(0.01)
         return ms, statuses
 
-    alone_ms: list[float] = []
-    with httpx.Client(timeout=60) as http:
-        for _ in range(unloaded_n):
-            t = time.perf_counter()
-            http.post(url, files=[("files", ("c.png", png, "image/png"))]).raise_for_status()
-            alone_ms.append(1000 * (time.perf_counter() - t))
+    alone_ms, _ = series(lambda ms: len(ms) >= unloaded_n)
     ready.set()
     go.wait()
     end = time.perf_counter() + seconds
-    loaded_ms, statuses = series(lambda: time.perf_counter() > end)
+    loaded_ms, statuses = series(lambda _ms: time.perf_counter() > end)
     out.put({"unloaded": alone_ms, "loaded": loaded_ms, "statuses": dict(statuses)})
 
 
@@ -124,23 +121,14 @@ async def _slow_connections(port: int, n: int, hold: float) -> int:
     return len(writers)
 
 
-def _single_request(port: int, png: bytes) -> bytes:
+def _single_request(url: str, png: bytes) -> bytes:
     """One single-crop multipart request as raw HTTP/1.1 bytes (keep-alive)."""
-    boundary = "pitguardloadboundary"
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="c.png"\r\n'
-            "Content-Type: image/png\r\n\r\n"
-        ).encode()
-        + png
-        + f"\r\n--{boundary}--\r\n".encode()
+    request = httpx.Request("POST", url, files=[("files", ("c.png", png, "image/png"))])
+    body = request.read()
+    head = f"POST {request.url.raw_path.decode()} HTTP/1.1\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in request.headers.items()
     )
-    head = (
-        f"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    return head + body
+    return (head + "\r\n").encode() + body
 
 
 class _RawClient:
@@ -185,7 +173,9 @@ class _RawClient:
 MIX = ["single"] * 16 + ["batch64"] * 2 + ["oversize", "garbage", "text"]
 
 
-async def _load(url: str, clients: int, seconds: float, png: bytes, kinds: list[str]) -> dict:
+async def _load(
+    url: str, port: int, clients: int, seconds: float, png: bytes, kinds: list[str]
+) -> dict:
     big, oversize = _npy(64), os.urandom(9 * 2**20)
     statuses: Counter = Counter()
     failures: Counter = Counter()
@@ -193,8 +183,7 @@ async def _load(url: str, clients: int, seconds: float, png: bytes, kinds: list[
     deadline = time.perf_counter() + seconds
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
-    port = int(url.split(":")[2].split("/")[0])
-    single = _single_request(port, png)
+    single = _single_request(url, png)
 
     async def client(k: int, http: httpx.AsyncClient) -> None:
         rng = random.Random(k)
@@ -304,7 +293,7 @@ def main() -> int:
             watcher = asyncio.ensure_future(watch())
             slow = asyncio.ensure_future(_slow_connections(port, args.slow, args.seconds))
             go.set()
-            result = await _load(url, args.clients, args.seconds, png, kinds)
+            result = await _load(url, port, args.clients, args.seconds, png, kinds)
             held = await slow
             watcher.cancel()
             return result, held
