@@ -37,7 +37,7 @@ def main() -> int:
         "--json", default=None, help="result JSON (default RUN/bench_accuracy.json)"
     )
     args = parser.parse_args()
-    if not Path(args.data).is_dir():
+    if not Path(args.data).exists():
         print(f"no data at {args.data}", file=sys.stderr)
         return 2
     out = Path(args.out or f"runs/bench-{args.recipe}")

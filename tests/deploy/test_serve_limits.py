@@ -214,7 +214,7 @@ def test_the_defaults_keep_cpu_model_calls_and_in_flight_work_small(bundle):
         assert (app.state.batcher.max_batch, app.state.max_in_flight) == (64, 32)
     else:
         assert app.state.batcher.max_batch == 4
-        assert app.state.max_in_flight == 4 * usable_cores()
+        assert app.state.max_in_flight == 2 * usable_cores()
     explicit = create_app(bundle, max_batch=64, max_in_flight=32)
     assert (explicit.state.batcher.max_batch, explicit.state.max_in_flight) == (64, 32)
 

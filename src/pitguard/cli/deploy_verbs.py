@@ -277,7 +277,7 @@ def add_serve(sub: Verbs) -> None:
         type=int,
         default=None,
         help="classify requests read or answered at once; more get 503 with Retry-After "
-        "(default 4 per CPU core on a CPU, 32 on a GPU)",
+        "(default 2 per CPU core on a CPU, 32 on a GPU)",
     )
     p.add_argument(
         "--max-queue-ms",

@@ -58,8 +58,9 @@ def create_app(
     ``max_batch`` and ``max_in_flight`` None pick by device. On a GPU: 64 crops per call,
     where larger calls are cheaper per crop, and 32 requests in flight to fill them. On a CPU: 4
     crops per call, as the time per crop hardly changes with the batch size and a small call
-    keeps the wait of the requests behind it short, and 4 requests per core in flight, as the
-    cores are the bottleneck and more requests at once only lengthen each one's wait.
+    keeps the wait of the requests behind it short, and 2 requests per core in flight, as the
+    cores are the bottleneck and more requests at once only lengthen each one's wait (README:
+    Serving, the load figures).
     """
     if (
         min(max_batch or 1, max_in_flight or 1, max_crops, max_request_bytes) < 1
@@ -74,7 +75,9 @@ def create_app(
     if max_batch is None:
         max_batch = 64 if predictor.device == "cuda" else CPU_MAX_BATCH
     if max_in_flight is None:
-        max_in_flight = 32 if predictor.device == "cuda" else 4 * usable_cores()
+        max_in_flight = (
+            32 if predictor.device == "cuda" else CPU_IN_FLIGHT_PER_CORE * usable_cores()
+        )
     model_name = predictor.meta.get("model_name", Path(bundle).name)
     metrics = Metrics()
     batcher = MicroBatcher(predictor, max_batch, max_wait_ms / 1000.0, metrics)
@@ -223,6 +226,7 @@ def create_app(
 
 
 CPU_MAX_BATCH = 4  # crops per model call on a CPU (README: Serving)
+CPU_IN_FLIGHT_PER_CORE = 2  # classify requests in flight per core on a CPU (README: Serving)
 
 ERROR_REASONS = {
     400: "malformed",
