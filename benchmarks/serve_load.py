@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -188,47 +189,38 @@ async def _load(
 
     single = _single_request(url, png)
 
+    npy = {"batch64": big, "oversize": oversize, "garbage": b"\x93NUMPY garbage"}
+
+    async def send(kind: str, raw: _RawClient, http: httpx.AsyncClient) -> tuple[int, Mapping]:
+        if kind == "single":
+            return await raw.post()
+        if kind in npy:
+            r = await http.post(
+                url, content=npy[kind], headers={"content-type": "application/x-npy"}
+            )
+        else:
+            r = await http.post(url, files=[("files", ("a.txt", b"hello", "text/plain"))])
+        return r.status_code, r.headers
+
     async def client(k: int, http: httpx.AsyncClient) -> None:
         rng = random.Random(k)
         raw = _RawClient(port, single)
         while time.perf_counter() < deadline:
             kind = rng.choice(kinds)
             t = time.perf_counter()
-            if kind == "single":
-                try:
-                    code, headers = await raw.post()
-                except ConnectionError as exc:
-                    failures[f"single: {exc}"] += 1
-                    continue
-                statuses[f"single {code}"] += 1
-                if code == 200:
-                    single_ms.append(1000 * (time.perf_counter() - t))
-                elif code == 503:
-                    await asyncio.sleep(float(headers.get("retry-after", "1")) / 10)
-                continue
             try:
-                if kind == "batch64":
-                    r = await http.post(
-                        url, content=big, headers={"content-type": "application/x-npy"}
-                    )
-                elif kind == "oversize":
-                    r = await http.post(
-                        url, content=oversize, headers={"content-type": "application/x-npy"}
-                    )
-                elif kind == "garbage":
-                    r = await http.post(
-                        url,
-                        content=b"\x93NUMPY garbage",
-                        headers={"content-type": "application/x-npy"},
-                    )
-                else:
-                    r = await http.post(url, files=[("files", ("a.txt", b"hello", "text/plain"))])
+                code, headers = await send(kind, raw, http)
+            except ConnectionError as exc:  # the raw client names what went wrong
+                failures[f"{kind}: {exc}"] += 1
+                continue
             except httpx.HTTPError as exc:
                 failures[f"{kind}: {type(exc).__name__}"] += 1
                 continue
-            statuses[f"{kind} {r.status_code}"] += 1
-            if r.status_code == 503:
-                await asyncio.sleep(float(r.headers.get("retry-after", "1")) / 10)
+            statuses[f"{kind} {code}"] += 1
+            if kind == "single" and code == 200:
+                single_ms.append(1000 * (time.perf_counter() - t))
+            elif code == 503:
+                await asyncio.sleep(float(headers.get("retry-after", "1")) / 10)
         raw.close()
 
     async with httpx.AsyncClient(timeout=60, limits=limits) as http:
