@@ -161,6 +161,20 @@ def test_centre_crop_checked_against_the_crop_size():
         load_config(sets=["model.crop=1", "model.downsample=2"])
 
 
+def test_learned_downsampling_needs_blocks_to_reduce():
+    cfg = load_config("cpu-fast", sets=["model.downsample_mode=learned"])
+    assert (cfg.model.downsample, cfg.model.downsample_mode) == (2, "learned")
+    with pytest.raises(ConfigError, match=r"model.downsample_mode=learned with model.downsample=1"):
+        load_config(sets=["model.downsample_mode=learned"])
+    with pytest.raises(ConfigError, match=r"side read \(90 px\) is not a multiple of 4"):
+        load_config(
+            "cpu-fast",
+            sets=["model.downsample_mode=learned", "model.crop=90", "model.downsample=4"],
+        )
+    with pytest.raises(ConfigError, match=r"model.downsample_mode=.*average.*learned"):
+        load_config(sets=["model.downsample_mode=max"])
+
+
 def test_relations_are_checked_on_the_merged_settings(tmp_path):
     # size from a file, crop from --set: valid together, though not against the defaults
     big = tmp_path / "big.yaml"

@@ -8,9 +8,8 @@ from pitguard.models import (
     build_backbone,
     build_model,
     fold_normalization,
-    load_pretrained,
-    read_state_dict,
 )
+from pitguard.weights import adapt_first_conv, load_pretrained, read_state_dict
 
 
 def test_tiny_model_is_registered_and_small():
@@ -103,3 +102,65 @@ def test_model_defaults_come_from_timms_pretrained_cfg():
     assert not model_defaults("resnet50").fixed_input_size
     assert model_defaults("resnet50").first_conv == "conv1"
     assert model_defaults("pitguard_tiny") == model_defaults("pitguard_small")  # own nets: defaults
+
+
+def test_learned_downsampling_stacks_each_blocks_pixels_as_channels():
+    contract = InputContract(channels=(0, 2), crop=96, downsample=2, downsample_mode="learned")
+    assert (contract.side, contract.stack, contract.backbone_channels) == (48, 2, 8)
+    net = build_model("pitguard_tiny", 2, contract).eval()
+    x = torch.rand(3, 3, 128, 128)
+    pre = net.preprocess(x)
+    assert pre.shape == (3, 8, 48, 48)
+    centre = x[:, [0, 2], 16:112, 16:112]
+    pooled = torch.nn.functional.avg_pool2d(centre, 2)
+    assert torch.allclose(pre.view(3, 2, 4, 48, 48).mean(dim=2), pooled, atol=1e-6)
+    assert torch.equal(pre[:, 5], centre[:, 1, 0::2, 1::2])  # channel 1's top-right pixels
+    assert InputContract.from_dict(contract.to_dict()) == contract
+    old = {k: v for k, v in contract.to_dict().items() if k != "downsample_mode"}
+    assert InputContract.from_dict(old).downsample_mode == "average"  # files written before it
+    with pytest.raises(PitguardError, match=r"downsample_mode 'max'; this pitguard knows average"):
+        InputContract.from_dict({**old, "downsample_mode": "max"})
+
+
+def test_learned_downsampling_starts_as_average_pooling_then_the_pretrained_conv():
+    torch.manual_seed(0)
+    mean, std = (0.5, 0.5), (0.5, 0.5)
+    pooled = InputContract(channels=(0, 2), mean=mean, std=std, crop=96, downsample=2)
+    stacked = InputContract(**{**pooled.to_dict(), "downsample_mode": "learned"})
+    a = build_model("tf_efficientnet_lite0", 2, pooled).eval()
+    b = build_model("tf_efficientnet_lite0", 2, stacked).eval()
+    state = a.state_dict()
+    state["backbone.conv_stem.weight"] = adapt_first_conv(state["backbone.conv_stem.weight"], 2, 2)
+    b.load_state_dict(state)
+    assert b.backbone.conv_stem.weight.shape[1] == 8
+    x = torch.rand(4, 3, 128, 128)
+    with torch.no_grad():
+        fa = a.backbone.forward_features(a.preprocess(x))
+        fb = b.backbone.forward_features(b.preprocess(x))
+    assert torch.allclose(fa, fb, atol=1e-4)
+    # and the training step can move the block's pixels apart: they are separate weights
+    x[:, :, 16:112:2] = 0  # every other row blank: the average halves, the stack sees which
+    with torch.no_grad():
+        b.backbone.conv_stem.weight[:, 0::4] *= 2  # only the top-left pixels of channel 0
+        assert not torch.allclose(
+            b.backbone.forward_features(b.preprocess(x)),
+            a.backbone.forward_features(a.preprocess(x)),
+            atol=1e-4,
+        )
+
+
+def test_fold_normalization_with_stacked_blocks_matches_away_from_the_border():
+    torch.manual_seed(0)
+    contract = InputContract(
+        channels=(0, 2), mean=(0.4, 0.5), std=(0.2, 0.25), downsample=2, downsample_mode="learned"
+    )
+    net = build_model("resnet18", 2, contract).eval()
+    x = torch.zeros(2, 3, 128, 128)
+    x[:, :, 32:96, 32:96] = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        before = net.backbone.conv1(net.preprocess(x))
+        fold_normalization(net)
+        after = net.backbone.conv1(net.preprocess(x))
+    assert net.contract.mean is None and net.contract.stack == 2
+    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))
+    assert torch.allclose(before[inner], after[inner], atol=1e-4)

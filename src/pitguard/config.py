@@ -43,6 +43,7 @@ CropSide = Annotated[int, Range(0, hint="0 (the whole crop) or a side in px")]
 ModeRule = Literal["skip", "convert"]  # non-RGB files: skip and list, or convert
 SizeRule = Literal["skip", "resize", "pad"]  # crops of another size
 Normalize = Literal["none", "imagenet", "data", "pretrained"]
+DownsampleMode = Literal["average", "learned"]
 Weights = Literal["none", "imagenet"]
 Optimizer = Literal["adamw", "adam", "sgd"]
 Schedule = Literal["cosine", "step", "constant"]
@@ -70,7 +71,8 @@ class ModelConfig:
     pretrained_path: str | None = None  # local timm/torchvision weights; never downloaded
     channels: tuple[int, ...] = (0, 1, 2)  # input channels fed to the network (G is 0 on the line)
     normalize: Normalize = "none"  # none feeds [0,1]; imagenet, data or pretrained (the weights')
-    downsample: PositiveInt = 1  # average pooling inside the model (cheap CPU inference)
+    downsample: PositiveInt = 1  # side of the pixel blocks the model reduces (cheap CPU inference)
+    downsample_mode: DownsampleMode = "average"  # learned: the first conv reads every pixel
     crop: CropSide = 0  # centre square (px) the model reads before pooling; 0 = the whole crop
     drop_rate: Fraction = 0.0  # dropout before the classifier
     drop_path_rate: Fraction = 0.0  # stochastic depth, where the architecture has it
@@ -257,6 +259,17 @@ def _check_relations(cfg: Config, source: str) -> list[str]:
         problems.append(
             f"{source}: model.crop={crop} is smaller than model.downsample={pool}; "
             "use a larger crop or less pooling"
+        )
+    if model.downsample_mode == "learned" and pool == 1:
+        problems.append(
+            f"{source}: model.downsample_mode=learned with model.downsample=1 reduces nothing; "
+            "set model.downsample to 2 or more, or leave the mode at average"
+        )
+    elif model.downsample_mode == "learned" and (crop or size) % pool:
+        problems.append(
+            f"{source}: model.downsample_mode=learned stacks whole {pool}x{pool} blocks, but the "
+            f"side read ({crop or size} px) is not a multiple of {pool}; change model.crop or "
+            "model.downsample"
         )
     return problems
 

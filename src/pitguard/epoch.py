@@ -37,7 +37,7 @@ class TrainForward(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.backbone(self.net.normalize(x))
+        return self.net.backbone(self.net.backbone_input(x))
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
 from typing import Any, cast
 
 import timm
@@ -17,6 +16,7 @@ from pitguard.progress import Progress
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DOWNSAMPLE_MODES = ("average", "learned")
 
 
 @dataclass(frozen=True)
@@ -28,13 +28,26 @@ class InputContract:
     scale: float = 1.0 / 255.0  # uint8 -> [0, 1]; the production line feeds [0, 1]
     mean: tuple[float, ...] | None = None  # normalization applied after scaling, if any
     std: tuple[float, ...] | None = None
-    downsample: int = 1  # average pooling inside the model before the backbone
+    downsample: int = 1  # side of the pixel blocks reduced inside the model before the backbone
     crop: int = 0  # centre square of this side taken before pooling; 0 = the whole crop
+    # average: each block's mean; learned: each block's pixels stacked as channels (pixel
+    # unshuffle) for the first convolution, which starts out as the average
+    downsample_mode: str = "average"
 
     @property
     def side(self) -> int:
         """Side of the image the backbone reads."""
         return (self.crop or self.size) // self.downsample
+
+    @property
+    def stack(self) -> int:
+        """Side of the pixel blocks stacked as channels (1: none)."""
+        return self.downsample if self.downsample_mode == "learned" else 1
+
+    @property
+    def backbone_channels(self) -> int:
+        """Input channels of the backbone's first convolution."""
+        return len(self.channels) * self.stack**2
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,6 +60,12 @@ class InputContract:
                 f"input contract has unknown field(s) {', '.join(unknown)}: written by a newer "
                 "pitguard; use that version to read it"
             )
+        mode = str(d.get("downsample_mode", "average"))
+        if mode not in DOWNSAMPLE_MODES:
+            raise PitguardError(
+                f"input contract has downsample_mode {mode!r}; this pitguard knows "
+                f"{', '.join(DOWNSAMPLE_MODES)}: use the version that wrote it"
+            )
         return cls(
             size=int(d["size"]),
             channels=tuple(d["channels"]),
@@ -55,6 +74,7 @@ class InputContract:
             std=tuple(d["std"]) if d.get("std") is not None else None,
             downsample=int(d.get("downsample", 1)),
             crop=int(d.get("crop", 0)),
+            downsample_mode=mode,
         )
 
 
@@ -145,7 +165,7 @@ class PitguardNet(nn.Module):
             top = (x.shape[-2] - self.contract.crop) // 2
             left = (x.shape[-1] - self.contract.crop) // 2
             x = x[..., top : top + self.contract.crop, left : left + self.contract.crop]
-        if self.contract.downsample > 1:
+        if self.contract.downsample > 1 and self.contract.stack == 1:
             x = nn.functional.avg_pool2d(x, self.contract.downsample)
         return x
 
@@ -154,9 +174,16 @@ class PitguardNet(nn.Module):
             x = (x - self.mean) * self.inv_std
         return x
 
+    def backbone_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalized, and each block's pixels stacked as channels where the mode is learned."""
+        x = self.normalize(x)
+        if self.contract.stack > 1:
+            x = nn.functional.pixel_unshuffle(x, self.contract.stack)
+        return x
+
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: float crops already scaled to [0, 1], all channels, (N, C, H, W)."""
-        return self.normalize(self.select(x))
+        return self.backbone_input(self.select(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.preprocess(x))
@@ -213,70 +240,6 @@ def build_backbone(
         raise PitguardError(f"model {name!r} does not accept these settings: {exc}") from None
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Weights from a local .safetensors, .pth or .pt file (a bare state dict or a checkpoint)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PitguardError(
-            f"{path}: weights file not found; give a local .safetensors or .pth file"
-        )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state: Any = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise PitguardError(f"{path}: cannot read weights: {exc}") from None
-    for key in ("state_dict", "model", "model_state_dict", "state_dict_ema"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise PitguardError(f"{path}: not a state dict of tensors")
-    prefixes = ("module.", "model.", "backbone.")
-    out = {}
-    for k, v in state.items():
-        for p in prefixes:
-            if k.startswith(p):
-                k = k[len(p) :]
-        out[k] = v
-    return out
-
-
-def load_pretrained(backbone: nn.Module, path: str | Path, in_chans: int) -> dict:
-    """Load local weights: the classifier is kept only when its shape matches, the first conv
-    is adapted to ``in_chans``; returns what was loaded and skipped."""
-    from timm.models import adapt_input_conv
-
-    state = read_state_dict(path)
-    own = backbone.state_dict()
-    first_conv = getattr(backbone, "pretrained_cfg", {}).get("first_conv")
-    loaded, skipped = [], []
-    for key, value in state.items():
-        if key not in own:
-            skipped.append(f"{key} (not in model)")
-            continue
-        if first_conv and key == f"{first_conv}.weight" and value.shape[1] != own[key].shape[1]:
-            value = adapt_input_conv(in_chans, value)
-        if value.shape != own[key].shape:
-            skipped.append(f"{key} (shape {tuple(value.shape)} vs {tuple(own[key].shape)})")
-            continue
-        own[key] = value
-        loaded.append(key)
-    if not loaded:
-        raise PitguardError(
-            f"{path}: no tensor matched the model's parameters; is it weights for this architecture?"
-        )
-    backbone.load_state_dict(own)
-    head = {id(p) for p in classifier_params(backbone)}
-    names = {name for name, p in backbone.named_parameters() if id(p) in head}
-    if not names & set(loaded):  # the file's head did not fit: start it at zero
-        zero_classifier(backbone)
-    return {"loaded": len(loaded), "skipped": skipped}
-
-
 @torch.no_grad()
 def zero_classifier(backbone: nn.Module) -> None:
     """Every logit starts at 0, so the first fine-tuning steps move the head, not the features."""
@@ -305,6 +268,7 @@ def make_contract(
         std=std,
         downsample=cfg_model.downsample,
         crop=cfg_model.crop,
+        downsample_mode=cfg_model.downsample_mode,
     )
 
 
@@ -314,7 +278,7 @@ def build_model(
     backbone = build_backbone(
         name,
         num_classes,
-        len(contract.channels),
+        contract.backbone_channels,
         drop_rate,
         drop_path_rate,
         contract.side,
@@ -350,8 +314,9 @@ def fold_normalization(net: PitguardNet) -> PitguardNet:
     if c.mean is None:
         return net
     conv = first_conv(net.backbone)
-    mean = net.mean.view(-1)
-    inv_std = net.inv_std.view(-1)
+    blocks = c.stack**2  # pixel_unshuffle puts channel k's block pixels at k*blocks...
+    mean = net.mean.view(-1).repeat_interleave(blocks)
+    inv_std = net.inv_std.view(-1).repeat_interleave(blocks)
     w = conv.weight * inv_std.view(1, -1, 1, 1)
     shift = (conv.weight * (mean * inv_std).view(1, -1, 1, 1)).sum(dim=(1, 2, 3))
     bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)

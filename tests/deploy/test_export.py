@@ -91,3 +91,27 @@ def test_force_replaces_a_bundle_and_nothing_else(calibrated_run, tmp_path, caps
     assert main(["export", str(calibrated_run), "--out", str(other), "--force"]) == 2
     assert "replaces only a bundle" in capsys.readouterr().err
     assert (other / "notes.txt").read_text() == "keep"
+
+
+def test_a_run_with_learned_downsampling_exports_and_predicts_alike(tmp_path):
+    """The stacked pixel blocks survive the bundle: ONNX and the rebuilt eager module agree."""
+    import numpy as np
+
+    from pitguard.deploy.predict import Predictor
+    from pitguard.runfolder import load_run
+    from tests.conftest import random_crop, train_tiny
+
+    sets = ["model.crop=96", "model.downsample=2", "model.downsample_mode=learned"]
+    run = train_tiny(tmp_path, sets=[*sets, "model.normalize=data"])
+    net = load_run(run).net
+    assert net.backbone.conv_stem.in_channels == 8 and net.contract.side == 48
+    export_run(run, tmp_path / "b", onnx=True, allow_uncalibrated=True)
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert meta["input"]["downsample_mode"] == "learned" and meta["input"]["mean"] is None
+    assert meta["onnx"]["parity"]["max_prob_diff"] <= 1e-4
+    crops = np.stack([random_crop(s) for s in range(6)]).transpose(0, 3, 1, 2).copy()
+    with torch.no_grad():
+        want = net(torch.from_numpy(crops).float() / 255).softmax(1)[:, 1].numpy()
+    for backend in ("onnx", "eager"):
+        got = Predictor(tmp_path / "b", backend=backend).predict_uint8(crops).p_pit
+        assert np.allclose(got, want, atol=1e-4), backend

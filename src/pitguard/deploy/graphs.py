@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from pitguard.deploy.bundle import INPUT_NAME, OUTPUT_NAMES, DeployModule
+from pitguard.deploy.static_graph import for_fixed_size
 
 OPSET = 17
 
@@ -39,11 +40,16 @@ def run_torch(module: DeployModule, crops_u8: torch.Tensor, batch: int = 128):
 
 
 def export_onnx(module: DeployModule, path: Path, size: int) -> None:
+    """The module as an ONNX graph for crops of ``size``, rewritten for that size first."""
     dummy = torch.rand(2, 3, size, size)
+    module = for_fixed_size(module)
     with warnings.catch_warnings():
         warnings.simplefilter(
             "ignore", DeprecationWarning
         )  # the TorchScript exporter is chosen on purpose
+        # fixed pads are written with a reversing slice the exporter cannot fold; ONNX Runtime
+        # folds them when it loads the graph
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         _export(module, dummy, path)
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 from pitguard.config import Config, ModelConfig
 from pitguard.data.layout import CANONICAL_ORDER
 from pitguard.errors import PitguardError
-from pitguard.models import InputContract, build_model, read_state_dict
+from pitguard.models import InputContract, build_model
 from pitguard.runfolder import model_meta, save_model
+from pitguard.weights import read_state_dict
 
 # timm's ResNets use torchvision's parameter names, so these state dicts load unchanged.
 TORCHVISION_COMPATIBLE = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
