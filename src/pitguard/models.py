@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, cast
+from typing import Any, cast, get_args
 
 import timm
 import torch
 from timm.models import register_model
 from torch import nn
 
+from pitguard.config import DownsampleMode
 from pitguard.errors import PitguardError
 from pitguard.progress import Progress
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DOWNSAMPLE_MODES = ("average", "learned")
+DOWNSAMPLE_MODES: tuple[str, ...] = get_args(DownsampleMode)
 
 
 @dataclass(frozen=True)
@@ -291,16 +292,19 @@ def classifier_params(backbone: nn.Module) -> list[nn.Parameter]:
     return list(classifier.parameters())
 
 
-def first_conv(backbone: nn.Module) -> nn.Conv2d:
+def first_conv_name(backbone: nn.Module) -> str:
+    """Name of the backbone's first convolution: timm's ``pretrained_cfg`` says, else the first."""
     name = getattr(backbone, "pretrained_cfg", {}).get("first_conv")
-    if name:
-        module = backbone.get_submodule(name)
+    if name and isinstance(backbone.get_submodule(name), nn.Conv2d):
+        return name
+    for candidate, module in backbone.named_modules():
         if isinstance(module, nn.Conv2d):
-            return module
-    for module in backbone.modules():
-        if isinstance(module, nn.Conv2d):
-            return module
+            return candidate
     raise PitguardError("the model has no convolution to fold the normalization into")
+
+
+def first_conv(backbone: nn.Module) -> nn.Conv2d:
+    return cast(nn.Conv2d, backbone.get_submodule(first_conv_name(backbone)))
 
 
 @torch.no_grad()

@@ -21,11 +21,12 @@ from dataclasses import replace
 
 import torch
 from timm.layers import Conv2dSame
-from timm.layers.padding import get_same_padding
+from timm.layers.conv2d_same import Conv2dSameExport
+from timm.layers.padding import pad_same_arg
 from torch import nn
 
 from pitguard.deploy.bundle import DeployModule
-from pitguard.models import PitguardNet
+from pitguard.models import PitguardNet, first_conv, first_conv_name
 
 
 def for_fixed_size(module: DeployModule) -> DeployModule:
@@ -38,26 +39,12 @@ def for_fixed_size(module: DeployModule) -> DeployModule:
     return module
 
 
-def _first_conv_name(backbone: nn.Module) -> str:
-    name = getattr(backbone, "pretrained_cfg", {}).get("first_conv")
-    if name and isinstance(backbone.get_submodule(name), nn.Conv2d):
-        return name
-    return next(n for n, m in backbone.named_modules() if isinstance(m, nn.Conv2d))
-
-
-def _conv(backbone: nn.Module, name: str) -> nn.Conv2d:
-    module = backbone.get_submodule(name)
-    assert isinstance(module, nn.Conv2d)  # found as one by name
-    return module
-
-
 def _pads(conv: nn.Conv2d, side: int) -> tuple[int, int, int, int] | None:
     """(left, right, top, bottom) zero padding of ``conv`` on a square input of ``side``."""
     if isinstance(conv, Conv2dSame):
-        (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
-        ph = get_same_padding(side, kh, sh, dh)
-        pw = get_same_padding(side, kw, sw, dw)
-        return pw // 2, pw - pw // 2, ph // 2, ph - ph // 2
+        args = (list(conv.kernel_size), list(conv.stride), list(conv.dilation))
+        left, right, top, bottom = pad_same_arg([side, side], *args)
+        return left, right, top, bottom
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return None
     ph, pw = conv.padding
@@ -70,8 +57,8 @@ def _fuse_stacked_stem(net: PitguardNet) -> None:
     blocks' full-resolution pixels, padding times d: weight'[o, c, d*a+p, d*b+q] is
     weight[o, c*d*d + p*d + q, a, b]."""
     c, d = net.contract, net.contract.stack
-    name = _first_conv_name(net.backbone)
-    conv = _conv(net.backbone, name)
+    name = first_conv_name(net.backbone)
+    conv = first_conv(net.backbone)
     pads = _pads(conv, c.side)
     if pads is None or conv.groups != 1 or conv.dilation != (1, 1):
         return  # left as it is: stacked in the graph
@@ -97,38 +84,20 @@ def _fuse_stacked_stem(net: PitguardNet) -> None:
 
 @torch.no_grad()
 def _fix_same_padding(net: PitguardNet) -> None:
-    """Each ``Conv2dSame`` becomes a fixed ``ZeroPad2d`` and a plain convolution."""
-    sides: dict[str, int] = {}
-
-    def record(name: str):
-        def hook(_module, args) -> None:  # returns nothing: the input passes unchanged
-            sides.setdefault(name, int(args[0].shape[-1]))
-
-        return hook
-
-    hooks = [
-        m.register_forward_pre_hook(record(n))
-        for n, m in net.backbone.named_modules()
-        if isinstance(m, Conv2dSame)
-    ]
-    try:
-        net(torch.zeros(1, 3, net.contract.size, net.contract.size))
-    finally:
-        for h in hooks:
-            h.remove()
-    for name, side in sides.items():
-        conv = _conv(net.backbone, name)
-        (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
-        plain = nn.Conv2d(
-            conv.in_channels,
-            conv.out_channels,
-            (kh, kw),
-            stride=(sh, sw),
-            dilation=(dh, dw),
-            groups=conv.groups,
-            bias=conv.bias is not None,
-        )
-        plain.load_state_dict(conv.state_dict())
-        pads = _pads(conv, side)
-        assert pads is not None  # a Conv2dSame always has them
-        net.backbone.set_submodule(name, nn.Sequential(nn.ZeroPad2d(pads), plain))
+    """Each ``Conv2dSame`` becomes timm's ``Conv2dSameExport``, which fixes its padding on its
+    first call: one call at the contract's size, before the graph is traced."""
+    for name, conv in list(net.backbone.named_modules()):
+        if isinstance(conv, Conv2dSame):
+            (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+            fixed = Conv2dSameExport(
+                conv.in_channels,
+                conv.out_channels,
+                (kh, kw),
+                (sh, sw),
+                dilation=(dh, dw),
+                groups=conv.groups,
+                bias=conv.bias is not None,
+            )
+            fixed.load_state_dict(conv.state_dict())
+            net.backbone.set_submodule(name, fixed)
+    net(torch.zeros(1, 3, net.contract.size, net.contract.size))
