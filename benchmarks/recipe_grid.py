@@ -71,6 +71,7 @@ def run_job(name: str, spec: dict, seed: int, args, deadline: float, finished: d
             k: summary.get(k)
             for k in ("epochs_run", "best_epoch", "best_value", "train_seconds", "device")
         }
+        record["val_accuracy"] = _kept_val_accuracy(summary)
         calibrated = not _pitguard(
             "calibrate", str(run), "--max-pit-miss", "0.01", "--max-false-reject", "0.05", log=log
         )  # too few calib pits for the bound: no maybe rate, the rest still scored
@@ -97,6 +98,16 @@ def run_job(name: str, spec: dict, seed: int, args, deadline: float, finished: d
     return record
 
 
+def _kept_val_accuracy(summary: dict) -> float | None:
+    """Val accuracy of the epoch the run kept: its best, or its last under select_metric=last.
+
+    Summaries written before they recorded it hold it as ``best_value`` when selected on it.
+    """
+    if "val_accuracy" in summary:
+        return summary["val_accuracy"]
+    return summary.get("best_value") if summary.get("selected_on") == "val_accuracy" else None
+
+
 def _mean(rows: list[dict], key: str) -> float | None:
     values = [r[key] for r in rows if r.get(key) is not None]
     return statistics.fmean(values) if values else None
@@ -111,7 +122,7 @@ def table(records: list[dict]) -> list[dict]:
             {
                 "variant": name,
                 "runs": len(done),
-                "val_accuracy": _mean(done, "best_value"),
+                "val_accuracy": _mean(done, "val_accuracy"),
                 "test_accuracy": _mean(done, "test_accuracy"),
                 "test_pit_recall": _mean(done, "test_pit_recall"),
                 "test_roc_auc": _mean(done, "test_roc_auc"),

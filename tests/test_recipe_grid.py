@@ -1,5 +1,6 @@
 """Tests for benchmarks/recipe_grid.py: variants over split seeds, a student after its teacher."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -55,3 +56,29 @@ def test_a_grid_whose_after_names_no_variant_is_refused(synth_dir, tmp_path):
     done = subprocess.run([*argv, "--out", str(tmp_path / "g")], capture_output=True, text=True)
     assert done.returncode == 2 and "['a']" in done.stderr
     assert not (tmp_path / "g").exists()
+
+
+def _grid_module():
+    spec = importlib.util.spec_from_file_location("recipe_grid", GRID)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_variants_rank_by_the_val_accuracy_of_the_epoch_each_run_kept():
+    grid = _grid_module()
+    kept_last = {"selected_on": "last", "best_epoch": 48, "best_value": 48.0, "val_accuracy": 0.93}
+    on_val_old = {"selected_on": "val_accuracy", "best_epoch": 30, "best_value": 0.91}
+    on_loss_old = {"selected_on": "val_loss", "best_epoch": 30, "best_value": 0.2}
+    assert grid._kept_val_accuracy(kept_last) == 0.93  # not the epoch number it selected on
+    assert grid._kept_val_accuracy(on_val_old) == 0.91  # written before the field existed
+    assert grid._kept_val_accuracy(on_loss_old) is None  # a loss is no accuracy
+    records = [
+        {"variant": "last", "status": "done", "val_accuracy": 0.93},
+        {"variant": "last", "status": "done", "val_accuracy": 0.91},
+        {"variant": "best", "status": "done", "val_accuracy": 0.915},
+        {"variant": "best", "status": "train exit 1", "val_accuracy": None},
+    ]
+    rows = grid.table(records)
+    assert [r["variant"] for r in rows] == ["last", "best"]
+    assert rows[0]["val_accuracy"] == pytest.approx(0.92) and rows[1]["runs"] == 1

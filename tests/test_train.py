@@ -96,6 +96,20 @@ def test_run_folder_contents_and_split_never_trains_on_test(synth_dir, tmp_path)
     assert grid.size[0] > 500
 
 
+def test_summary_gives_the_val_accuracy_of_the_epoch_it_kept(synth_dir, tmp_path):
+    """Selected on val accuracy or kept last, the summary's val_accuracy is the kept epoch's."""
+    for select in ("val_loss", "last"):
+        run = tmp_path / select
+        summary = train(tiny_config(synth_dir, f"train.select_metric={select}"), run)
+        rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+        kept = next(r for r in rows if r["epoch"] == summary["best_epoch"])
+        assert summary["val_accuracy"] == kept["val_accuracy"]
+        if select == "last":
+            assert summary["best_epoch"] == 3 and summary["best_value"] == 3.0
+        else:
+            assert summary["best_value"] == min(r["val_loss"] for r in rows)
+
+
 def test_bf16_autocast_only_where_the_device_computes_it(monkeypatch):
     cpu = torch.device("cpu")
     on = load_config("small-fast")

@@ -142,6 +142,17 @@ def write_history(run: Path, history: list[dict]) -> None:
         atomic_write(paths.history_csv, write_csv)
 
 
+def kept_val_accuracy(history: list[dict], epoch: int) -> float | None:
+    """Val accuracy of the epoch a run kept (its best, or its last under select_metric=last).
+
+    Comparable across runs whatever they selected on; None without a val part.
+    """
+    for row in history:
+        if row["epoch"] == epoch:
+            return row.get("val_accuracy")
+    return None
+
+
 # --------------------------------------------------------------------------- weights
 
 

@@ -37,6 +37,7 @@ from pitguard.plots import plot_history
 from pitguard.progress import describe_counts, eta_text, over_budget, say_estimate
 from pitguard.runfolder import (
     RunPaths,
+    kept_val_accuracy,
     load_checkpoint,
     model_meta,
     save_checkpoint,
@@ -379,6 +380,7 @@ def _train(cfg, run: Path, dist, resume, stop_after, clock, plan_only, on_epoch)
         "best_epoch": best_epoch,
         "selected_on": cfg.train.select_metric,
         "best_value": best,
+        "val_accuracy": kept_val_accuracy(history, best_epoch),
         "stop_reason": stop_reason,
         "train_seconds": history[-1]["elapsed_s"] if history else 0.0,
         "device": str(device),
