@@ -138,3 +138,17 @@ def test_a_trial_left_running_by_a_dead_worker_is_run_again(synth_dir, tmp_path)
     states = [t.state for t in _study(db, "s").get_trials()]
     assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert record["states"]["fail"] == 1 and record["trials_run_here"] == 2
+
+
+def test_a_recipe_that_keeps_its_last_epoch_is_scored_on_that_epochs_val_accuracy(
+    synth_dir, tmp_path
+):
+    sets = [*FAST, "train.epochs=2", "train.select_metric=last"]
+    base = load_config("small-fast", sets=sets, extra={"data.path": str(synth_dir)})
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    space = {"train.lr": {"type": "float", "low": 1e-3, "high": 2e-3}}
+    sweep(base, tmp_path / "sw", 1, storage, "s", space, sets, "small-fast", None, 0)
+    (trial,) = _study(tmp_path / "s.db", "s").get_trials()
+    summary = read_json(Path(trial.user_attrs["run"]) / "train_summary.json")
+    assert summary["best_epoch"] == 2 and summary["best_value"] == 2.0
+    assert trial.value == summary["val_accuracy"]  # an accuracy, not the epoch number

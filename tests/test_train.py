@@ -97,7 +97,7 @@ def test_run_folder_contents_and_split_never_trains_on_test(synth_dir, tmp_path)
 
 
 def test_summary_gives_the_val_accuracy_of_the_epoch_it_kept(synth_dir, tmp_path):
-    """Selected on val accuracy or kept last, the summary's val_accuracy is the kept epoch's."""
+    """Selected on val loss or kept last, the summary's val_accuracy is the kept epoch's."""
     for select in ("val_loss", "last"):
         run = tmp_path / select
         summary = train(tiny_config(synth_dir, f"train.select_metric={select}"), run)

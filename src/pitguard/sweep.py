@@ -200,13 +200,11 @@ def _run_trial(study, trial, out, metric, space, sets, recipe, config_file, base
     chosen = [f"{k}={v}" for k, v in params.items()]
     print(f"trial {trial.number}: {', '.join(chosen)} -> {run}", flush=True)
     pruned: list[int] = []
-    last: list[float] = []  # the latest epoch's val metric
 
     def report(epoch: int, stats: dict) -> str | None:
         if metric not in stats:
             return None
-        last[:] = [float(stats[metric])]
-        trial.report(last[0], epoch)
+        trial.report(float(stats[metric]), epoch)
         if trial.should_prune():
             pruned.append(epoch)
             return f"pruned by the sweep after epoch {epoch} (median rule on {metric})"
@@ -222,9 +220,9 @@ def _run_trial(study, trial, out, metric, space, sets, recipe, config_file, base
         study.tell(trial, state=TrialState.PRUNED)
         print(f"trial {trial.number}: pruned after epoch {pruned[0]}", flush=True)
         return
-    # a recipe that keeps its last epoch chose nothing on val: its value is the last epoch's
+    # a recipe that keeps its last epoch chose nothing on val: its value is that epoch's accuracy
     kept_last = base.train.select_metric == "last"
-    value = (last[0] if last else None) if kept_last else summary["best_value"]
+    value = summary["val_accuracy"] if kept_last else summary["best_value"]
     if value is None or not math.isfinite(float(value)):
         study.tell(trial, state=TrialState.FAIL)
         raise PitguardError(f"{run}: no {metric} to report; the sweep needs a val part")
