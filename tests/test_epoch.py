@@ -41,6 +41,7 @@ def test_a_student_learns_from_a_frozen_teacher_run(trained_run, synth_dir, tmp_
         f"train.teacher={trained_run}",
         "train.distill_alpha=0.7",
         "train.distill_temperature=2",
+        "augment.mixup_alpha=0.4",  # the teacher scores the same blended crops
     ]
     cfg = load_config("small-fast", sets=sets, extra={"data.path": str(synth_dir)})
     summary = train(cfg, tmp_path / "student")

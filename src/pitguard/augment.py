@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import kornia.augmentation as K
+import numpy as np
 import torch
 from torch import nn
 
@@ -71,6 +72,18 @@ def build_augment(cfg: AugmentConfig) -> nn.Module:
         ops.append(K.RandomErasing(scale=(0.02, 0.1), ratio=(0.3, 3.3), value=0.0, p=cfg.erase_p))
     jitter = ChannelJitter(cfg.brightness, cfg.contrast)
     return nn.Sequential(K.AugmentationSequential(*ops), jitter) if ops else jitter
+
+
+def mixup(x: torch.Tensor, alpha: float) -> tuple[torch.Tensor, float]:
+    """Mixup (Zhang et al., 2018) in timm's batch form: crop i of the shuffled batch blended with
+    crop n-1-i, one weight lam ~ Beta(alpha, alpha) for the batch. The labels are blended alike
+    by ``timm.data.mixup.mixup_target(y, num_classes, lam)``.
+
+    timm's own ``Mixup`` refuses odd batches; an epoch's last batch may be odd, and its middle
+    crop is then blended with itself. numpy's generator draws lam: seeded and checkpointed.
+    """
+    lam = float(np.random.beta(alpha, alpha))
+    return x * lam + x.flip(0) * (1 - lam), lam
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:

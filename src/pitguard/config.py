@@ -95,6 +95,7 @@ class AugmentConfig:
     motion_blur_p: Fraction = 0.2  # probability of a directional (conveyor) motion blur
     motion_kernel: PositiveInt = 5  # its kernel size in px (odd)
     erase_p: Fraction = 0.0  # probability of random erasing (a patch set to background)
+    mixup_alpha: NonNegative = 0.0  # mixup: pairs of crops blended, weight ~ Beta(a, a); 0 = off
 
 
 @dataclass(frozen=True)

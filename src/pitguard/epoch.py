@@ -8,11 +8,13 @@ from typing import Any, cast
 
 import numpy as np
 import torch
+from timm.data.mixup import mixup_target
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from pitguard.augment import mixup
 from pitguard.budget import EpochPlan, plan_epochs, time_epoch
 from pitguard.config import Config
 from pitguard.devices import cpu_has_native_bf16
@@ -93,21 +95,26 @@ def train_one_epoch(
     loss_sum = 0.0
     start = time.perf_counter()
     bar = tqdm(batches, desc=desc, leave=False, mininterval=1.0, disable=None if st.show else True)
+    mix_alpha = cfg.augment.mixup_alpha if cfg.augment.enabled else 0.0
     for idx in bar:
         x = images[idx].to(device, non_blocking=True).float().div_(255)
         y = labels[idx].to(device, non_blocking=True)
+        lam = 1.0  # the weight of each crop's own label (mixup blends in a partner's)
         with torch.no_grad():
-            if st.teacher is None:
-                x = augment(net.select(x))  # channels and pooling first: fewer pixels to warp
-            else:  # the teacher reads its own channels and crop of the same augmented crops
-                x = augment(x)
+            # Without a teacher, channels and pooling go first: fewer pixels to warp. A teacher
+            # reads its own channels and crop of the same augmented (and blended) crops.
+            x = augment(net.select(x) if st.teacher is None else x)
+            if mix_alpha:
+                x, lam = mixup(x, mix_alpha)
+            if st.teacher is not None:
                 teacher_logits = st.teacher(x).float()
                 x = net.select(x)
         if cfg.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = cast(nn.Module, st.forward)(x)
-            loss = st.loss_fn(logits.float(), y)
+            target = y if lam == 1.0 else mixup_target(y, logits.shape[1], lam)
+            loss = st.loss_fn(logits.float(), target)
             if st.teacher is not None:
                 loss = distillation_loss(
                     logits.float(),
@@ -127,7 +134,7 @@ def train_one_epoch(
             ema.update(net, step=step)
         seen += len(y)
         loss_sum += float(loss.detach()) * len(y)
-        correct += int((logits.argmax(1) == y).sum())
+        correct += int((logits.argmax(1) == (y if lam >= 0.5 else y.flip(0))).sum())
         rate = seen / (time.perf_counter() - start)
         bar.set_postfix(
             loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}"
