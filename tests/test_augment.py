@@ -3,7 +3,8 @@
 import numpy as np
 import torch
 
-from pitguard.augment import mixup
+from pitguard.augment import mixup, preview
+from pitguard.config import AugmentConfig
 from pitguard.runfolder import load_run
 from pitguard.train import train
 from tests.test_train import tiny_config
@@ -50,3 +51,17 @@ def test_mixup_changes_training_and_is_off_with_the_rest_of_augmentation(synth_d
     train(tiny_config(synth_dir, *off, "augment.mixup_alpha=0.4"), tmp_path / "off-mixup")
     a, b = _weights(tmp_path / "off"), _weights(tmp_path / "off-mixup")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_augmentation_grid_shows_the_blended_crops(trained_run):
+    net = load_run(trained_run).net
+    images = torch.randint(0, 256, (6, 3, 128, 128), dtype=torch.uint8)
+    channels = net.contract.channels
+    still = dict(hflip=0, vflip=0, rotate=0, translate=0, scale_min=1, scale_max=1)
+    still.update(brightness=0, contrast=0, blur_p=0, motion_blur_p=0)
+    plain = preview(AugmentConfig(**still), net, images, channels)
+    np.random.seed(3)
+    blended = preview(AugmentConfig(**still, mixup_alpha=0.4), net, images, channels)
+    np.random.seed(3)
+    lam = mixup(plain, 0.4)[1]
+    assert torch.allclose(blended, lam * plain + (1 - lam) * plain.flip(0), atol=1e-6)

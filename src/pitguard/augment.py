@@ -95,10 +95,12 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
 
 
 def preview(cfg, net, images: torch.Tensor, channels: tuple[int, ...]) -> torch.Tensor:
-    """What training sees: uint8 crops through the net's channel choice and the augmentation,
-    the chosen channels put back in their RGB places so a person can read the picture."""
+    """What training sees: uint8 crops through the net's channel choice, the augmentation and
+    mixup, the chosen channels put back in their RGB places so a person can read the picture."""
     with torch.no_grad():
         seen = build_augment(cfg).train()(net.select(images.float().div(255)))
+        if cfg.enabled and cfg.mixup_alpha:
+            seen = mixup(seen, cfg.mixup_alpha)[0]
     out = torch.zeros(seen.shape[0], 3, *seen.shape[2:], dtype=seen.dtype)
     out[:, list(channels)] = seen
     return out
