@@ -134,7 +134,8 @@ def train_one_epoch(
             ema.update(net, step=step)
         seen += len(y)
         loss_sum += float(loss.detach()) * len(y)
-        correct += int((logits.argmax(1) == (y if lam >= 0.5 else y.flip(0))).sum())
+        hard = y if lam == 1.0 else target.argmax(1)  # a blend counts as its larger share
+        correct += int((logits.argmax(1) == hard).sum())
         rate = seen / (time.perf_counter() - start)
         bar.set_postfix(
             loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}"
