@@ -85,6 +85,21 @@ def test_a_trial_the_pruner_stops_is_recorded_pruned(synth_dir, tmp_path, monkey
     assert summary["epochs_run"] == 1 and "pruned by the sweep" in summary["stop_reason"]
 
 
+def test_a_trial_that_diverges_is_recorded_pruned_and_the_sweep_goes_on(synth_dir, tmp_path):
+    # SGD whose rate grows 1e15-fold after the first epoch: the loss is NaN in the second
+    sets = [*FAST, "train.epochs=3", "train.optimizer=sgd", "train.schedule=step"]
+    sets += ["train.step_epochs=1", "train.step_gamma=1e15"]
+    base = load_config("small-fast", sets=sets, extra={"data.path": str(synth_dir)})
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
+    space = {"train.lr": {"type": "float", "low": 1e-3, "high": 2e-3}}
+    _run_trial(study, study.ask(), tmp_path, "val_accuracy", space, sets, "small-fast", None, base)
+    (t,) = study.get_trials()
+    # the epochs before the NaN were reported; the sweep's loop counts a pruned trial as done
+    reported = list(t.intermediate_values)
+    assert t.state == TrialState.PRUNED and reported == list(range(1, len(reported) + 1))
+    assert f"became nan in epoch {len(reported) + 1}" in t.user_attrs["diverged"]
+
+
 def test_sweep_runs_its_trials_as_runs_and_writes_a_usable_best_recipe(synth_dir, tmp_path, capsys):
     db = tmp_path / "study.db"
     argv = ["sweep", "--recipe", "small-fast", "--data", str(synth_dir), "--trials", "4"]

@@ -6,8 +6,10 @@ import torch
 from PIL import Image
 
 from pitguard import epoch as epoch_module
+from pitguard import train as train_module
 from pitguard.cli import main
 from pitguard.config import load_config
+from pitguard.errors import PitguardError
 from pitguard.evaluate import evaluate_run
 from pitguard.runfolder import load_checkpoint, load_run
 from pitguard.train import train
@@ -109,6 +111,64 @@ def test_summary_gives_the_val_accuracy_of_the_epoch_it_kept(synth_dir, tmp_path
             assert summary["best_epoch"] == 3 and summary["best_value"] == 3.0
         else:
             assert summary["best_value"] == min(r["val_loss"] for r in rows)
+
+
+def test_a_loss_gone_nan_stops_the_run_before_that_epoch_is_saved(synth_dir, tmp_path):
+    # SGD whose rate grows 1e15-fold after the first epoch: the weights overflow in the second
+    sets = ["train.optimizer=sgd", "train.schedule=step", "train.step_epochs=1"]
+    cfg = tiny_config(synth_dir, *sets, "train.step_gamma=1e15", "train.lr=1e-3")
+    run = tmp_path / "run"
+    with pytest.raises(PitguardError) as caught:
+        train(cfg, run)
+    text = str(caught.value)
+    assert "became nan in epoch 2" in text and "holds epoch 1" in text
+    assert "--set train.lr=0.0005" in text
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
+    assert json.loads((run / "model.json").read_text())["epoch"] == 1
+    assert not (run / "train_summary.json").exists()
+    # Diverging in the first epoch leaves no half-made run folder behind.
+    with pytest.raises(PitguardError, match=r"became nan in epoch 1.*nothing saved"):
+        train(
+            tiny_config(synth_dir, *sets, "train.step_gamma=1e15", "train.lr=1e12"),
+            run.parent / "b",
+        )
+    assert not (run.parent / "b").exists()
+
+
+def test_kept_epoch_far_below_the_best_is_reported():
+    rows = [{"epoch": 1, "val_accuracy": 0.80}, {"epoch": 2, "val_accuracy": 0.92}]
+    said = []
+    for last, expected in ((0.87, True), (0.8701, False), (0.92, False)):
+        history = [*rows, {"epoch": 3, "val_accuracy": last}]
+        text = epoch_module.kept_epoch_warning(history, 3, lambda *a, **k: said.append(a[0]))
+        assert (text is not None) is expected, last
+    assert said == [
+        "warning: the kept epoch 3 scored 87.0% on val, 5.0 points below epoch 2's 92.0%: the run "
+        "may have diverged; train again with a lower train.lr, or keep the best epoch on val "
+        "with --set train.select_metric=val_accuracy"
+    ]
+    assert epoch_module.kept_epoch_warning(rows, 2, print) is None  # kept the best
+    assert epoch_module.kept_epoch_warning([{"epoch": 1}], 1, print) is None  # no val part
+
+
+def test_a_run_that_keeps_a_collapsed_last_epoch_says_so(synth_dir, tmp_path, monkeypatch, capsys):
+    # Validation scripted: the second of three epochs is the best, the last has collapsed.
+    scores = iter([0.75, 0.9, 0.5])
+    real = train_module.validate
+
+    def scripted(*args, **kwargs):
+        return {**real(*args, **kwargs), "val_accuracy": next(scores)}
+
+    monkeypatch.setattr(train_module, "validate", scripted)
+    summary = train(tiny_config(synth_dir, "train.select_metric=last"), tmp_path / "run")
+    assert summary["best_epoch"] == 3 and summary["val_accuracy"] == 0.5
+    assert summary["warning"].startswith("the kept epoch 3 scored 50.0% on val, 40.0 points below")
+    assert "warning: the kept epoch 3" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert saved["warning"] == summary["warning"]
+    monkeypatch.setattr(train_module, "validate", real)
+    healthy = train(tiny_config(synth_dir, "train.epochs=1"), tmp_path / "healthy")
+    assert healthy["warning"] is None
 
 
 def test_bf16_autocast_only_where_the_device_computes_it(monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, cast
@@ -18,7 +19,7 @@ from pitguard.augment import mixup
 from pitguard.budget import EpochPlan, plan_epochs, time_epoch
 from pitguard.config import Config
 from pitguard.devices import cpu_has_native_bf16
-from pitguard.errors import PitguardError
+from pitguard.errors import Diverged, PitguardError
 from pitguard.models import PitguardNet, infer_logits
 from pitguard.runfolder import load_run
 from pitguard.seeding import rng_state, set_rng_state
@@ -146,6 +147,44 @@ def train_one_epoch(
         "train_accuracy": correct / seen,
         "images_per_s": seen / elapsed,
     }
+
+
+# A kept epoch this far below the run's best val accuracy is reported: far beyond the epoch-to-epoch
+# noise of a few hundred val crops (1-2 points), well within what a diverged run loses.
+KEPT_DROP_WARN = 0.05
+
+
+def check_finite_loss(stats: dict, epoch: int, cfg: Config) -> None:
+    """Stop a run whose train loss went NaN or infinite, before that epoch is saved."""
+    if math.isfinite(stats["train_loss"]):
+        return
+    kept = f"checkpoints/last.pt still holds epoch {epoch - 1}" if epoch > 1 else "nothing saved"
+    raise Diverged(
+        f"the train loss became {stats['train_loss']} in epoch {epoch}: training diverged "
+        f"({kept}); train again into a new --out with a lower peak rate than "
+        f"train.lr={cfg.train.lr:g}, e.g. --set train.lr={cfg.train.lr / 2:g}"
+    )
+
+
+def kept_epoch_warning(history: list[dict], kept_epoch: int, say=print) -> str | None:
+    """Says so (and returns the words) when the kept epoch scored far below the run's best on val:
+    a run that diverged late and keeps its last epoch would otherwise ship without a word."""
+    scored = [row for row in history if row.get("val_accuracy") is not None]
+    kept = next((row for row in scored if row["epoch"] == kept_epoch), None)
+    if kept is None:
+        return None
+    best = max(scored, key=lambda row: row["val_accuracy"])
+    drop = best["val_accuracy"] - kept["val_accuracy"]
+    if drop <= KEPT_DROP_WARN:
+        return None
+    text = (
+        f"the kept epoch {kept_epoch} scored {100 * kept['val_accuracy']:.1f}% on val, "
+        f"{100 * drop:.1f} points below epoch {best['epoch']}'s {100 * best['val_accuracy']:.1f}%: "
+        "the run may have diverged; train again with a lower train.lr, or keep the best epoch "
+        "on val with --set train.select_metric=val_accuracy"
+    )
+    say(f"warning: {text}", flush=True)
+    return text
 
 
 def validate(net: nn.Module, images, labels, device, batch_size: int, dist=None) -> dict:

@@ -13,3 +13,7 @@ class ConfigError(PitguardError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class Diverged(PitguardError):
+    """Training's loss went NaN or infinite: the settings (the learning rate), not the data."""

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from pitguard.config import Config, load_config
-from pitguard.errors import PitguardError
+from pitguard.errors import Diverged, PitguardError
 from pitguard.files import atomic_write_text, hold_lock, process_alive, write_json
 from pitguard.recipes import flatten
 from pitguard.train import train
@@ -213,6 +213,11 @@ def _run_trial(study, trial, out, metric, space, sets, recipe, config_file, base
     try:
         cfg = load_config(recipe, config_file, [*sets, *chosen], {"data.path": base.data.path})
         summary = train(cfg, run, on_epoch=report)
+    except Diverged as exc:  # a bad region of the space, not a broken sweep: recorded, and on
+        trial.set_user_attr("diverged", str(exc))
+        study.tell(trial, state=TrialState.PRUNED)
+        print(f"trial {trial.number}: diverged, recorded as pruned ({exc})", flush=True)
+        return
     except BaseException:
         study.tell(trial, state=TrialState.FAIL)
         raise

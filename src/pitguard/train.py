@@ -23,6 +23,8 @@ from pitguard.devices import pick_device
 from pitguard.distributed import check_resume, check_sync_bn, from_env
 from pitguard.epoch import (
     Stepper,
+    check_finite_loss,
+    kept_epoch_warning,
     load_teacher,
     plan_for_budget,
     train_one_epoch,
@@ -149,12 +151,9 @@ def _train(cfg, run: Path, dist, resume, stop_after, clock, plan_only, on_epoch)
     images = train_part.images.to(device) if device.type == "cuda" else train_part.images
     labels = train_part.labels.to(device) if device.type == "cuda" else train_part.labels
     steps_per_epoch = max(1, len(train_part) // cfg.train.batch_size)
-    weight = (
-        class_weights(train_part.labels, n_classes).to(device)
-        if cfg.train.balance == "loss"
-        else None
-    )
+    weight = class_weights(train_part.labels, n_classes) if cfg.train.balance == "loss" else None
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.train.label_smoothing)
+    loss_fn.to(device)  # the class weights, a buffer
 
     def make_stepper(model: PitguardNet, epochs: int, probe: bool = False) -> Stepper:
         optimizer = make_optimizer(cfg, model)
@@ -217,10 +216,7 @@ def _train(cfg, run: Path, dist, resume, stop_after, clock, plan_only, on_epoch)
         set_rng_state(ckpt.get("rng_ranks", [ckpt["rng"]])[dist.rank], shuffle)
         start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
         best, best_epoch, bad_epochs, history = (
-            ckpt["best"],
-            ckpt["best_epoch"],
-            ckpt["bad_epochs"],
-            ckpt["history"],
+            ckpt[key] for key in ("best", "best_epoch", "bad_epochs", "history")
         )
         say(f"resuming {run} after epoch {ckpt['epoch']}", flush=True)
     elif dist.main:
@@ -256,6 +252,7 @@ def _train(cfg, run: Path, dist, resume, stop_after, clock, plan_only, on_epoch)
             stepper, batches, images, labels, step, f"epoch {epoch}/{epochs}"
         )
         stats = dist.mean_stats(stats)
+        check_finite_loss(stats, epoch, cfg)  # every rank sees the mean, so all stop together
         selected = ema.module if ema is not None else net
         if len(val_part):
             stats.update(
@@ -381,6 +378,7 @@ def _train(cfg, run: Path, dist, resume, stop_after, clock, plan_only, on_epoch)
         "selected_on": cfg.train.select_metric,
         "best_value": best,
         "val_accuracy": kept_val_accuracy(history, best_epoch),
+        "warning": kept_epoch_warning(history, best_epoch, say) if history else None,
         "stop_reason": stop_reason,
         "train_seconds": history[-1]["elapsed_s"] if history else 0.0,
         "device": str(device),
