@@ -9,7 +9,7 @@ from pitguard import epoch as epoch_module
 from pitguard import train as train_module
 from pitguard.cli import main
 from pitguard.config import load_config
-from pitguard.errors import PitguardError
+from pitguard.errors import Diverged, PitguardError
 from pitguard.evaluate import evaluate_run
 from pitguard.runfolder import load_checkpoint, load_run
 from pitguard.train import train
@@ -133,6 +133,18 @@ def test_a_loss_gone_nan_stops_the_run_before_that_epoch_is_saved(synth_dir, tmp
             run.parent / "b",
         )
     assert not (run.parent / "b").exists()
+
+
+def test_a_val_loss_gone_nan_stops_the_run_too():
+    cfg = load_config("small-fast")
+    epoch_module.check_finite_loss({"train_loss": 0.3, "val_loss": 0.4}, 5, cfg)  # healthy
+    epoch_module.check_finite_loss({"train_loss": 0.3}, 5, cfg)  # no val part
+    with pytest.raises(Diverged, match=r"the val loss became nan in epoch 5: .*holds epoch 4"):
+        epoch_module.check_finite_loss({"train_loss": 2e22, "val_loss": float("nan")}, 5, cfg)
+    with pytest.raises(
+        Diverged, match=r"the train loss became inf in epoch 1: .*\(nothing saved\)"
+    ):
+        epoch_module.check_finite_loss({"train_loss": float("inf"), "val_loss": 0.4}, 1, cfg)
 
 
 def test_kept_epoch_far_below_the_best_is_reported():

@@ -155,12 +155,13 @@ KEPT_DROP_WARN = 0.05
 
 
 def check_finite_loss(stats: dict, epoch: int, cfg: Config) -> None:
-    """Stop a run whose train loss went NaN or infinite, before that epoch is saved."""
-    if math.isfinite(stats["train_loss"]):
+    """Stop a run whose train or val loss went NaN or infinite, before that epoch is saved."""
+    bad = [k for k in ("train_loss", "val_loss") if k in stats and not math.isfinite(stats[k])]
+    if not bad:
         return
     kept = f"checkpoints/last.pt still holds epoch {epoch - 1}" if epoch > 1 else "nothing saved"
     raise Diverged(
-        f"the train loss became {stats['train_loss']} in epoch {epoch}: training diverged "
+        f"the {bad[0].replace('_', ' ')} became {stats[bad[0]]} in epoch {epoch}: training diverged "
         f"({kept}); train again into a new --out with a lower peak rate than "
         f"train.lr={cfg.train.lr:g}, e.g. --set train.lr={cfg.train.lr / 2:g}"
     )

@@ -252,7 +252,6 @@ def _train(cfg, run: Path, dist, resume, stop_after, clock, plan_only, on_epoch)
             stepper, batches, images, labels, step, f"epoch {epoch}/{epochs}"
         )
         stats = dist.mean_stats(stats)
-        check_finite_loss(stats, epoch, cfg)  # every rank sees the mean, so all stop together
         selected = ema.module if ema is not None else net
         if len(val_part):
             stats.update(
@@ -265,6 +264,7 @@ def _train(cfg, run: Path, dist, resume, stop_after, clock, plan_only, on_epoch)
                     dist,
                 )
             )
+        check_finite_loss(stats, epoch, cfg)  # every rank sees the same means: all stop together
         stats = {
             "epoch": epoch,
             **stats,
