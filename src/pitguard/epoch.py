@@ -21,7 +21,7 @@ from pitguard.config import Config
 from pitguard.devices import cpu_has_native_bf16
 from pitguard.errors import Diverged, PitguardError
 from pitguard.models import PitguardNet, infer_logits
-from pitguard.runfolder import load_run
+from pitguard.runfolder import kept_val_accuracy, load_run
 from pitguard.seeding import rng_state, set_rng_state
 
 
@@ -170,16 +170,18 @@ def check_finite_loss(stats: dict, epoch: int, cfg: Config) -> None:
 def kept_epoch_warning(history: list[dict], kept_epoch: int, say=print) -> str | None:
     """Says so (and returns the words) when the kept epoch scored far below the run's best on val:
     a run that diverged late and keeps its last epoch would otherwise ship without a word."""
-    scored = [row for row in history if row.get("val_accuracy") is not None]
-    kept = next((row for row in scored if row["epoch"] == kept_epoch), None)
+    kept = kept_val_accuracy(history, kept_epoch)
     if kept is None:
         return None
-    best = max(scored, key=lambda row: row["val_accuracy"])
-    drop = best["val_accuracy"] - kept["val_accuracy"]
+    best = max(
+        (row for row in history if row.get("val_accuracy") is not None),
+        key=lambda row: row["val_accuracy"],
+    )
+    drop = best["val_accuracy"] - kept
     if drop <= KEPT_DROP_WARN:
         return None
     text = (
-        f"the kept epoch {kept_epoch} scored {100 * kept['val_accuracy']:.1f}% on val, "
+        f"the kept epoch {kept_epoch} scored {100 * kept:.1f}% on val, "
         f"{100 * drop:.1f} points below epoch {best['epoch']}'s {100 * best['val_accuracy']:.1f}%: "
         "the run may have diverged; train again with a lower train.lr, or keep the best epoch "
         "on val with --set train.select_metric=val_accuracy"

@@ -378,7 +378,7 @@ def _train(cfg, run: Path, dist, resume, stop_after, clock, plan_only, on_epoch)
         "selected_on": cfg.train.select_metric,
         "best_value": best,
         "val_accuracy": kept_val_accuracy(history, best_epoch),
-        "warning": kept_epoch_warning(history, best_epoch, say) if history else None,
+        "warning": kept_epoch_warning(history, best_epoch, say),
         "stop_reason": stop_reason,
         "train_seconds": history[-1]["elapsed_s"] if history else 0.0,
         "device": str(device),
