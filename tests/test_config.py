@@ -175,6 +175,14 @@ def test_learned_downsampling_needs_blocks_to_reduce():
         load_config(sets=["model.downsample_mode=max"])
 
 
+def test_upsampling_is_refused_with_pooling():
+    assert load_config("lite0", sets=["model.upsample=2"]).model.upsample == 2
+    with pytest.raises(ConfigError, match=r"model.upsample=2 with model.downsample=2 enlarges"):
+        load_config("cpu-fast", sets=["model.upsample=2"])
+    with pytest.raises(ConfigError, match=r"model.upsample=0"):
+        load_config(sets=["model.upsample=0"])
+
+
 def test_relations_are_checked_on_the_merged_settings(tmp_path):
     # size from a file, crop from --set: valid together, though not against the defaults
     big = tmp_path / "big.yaml"

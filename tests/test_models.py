@@ -94,6 +94,29 @@ def test_contract_centre_crop_then_pool():
         InputContract.from_dict({**contract.to_dict(), "tile": 4})
 
 
+def test_upsampling_enlarges_what_augmentation_saw_before_the_backbone():
+    contract = InputContract(channels=(0, 2), crop=64, upsample=2, mean=(0.5, 0.5), std=(0.5, 0.5))
+    assert contract.side == 128
+    net = build_model("pitguard_tiny", 2, contract).eval()
+    x = torch.rand(3, 3, 128, 128)
+    small = net.select(x)  # what training augments: the centre 64 px, not yet enlarged
+    assert small.shape == (3, 2, 64, 64)
+    big = net.backbone_input(small)
+    assert big.shape == (3, 2, 128, 128)
+    centre = (x[:, [0, 2], 32:96, 32:96] - 0.5) / 0.5
+    want = torch.nn.functional.interpolate(centre, scale_factor=2.0, mode="bilinear")
+    assert torch.allclose(big, want, atol=1e-6)
+    # geometry: a ramp across the columns is sampled at the enlarged pixels' centres,
+    # (j + 0.5) / 2 - 0.5 in source pixels, away from the border where bilinear clamps
+    ramp = torch.arange(128.0).expand(1, 3, 128, 128) / 128
+    got = net.backbone_input(net.select(ramp))[0, 0, 0] * 0.5 + 0.5
+    cols = torch.arange(2, 126.0)
+    assert torch.allclose(got[2:126], (32 + (cols + 0.5) / 2 - 0.5) / 128, atol=1e-6)
+    assert InputContract.from_dict(contract.to_dict()) == contract
+    older = {k: v for k, v in contract.to_dict().items() if k != "upsample"}
+    assert InputContract.from_dict(older).upsample == 1  # bundles written before the field
+
+
 def test_model_defaults_come_from_timms_pretrained_cfg():
     from pitguard.models import model_defaults
 

@@ -74,6 +74,7 @@ class ModelConfig:
     downsample: PositiveInt = 1  # side of the pixel blocks the model reduces (cheap CPU inference)
     downsample_mode: DownsampleMode = "average"  # learned: the first conv reads every pixel
     crop: CropSide = 0  # centre square (px) the model reads before pooling; 0 = the whole crop
+    upsample: PositiveInt = 1  # enlarge the crop this many times inside the model (bilinear)
     drop_rate: Fraction = 0.0  # dropout before the classifier
     drop_path_rate: Fraction = 0.0  # stochastic depth, where the architecture has it
     freeze_backbone: bool = False  # train the classifier head only (the production recipe)
@@ -260,6 +261,11 @@ def _check_relations(cfg: Config, source: str) -> list[str]:
         problems.append(
             f"{source}: model.crop={crop} is smaller than model.downsample={pool}; "
             "use a larger crop or less pooling"
+        )
+    if model.upsample > 1 and pool > 1:
+        problems.append(
+            f"{source}: model.upsample={model.upsample} with model.downsample={pool} enlarges "
+            "what it has just reduced; keep one of them at 1"
         )
     if model.downsample_mode == "learned" and pool == 1:
         problems.append(

@@ -34,11 +34,14 @@ class InputContract:
     # average: each block's mean; learned: each block's pixels stacked as channels (pixel
     # unshuffle) for the first convolution, which starts out as the average
     downsample_mode: str = "average"
+    # ImageNet features at the scale they were learned: the crop enlarged (bilinear) after
+    # augmentation, so training warps the small image and the backbone reads the large one
+    upsample: int = 1
 
     @property
     def side(self) -> int:
         """Side of the image the backbone reads."""
-        return (self.crop or self.size) // self.downsample
+        return (self.crop or self.size) // self.downsample * self.upsample
 
     @property
     def stack(self) -> int:
@@ -76,6 +79,7 @@ class InputContract:
             downsample=int(d.get("downsample", 1)),
             crop=int(d.get("crop", 0)),
             downsample_mode=mode,
+            upsample=int(d.get("upsample", 1)),
         )
 
 
@@ -176,8 +180,13 @@ class PitguardNet(nn.Module):
         return x
 
     def backbone_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalized, and each block's pixels stacked as channels where the mode is learned."""
+        """Normalized, enlarged where the contract says, and each block's pixels stacked as
+        channels where the mode is learned."""
         x = self.normalize(x)
+        if self.contract.upsample > 1:
+            x = nn.functional.interpolate(
+                x, scale_factor=float(self.contract.upsample), mode="bilinear", align_corners=False
+            )
         if self.contract.stack > 1:
             x = nn.functional.pixel_unshuffle(x, self.contract.stack)
         return x
@@ -270,6 +279,7 @@ def make_contract(
         downsample=cfg_model.downsample,
         crop=cfg_model.crop,
         downsample_mode=cfg_model.downsample_mode,
+        upsample=cfg_model.upsample,
     )
 
 

@@ -115,3 +115,26 @@ def test_a_run_with_learned_downsampling_exports_and_predicts_alike(tmp_path):
     for backend in ("onnx", "eager"):
         got = Predictor(tmp_path / "b", backend=backend).predict_uint8(crops).p_pit
         assert np.allclose(got, want, atol=1e-4), backend
+
+
+def test_a_run_that_upsamples_exports_and_predicts_alike(tmp_path):
+    """The enlargement inside the model is one graph node: ONNX and eager agree."""
+    import numpy as np
+
+    from pitguard.deploy.predict import Predictor
+    from pitguard.runfolder import load_run
+    from tests.conftest import random_crop, train_tiny
+
+    run = train_tiny(tmp_path, sets=["model.crop=48", "model.upsample=2", "model.normalize=data"])
+    net = load_run(run).net
+    assert net.contract.side == 96 and net.contract.upsample == 2
+    export_run(run, tmp_path / "b", onnx=True, allow_uncalibrated=True)
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert meta["input"]["upsample"] == 2 and meta["input"]["mean"] is None
+    assert meta["onnx"]["parity"]["max_prob_diff"] <= 1e-4
+    crops = np.stack([random_crop(s) for s in range(6)]).transpose(0, 3, 1, 2).copy()
+    with torch.no_grad():
+        want = net(torch.from_numpy(crops).float() / 255).softmax(1)[:, 1].numpy()
+    for backend in ("onnx", "eager"):
+        got = Predictor(tmp_path / "b", backend=backend).predict_uint8(crops).p_pit
+        assert np.allclose(got, want, atol=1e-4), backend
