@@ -93,13 +93,25 @@ def test_force_replaces_a_bundle_and_nothing_else(calibrated_run, tmp_path, caps
     assert (other / "notes.txt").read_text() == "keep"
 
 
-def test_a_run_with_learned_downsampling_exports_and_predicts_alike(tmp_path):
-    """The stacked pixel blocks survive the bundle: ONNX and the rebuilt eager module agree."""
+def _predicts_as_the_run(net, bundle) -> None:
+    """The bundle's ONNX graph and its rebuilt eager module give the run's own p(pit)."""
     import numpy as np
 
     from pitguard.deploy.predict import Predictor
+    from tests.conftest import random_crop
+
+    crops = np.stack([random_crop(s) for s in range(6)]).transpose(0, 3, 1, 2).copy()
+    with torch.no_grad():
+        want = net(torch.from_numpy(crops).float() / 255).softmax(1)[:, 1].numpy()
+    for backend in ("onnx", "eager"):
+        got = Predictor(bundle, backend=backend).predict_uint8(crops).p_pit
+        assert np.allclose(got, want, atol=1e-4), backend
+
+
+def test_a_run_with_learned_downsampling_exports_and_predicts_alike(tmp_path):
+    """The stacked pixel blocks survive the bundle: ONNX and the rebuilt eager module agree."""
     from pitguard.runfolder import load_run
-    from tests.conftest import random_crop, train_tiny
+    from tests.conftest import train_tiny
 
     sets = ["model.crop=96", "model.downsample=2", "model.downsample_mode=learned"]
     run = train_tiny(tmp_path, sets=[*sets, "model.normalize=data"])
@@ -109,21 +121,15 @@ def test_a_run_with_learned_downsampling_exports_and_predicts_alike(tmp_path):
     meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
     assert meta["input"]["downsample_mode"] == "learned" and meta["input"]["mean"] is None
     assert meta["onnx"]["parity"]["max_prob_diff"] <= 1e-4
-    crops = np.stack([random_crop(s) for s in range(6)]).transpose(0, 3, 1, 2).copy()
-    with torch.no_grad():
-        want = net(torch.from_numpy(crops).float() / 255).softmax(1)[:, 1].numpy()
-    for backend in ("onnx", "eager"):
-        got = Predictor(tmp_path / "b", backend=backend).predict_uint8(crops).p_pit
-        assert np.allclose(got, want, atol=1e-4), backend
+    _predicts_as_the_run(net, tmp_path / "b")
 
 
 def test_a_run_that_upsamples_exports_and_predicts_alike(tmp_path):
     """The enlargement inside the model is one graph node: ONNX and eager agree."""
-    import numpy as np
+    import onnx
 
-    from pitguard.deploy.predict import Predictor
     from pitguard.runfolder import load_run
-    from tests.conftest import random_crop, train_tiny
+    from tests.conftest import train_tiny
 
     run = train_tiny(tmp_path, sets=["model.crop=48", "model.upsample=2", "model.normalize=data"])
     net = load_run(run).net
@@ -131,10 +137,7 @@ def test_a_run_that_upsamples_exports_and_predicts_alike(tmp_path):
     export_run(run, tmp_path / "b", onnx=True, allow_uncalibrated=True)
     meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
     assert meta["input"]["upsample"] == 2 and meta["input"]["mean"] is None
+    graph = onnx.load(str(tmp_path / "b" / "model.onnx")).graph
+    assert [n.op_type for n in graph.node].count("Resize") == 1
     assert meta["onnx"]["parity"]["max_prob_diff"] <= 1e-4
-    crops = np.stack([random_crop(s) for s in range(6)]).transpose(0, 3, 1, 2).copy()
-    with torch.no_grad():
-        want = net(torch.from_numpy(crops).float() / 255).softmax(1)[:, 1].numpy()
-    for backend in ("onnx", "eager"):
-        got = Predictor(tmp_path / "b", backend=backend).predict_uint8(crops).p_pit
-        assert np.allclose(got, want, atol=1e-4), backend
+    _predicts_as_the_run(net, tmp_path / "b")
