@@ -26,11 +26,14 @@ from pitguard.runfolder import load_part, load_run, run_logits
 
 
 def part_probs(run: Path, part: str) -> tuple[list[str], np.ndarray, np.ndarray, tuple[str, ...]]:
-    """Paths, labels, softmax probabilities and class names of ``run``'s model on its own part."""
+    """Paths, labels, softmax probabilities and class names of ``run``'s model on its own part,
+    ordered by path so that runs of one split line up crop by crop."""
     model = load_run(run)
     ev = load_part(model, None, part)
     probs = torch.softmax(run_logits(model, ev.crops).double(), dim=1).numpy()
-    return list(ev.crops.paths), np.asarray(ev.labels), probs, model.classes
+    order = np.argsort(ev.crops.paths)
+    paths = [ev.crops.paths[i] for i in order]
+    return paths, np.asarray(ev.labels)[order], probs[order], model.classes
 
 
 def overlap(runs: list[Path], part: str, n_boot: int = 1000) -> dict:
@@ -38,18 +41,15 @@ def overlap(runs: list[Path], part: str, n_boot: int = 1000) -> dict:
     if len(runs) < 2:
         raise PitguardError("give at least two run folders trained on the same split")
     paths, labels, first, classes = part_probs(runs[0], part)
-    order = np.argsort(paths)
-    paths, labels = [paths[i] for i in order], labels[order]
-    all_probs = [first[order]]
+    all_probs = [first]
     for run in runs[1:]:
         p, y, probs, cls = part_probs(run, part)
-        o = np.argsort(p)
-        if [p[i] for i in o] != paths or not np.array_equal(y[o], labels) or cls != classes:
+        if p != paths or not np.array_equal(y, labels) or cls != classes:
             raise PitguardError(
                 f"{run}: its {part} part differs from {runs[0]}'s (other crops, labels or "
                 "classes); give runs trained on the same split (data.split_seed and data)"
             )
-        all_probs.append(probs[o])
+        all_probs.append(probs)
     wrong = np.stack([p.argmax(1) != labels for p in all_probs])  # (models, crops)
     n_wrong = wrong.sum(0)
     ensemble = np.mean(all_probs, axis=0)
