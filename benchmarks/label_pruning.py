@@ -1,0 +1,191 @@
+"""Does a recipe learn more from cleaner labels? Drops the train part's label suspects (confident
+learning on out-of-fold scores), trains the recipe on the rest and reports it on val, calib and
+test; writes JSON, prints a short table.
+
+    .venv/bin/python benchmarks/label_pruning.py [--recipe cpu-fast] [--split-seed 0] [--out DIR]
+        [--fold-epochs 24] [--set SECTION.KEY=VALUE ...] [--prune-only]
+
+1. The data is split as a plain run splits it (`data.split_seed`, duplicate-aware).
+2. The train part alone is dealt into two stratified folds, duplicate groups whole. A model of
+   the recipe (`--fold-epochs` epochs, its last epoch kept) trains on each fold and scores the
+   other, so every train crop gets a score from a model that never saw it.
+3. Train crops whose score contradicts their label are dropped (`pitguard.review.rank_suspects`:
+   each class has its own threshold, the mean score of its own crops). Val, calib and test keep
+   every crop and label, so the figures compare with a run of the recipe on the whole train part,
+   and the calibration's promise still holds for the labels as given.
+4. The recipe trains on OUT/pruned.csv into OUT/run (the `--set` overrides apply to it and to the
+   fold models); it is evaluated on val, calib and test. With `--prune-only` the script stops
+   after writing OUT/pruned.csv and OUT/pruning.json.
+
+Fold models already in OUT/fold1 and OUT/fold2 are reused, so a pruning can be reproduced without
+training them again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pitguard.config import Config, config_from_dict, load_config
+from pitguard.data.layout import find_dataset, parse_class_mapping
+from pitguard.data.load import DecodeOptions
+from pitguard.data.manifest import ManifestRow, read_manifest, write_manifest
+from pitguard.data.split import assign_splits, parse_fractions, split_dataset
+from pitguard.evaluate import evaluate_run
+from pitguard.files import write_json
+from pitguard.review import rank_suspects
+from pitguard.runfolder import RunPaths, load_part, load_run, run_logits
+from pitguard.train import train
+
+SHARED = Path(__file__).resolve().parents[2] / "shared/data/cherry_classification/train"
+PARTS = ("val", "calib", "test")
+
+
+def split_rows(cfg: Config, out: Path) -> list[ManifestRow]:
+    """The data's manifest as a plain run of ``cfg`` splits it (OUT/split.csv)."""
+    index = find_dataset(cfg.data.path, parse_class_mapping(cfg.data.classes))
+    if any(it.split for it in index.items):
+        return index.manifest_rows()
+    opts = DecodeOptions(size=cfg.data.size, modes=cfg.data.modes, sizes=cfg.data.sizes)
+    fractions = parse_fractions(cfg.data.fractions)
+    split_dataset(index, out / "split.csv", fractions, cfg.data.split_seed, opts)
+    return read_manifest(out / "split.csv")
+
+
+def on(cfg: Config, data: Path, **train_keys) -> Config:
+    """``cfg`` reading other data, with some train settings changed."""
+    d = cfg.to_dict()
+    d["data"]["path"] = str(data)
+    d["train"].update(train_keys)
+    return config_from_dict(d)
+
+
+def two_folds(rows: list[ManifestRow], seed: int) -> list[str]:
+    """Fold "1" or "2" for each row, stratified by label, each duplicate group in one fold."""
+    classes = sorted({r.label for r in rows})
+    labels = np.array([classes.index(r.label) for r in rows])
+    members: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        if r.group:
+            members.setdefault(r.group, []).append(i)
+    groups = [g for g in members.values() if len(g) > 1]
+    return assign_splits(labels, groups, {"1": 0.5, "2": 0.5}, seed)
+
+
+def prune(rows: list[ManifestRow], p_pit: dict[Path, float]) -> tuple[list[ManifestRow], list]:
+    """The rows without the train part's suspects, and the suspects (row, p_pit), most
+    contradicted first. ``p_pit`` scores every train crop out of fold; other parts are kept."""
+    train_rows = [r for r in rows if r.split == "train"]
+    missing = [r.path for r in train_rows if r.path not in p_pit]
+    if missing:
+        raise ValueError(f"{len(missing)} train crops have no out-of-fold score, e.g. {missing[0]}")
+    pits = np.array([r.label == "pit" for r in train_rows], dtype=int)
+    p = np.array([p_pit[r.path] for r in train_rows])
+    suspects, _ = rank_suspects(np.stack([1 - p, p], axis=1), pits)
+    dropped = [(train_rows[s.index], float(p[s.index])) for s in suspects]
+    gone = {id(r) for r, _ in dropped}
+    return [r for r in rows if id(r) not in gone], dropped
+
+
+def out_of_fold(cfg: Config, rows: list[ManifestRow], out: Path, fold_epochs: int) -> dict:
+    """p(pit) of every train crop from the fold model that never saw it."""
+    train_rows = [r for r in rows if r.split == "train"]
+    folds = two_folds(train_rows, cfg.data.split_seed)
+    scores: dict[Path, float] = {}
+    for fold in ("1", "2"):
+        manifest, run = out / f"fold{fold}.csv", out / f"fold{fold}"
+        write_manifest(
+            manifest,
+            [
+                ManifestRow(r.path, r.label, "val" if f == fold else "train", r.group)
+                for r, f in zip(train_rows, folds, strict=True)
+            ],
+        )
+        if not RunPaths(run).summary.exists():
+            train(on(cfg, manifest, epochs=fold_epochs, select_metric="last", patience=0), run)
+        model = load_run(run)
+        held_out = load_part(model, manifest, "val")
+        probs = torch.softmax(run_logits(model, held_out.crops).double(), dim=1).numpy()
+        pit = model.classes.index("pit")
+        scores.update(zip(map(Path, held_out.crops.paths), probs[:, pit], strict=True))
+    return scores
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--recipe", default="cpu-fast")
+    parser.add_argument("--data", default=str(SHARED))
+    parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="folder (default runs/prune-RECIPE-sSEED)")
+    parser.add_argument("--fold-epochs", type=int, default=24)
+    parser.add_argument("--set", action="append", default=[], help="extra overrides")
+    parser.add_argument("--prune-only", action="store_true", help="stop after pruned.csv")
+    args = parser.parse_args(argv)
+    if not Path(args.data).exists():
+        print(f"no data at {args.data}", file=sys.stderr)
+        return 2
+    out = Path(args.out or f"runs/prune-{args.recipe}-s{args.split_seed}")
+    out.mkdir(parents=True, exist_ok=True)
+    extra = {"data.path": args.data, "data.split_seed": args.split_seed}
+    cfg = load_config(args.recipe, sets=args.set, extra=extra)
+    start = time.perf_counter()
+    rows = split_rows(cfg, out)
+    scores = out_of_fold(cfg, rows, out, args.fold_epochs)
+    kept, dropped = prune(rows, scores)
+    write_manifest(out / "pruned.csv", kept)
+    train_rows = [r for r in rows if r.split == "train"]
+    labels = np.array([r.label == "pit" for r in train_rows])
+    record = {
+        "recipe": args.recipe,
+        "overrides": args.set,
+        "split_seed": args.split_seed,
+        "fold_epochs": args.fold_epochs,
+        "n_train": len(train_rows),
+        "oof_accuracy": float(
+            np.mean((np.array([scores[r.path] for r in train_rows]) >= 0.5) == labels)
+        ),
+        "dropped": {
+            c: sum(r.label == c for r, _ in dropped) for c in sorted({r.label for r in rows})
+        },
+        "dropped_crops": [
+            {"path": str(r.path), "label": r.label, "p_pit": round(p, 4)} for r, p in dropped
+        ],
+        "pruning_seconds": time.perf_counter() - start,
+    }
+    write_json(out / "pruning.json", record)
+    n_dropped = len(dropped)
+    print(f"dropped {n_dropped} of {len(train_rows)} train crops {record['dropped']}")
+    if args.prune_only:
+        print(f"wrote {out / 'pruned.csv'} and {out / 'pruning.json'}")
+        return 0
+    summary = train(on(cfg, out / "pruned.csv"), out / "run")
+    record["train_seconds"] = summary["train_seconds"]
+    record["epochs_run"] = summary["epochs_run"]
+    print(
+        f"{'part':<7}{'n':>6}{'accuracy [95% CI]':>26}{'pit recall':>12}{'ROC-AUC':>9}{'log loss':>10}"
+    )
+    for part in PARTS:
+        result = evaluate_run(out / "run", part=part)
+        record[part] = {
+            key: result[key] for key in ("n", "accuracy", "accuracy_ci", "roc_auc", "log_loss")
+        } | {"pit_recall": result["per_class"]["pit"]["recall"]}
+        r = record[part]
+        acc = f"{100 * r['accuracy']:.2f}% [{100 * r['accuracy_ci'][0]:.2f}, {100 * r['accuracy_ci'][1]:.2f}]"
+        print(
+            f"{part:<7}{r['n']:>6}{acc:>26}{100 * r['pit_recall']:>11.1f}%"
+            f"{r['roc_auc']:>9.3f}{r['log_loss']:>10.3f}"
+        )
+    write_json(out / "pruning.json", record)
+    print(f"wrote {out / 'pruning.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
