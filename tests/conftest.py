@@ -3,9 +3,11 @@ run, its calibrated copy and its bundle. Tests that change a run or a bundle cop
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -62,6 +64,16 @@ def shared_train() -> Path:
     if not (SHARED_TRAIN / "cherry_clean").is_dir():
         pytest.skip(f"shared crops not found at {SHARED_TRAIN}")
     return SHARED_TRAIN
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """benchmarks/NAME.py imported as a module (the folder is no package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:

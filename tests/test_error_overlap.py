@@ -1,6 +1,5 @@
 """Tests for benchmarks/error_overlap.py: shared errors and the ensemble of runs on one split."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -8,16 +7,7 @@ import numpy as np
 import pytest
 
 from pitguard.cli import main as pitguard
-from tests.conftest import train_tiny
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "error_overlap.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("error_overlap", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_benchmark, train_tiny
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +21,7 @@ def two_runs(tmp_path_factory) -> tuple[Path, Path, Path]:
 
 def test_errors_and_their_overlap_are_counted_per_crop(two_runs, tmp_path):
     a, b, _ = two_runs
-    overlap = _script().overlap
+    overlap = load_benchmark("error_overlap").overlap
     result = overlap([a, b], "test", n_boot=50)
     n = result["n"]
     for run, model in zip((a, b), result["models"], strict=True):
@@ -57,7 +47,7 @@ def test_errors_and_their_overlap_are_counted_per_crop(two_runs, tmp_path):
 
 def test_runs_of_another_split_are_refused_by_name(two_runs, tmp_path, capsys):
     a, _, other = two_runs
-    module = _script()
+    module = load_benchmark("error_overlap")
     with pytest.raises(SystemExit, match=rf"{other}: its test part differs from {a}'s"):
         module.main([str(a), str(other), "--json", str(tmp_path / "o.json")])
     assert not (tmp_path / "o.json").exists()
@@ -68,7 +58,10 @@ def test_runs_of_another_split_are_refused_by_name(two_runs, tmp_path, capsys):
 def test_the_table_and_json_are_written(two_runs, tmp_path, capsys):
     a, b, _ = two_runs
     assert (
-        _script().main([str(a), str(b), "--n-boot", "20", "--json", str(tmp_path / "o.json")]) == 0
+        load_benchmark("error_overlap").main(
+            [str(a), str(b), "--n-boot", "20", "--json", str(tmp_path / "o.json")]
+        )
+        == 0
     )
     out = capsys.readouterr().out
     assert "ensemble (mean probability)" in out and "wrong in all 2 models" in out

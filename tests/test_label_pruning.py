@@ -1,22 +1,13 @@
 """Tests for benchmarks/label_pruning.py: only the train part's suspects are dropped, the folds
 keep duplicates together, and a whole pruning run on synthetic crops reports every part."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 from pitguard.data.manifest import ManifestRow, read_manifest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "label_pruning.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("label_pruning", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_benchmark
 
 
 def _rows(splits: str) -> list[ManifestRow]:
@@ -33,7 +24,9 @@ def test_only_train_crops_that_contradict_their_label_are_dropped():
     # train: clean crops score 0.1 and pits 0.9, but crop 2 (clean) scores 0.95 and crop 5
     # (pit) 0.3; the val and test crops contradict their labels too, and must stay
     p = [0.1, 0.9, 0.95, 0.9, 0.1, 0.3, 0.1, 0.9, 0.99, 0.01, 0.99, 0.01]
-    kept, dropped = _script().prune(rows, {r.path: s for r, s in zip(rows, p, strict=True)})
+    kept, dropped = load_benchmark("label_pruning").prune(
+        rows, {r.path: s for r, s in zip(rows, p, strict=True)}
+    )
     assert [r.path.name for r, _ in dropped] == ["2.png", "5.png"]  # p(clean) 0.05 before 0.3
     assert [p for _, p in dropped] == [0.95, 0.3]
     assert kept == [r for r in rows if r.path.name not in ("2.png", "5.png")]
@@ -47,7 +40,7 @@ def test_a_train_crop_without_a_score_is_refused():
     with pytest.raises(
         ValueError, match=r"1 train crops have no out-of-fold score, e\.g\. /crops/2"
     ):
-        _script().prune(rows, scores)
+        load_benchmark("label_pruning").prune(rows, scores)
 
 
 def test_the_two_folds_are_stratified_and_keep_each_duplicate_group_whole():
@@ -57,7 +50,7 @@ def test_the_two_folds_are_stratified_and_keep_each_duplicate_group_whole():
         )
         for i in range(40)
     ]
-    folds = _script().two_folds(rows, seed=3)
+    folds = load_benchmark("label_pruning").two_folds(rows, seed=3)
     assert set(folds) == {"1", "2"}
     for g in range(2):  # crops 0-3 and 4-7 are duplicate groups
         assert len({folds[i] for i in range(4 * g, 4 * g + 4)}) == 1
@@ -70,7 +63,7 @@ def test_a_pruning_run_reports_val_calib_and_test_and_reuses_its_fold_models(tmp
     from pitguard.data.synth import synthesize
 
     synthesize(tmp_path / "crops", count=240, seed=2, difficulty=0.5)
-    module = _script()
+    module = load_benchmark("label_pruning")
     sets = ["model.name=pitguard_tiny", "train.epochs=1", "train.threads=1", "train.max_minutes=0"]
     argv = ["--recipe", "small-fast", "--data", str(tmp_path / "crops"), "--fold-epochs", "1"]
     argv += [f"--set={s}" for s in sets]

@@ -1,12 +1,13 @@
 """Tests for benchmarks/recipe_grid.py: variants over split seeds, a student after its teacher."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import load_benchmark
 
 GRID = Path(__file__).resolve().parents[1] / "benchmarks" / "recipe_grid.py"
 TINY = ["model.name=pitguard_tiny", "train.epochs=1", "train.max_minutes=0"]
@@ -58,15 +59,8 @@ def test_a_grid_whose_after_names_no_variant_is_refused(synth_dir, tmp_path):
     assert not (tmp_path / "g").exists()
 
 
-def _grid_module():
-    spec = importlib.util.spec_from_file_location("recipe_grid", GRID)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_variants_rank_by_the_val_accuracy_of_the_epoch_each_run_kept():
-    grid = _grid_module()
+    grid = load_benchmark("recipe_grid")
     kept_last = {"selected_on": "last", "best_epoch": 48, "best_value": 48.0, "val_accuracy": 0.93}
     on_val_old = {"selected_on": "val_accuracy", "best_epoch": 30, "best_value": 0.91}
     on_loss_old = {"selected_on": "val_loss", "best_epoch": 30, "best_value": 0.2}
