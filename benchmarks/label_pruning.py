@@ -14,8 +14,9 @@ test; writes JSON, prints a short table.
    every crop and label, so the figures compare with a run of the recipe on the whole train part,
    and the calibration's promise still holds for the labels as given.
 4. The recipe trains on OUT/pruned.csv into OUT/run (the `--set` overrides apply to it and to the
-   fold models); it is evaluated on val, calib and test. With `--prune-only` the script stops
-   after writing OUT/pruned.csv and OUT/pruning.json.
+   fold models); it is evaluated on each of val, calib and test that the split has, and
+   OUT/result.json holds the pruning and those figures. With `--prune-only` the script stops
+   after writing OUT/pruned.csv and OUT/pruning.json (every crop dropped, with its score).
 
 Fold models already in OUT/fold1 and OUT/fold2 are reused, so a pruning can be reproduced without
 training them again.
@@ -36,6 +37,7 @@ from pitguard.data.layout import find_dataset, parse_class_mapping
 from pitguard.data.load import DecodeOptions
 from pitguard.data.manifest import ManifestRow, read_manifest, write_manifest
 from pitguard.data.split import assign_splits, parse_fractions, split_dataset
+from pitguard.errors import PitguardError
 from pitguard.evaluate import evaluate_run
 from pitguard.files import write_json
 from pitguard.review import rank_suspects
@@ -47,13 +49,14 @@ PARTS = ("val", "calib", "test")
 
 
 def split_rows(cfg: Config, out: Path) -> list[ManifestRow]:
-    """The data's manifest as a plain run of ``cfg`` splits it (OUT/split.csv)."""
+    """The data's manifest as a plain run of ``cfg`` splits it, also written as OUT/split.csv."""
     index = find_dataset(cfg.data.path, parse_class_mapping(cfg.data.classes))
     if any(it.split for it in index.items):
-        return index.manifest_rows()
-    opts = DecodeOptions(size=cfg.data.size, modes=cfg.data.modes, sizes=cfg.data.sizes)
-    fractions = parse_fractions(cfg.data.fractions)
-    split_dataset(index, out / "split.csv", fractions, cfg.data.split_seed, opts)
+        write_manifest(out / "split.csv", index.manifest_rows())
+    else:
+        opts = DecodeOptions(size=cfg.data.size, modes=cfg.data.modes, sizes=cfg.data.sizes)
+        fractions = parse_fractions(cfg.data.fractions)
+        split_dataset(index, out / "split.csv", fractions, cfg.data.split_seed, opts)
     return read_manifest(out / "split.csv")
 
 
@@ -83,7 +86,10 @@ def prune(rows: list[ManifestRow], p_pit: dict[Path, float]) -> tuple[list[Manif
     train_rows = [r for r in rows if r.split == "train"]
     missing = [r.path for r in train_rows if r.path not in p_pit]
     if missing:
-        raise ValueError(f"{len(missing)} train crops have no out-of-fold score, e.g. {missing[0]}")
+        raise PitguardError(
+            f"{len(missing)} train crops have no out-of-fold score, e.g. {missing[0]}: a crop "
+            "that cannot be read is skipped by training; mend or remove it and run again"
+        )
     pits = np.array([r.label == "pit" for r in train_rows], dtype=int)
     p = np.array([p_pit[r.path] for r in train_rows])
     suspects, _ = rank_suspects(np.stack([1 - p, p], axis=1), pits)
@@ -141,16 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     kept, dropped = prune(rows, scores)
     write_manifest(out / "pruned.csv", kept)
     train_rows = [r for r in rows if r.split == "train"]
-    labels = np.array([r.label == "pit" for r in train_rows])
+    is_pit = np.array([r.label == "pit" for r in train_rows])
+    p_pit = np.array([scores[r.path] for r in train_rows])
     record = {
         "recipe": args.recipe,
         "overrides": args.set,
         "split_seed": args.split_seed,
         "fold_epochs": args.fold_epochs,
         "n_train": len(train_rows),
-        "oof_accuracy": float(
-            np.mean((np.array([scores[r.path] for r in train_rows]) >= 0.5) == labels)
-        ),
+        "oof_accuracy": float(np.mean((p_pit >= 0.5) == is_pit)),
         "dropped": {
             c: sum(r.label == c for r, _ in dropped) for c in sorted({r.label for r in rows})
         },
@@ -160,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "pruning_seconds": time.perf_counter() - start,
     }
     write_json(out / "pruning.json", record)
-    n_dropped = len(dropped)
-    print(f"dropped {n_dropped} of {len(train_rows)} train crops {record['dropped']}")
+    print(f"dropped {len(dropped)} of {len(train_rows)} train crops {record['dropped']}")
     if args.prune_only:
         print(f"wrote {out / 'pruned.csv'} and {out / 'pruning.json'}")
         return 0
@@ -171,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'part':<7}{'n':>6}{'accuracy [95% CI]':>26}{'pit recall':>12}{'ROC-AUC':>9}{'log loss':>10}"
     )
-    for part in PARTS:
+    for part in [p for p in PARTS if any(r.split == p for r in rows)]:
         result = evaluate_run(out / "run", part=part)
         record[part] = {
             key: result[key] for key in ("n", "accuracy", "accuracy_ci", "roc_auc", "log_loss")
@@ -182,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{part:<7}{r['n']:>6}{acc:>26}{100 * r['pit_recall']:>11.1f}%"
             f"{r['roc_auc']:>9.3f}{r['log_loss']:>10.3f}"
         )
-    write_json(out / "pruning.json", record)
-    print(f"wrote {out / 'pruning.json'}")
+    write_json(out / "result.json", record)
+    print(f"wrote {out / 'result.json'}")
     return 0
 
 

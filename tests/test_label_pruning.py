@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from pitguard.data.manifest import ManifestRow, read_manifest
+from pitguard.errors import PitguardError
 from tests.conftest import load_benchmark
 
 
@@ -38,7 +39,7 @@ def test_a_train_crop_without_a_score_is_refused():
     rows = _rows("tttv")
     scores = {r.path: 0.5 for r in rows[:2]}
     with pytest.raises(
-        ValueError, match=r"1 train crops have no out-of-fold score, e\.g\. /crops/2"
+        PitguardError, match=r"1 train crops have no out-of-fold score, e\.g\. /crops/2\.png: "
     ):
         load_benchmark("label_pruning").prune(rows, scores)
 
@@ -69,7 +70,8 @@ def test_a_pruning_run_reports_val_calib_and_test_and_reuses_its_fold_models(tmp
     argv += [f"--set={s}" for s in sets]
     out = tmp_path / "prune"
     assert module.main([*argv, "--out", str(out)]) == 0
-    record = json.loads((out / "pruning.json").read_text())
+    record = json.loads((out / "result.json").read_text())
+    assert json.loads((out / "pruning.json").read_text()).items() <= record.items()
     split = read_manifest(out / "split.csv")
     pruned = read_manifest(out / "pruned.csv")
     train_rows = [r for r in split if r.split == "train"]
@@ -84,10 +86,12 @@ def test_a_pruning_run_reports_val_calib_and_test_and_reuses_its_fold_models(tmp
     # the run trained on the pruned manifest, not on the whole train part
     summary = json.loads((out / "run" / "train_summary.json").read_text())
     assert summary["n_train"] == len(train_rows) - n_dropped
-    # again with --prune-only: the fold models are read, not trained again, and prune alike
+    # again with --prune-only: the fold models are read, not trained again, and prune alike;
+    # the first run's results stay
     weights = out / "fold1" / "model.safetensors"
     before = weights.stat().st_mtime_ns
     assert module.main([*argv, "--out", str(out), "--prune-only"]) == 0
     assert weights.stat().st_mtime_ns == before
     again = json.loads((out / "pruning.json").read_text())
     assert again["dropped_crops"] == record["dropped_crops"] and "test" not in again
+    assert json.loads((out / "result.json").read_text()) == record
