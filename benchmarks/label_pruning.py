@@ -18,7 +18,7 @@ test; writes JSON, prints a short table.
    OUT/result.json holds the pruning and those figures. With `--prune-only` the script stops
    after writing OUT/pruned.csv and OUT/pruning.json (every crop dropped, with its score).
 
-Fold models already in OUT/fold1 and OUT/fold2 are reused, so a pruning can be reproduced without
+Fold models already in OUT/fold1 and OUT/fold2 (each with its split.csv) are reused, so a pruning can be reproduced without
 training them again.
 """
 
@@ -27,16 +27,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pitguard.config import Config, config_from_dict, load_config
-from pitguard.data.layout import find_dataset, parse_class_mapping
-from pitguard.data.load import DecodeOptions
-from pitguard.data.manifest import ManifestRow, read_manifest, write_manifest
-from pitguard.data.split import assign_splits, parse_fractions, split_dataset
+from pitguard.config import Config, load_config
+from pitguard.crossfit import deal_folds, fixed_run, fold_split, split_rows
+from pitguard.data.manifest import ManifestRow, write_manifest
 from pitguard.errors import PitguardError
 from pitguard.evaluate import evaluate_run
 from pitguard.files import write_json
@@ -46,38 +45,6 @@ from pitguard.train import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data/cherry_classification/train"
 PARTS = ("val", "calib", "test")
-
-
-def split_rows(cfg: Config, out: Path) -> list[ManifestRow]:
-    """The data's manifest as a plain run of ``cfg`` splits it, also written as OUT/split.csv."""
-    index = find_dataset(cfg.data.path, parse_class_mapping(cfg.data.classes))
-    if any(it.split for it in index.items):
-        write_manifest(out / "split.csv", index.manifest_rows())
-    else:
-        opts = DecodeOptions(size=cfg.data.size, modes=cfg.data.modes, sizes=cfg.data.sizes)
-        fractions = parse_fractions(cfg.data.fractions)
-        split_dataset(index, out / "split.csv", fractions, cfg.data.split_seed, opts)
-    return read_manifest(out / "split.csv")
-
-
-def on(cfg: Config, data: Path, **train_keys) -> Config:
-    """``cfg`` reading other data, with some train settings changed."""
-    d = cfg.to_dict()
-    d["data"]["path"] = str(data)
-    d["train"].update(train_keys)
-    return config_from_dict(d)
-
-
-def two_folds(rows: list[ManifestRow], seed: int) -> list[str]:
-    """Fold "1" or "2" for each row, stratified by label, each duplicate group in one fold."""
-    classes = sorted({r.label for r in rows})
-    labels = np.array([classes.index(r.label) for r in rows])
-    members: dict[str, list[int]] = {}
-    for i, r in enumerate(rows):
-        if r.group:
-            members.setdefault(r.group, []).append(i)
-    groups = [g for g in members.values() if len(g) > 1]
-    return assign_splits(labels, groups, {"1": 0.5, "2": 0.5}, seed)
 
 
 def prune(rows: list[ManifestRow], p_pit: dict[Path, float]) -> tuple[list[ManifestRow], list]:
@@ -101,19 +68,14 @@ def prune(rows: list[ManifestRow], p_pit: dict[Path, float]) -> tuple[list[Manif
 def out_of_fold(cfg: Config, rows: list[ManifestRow], out: Path, fold_epochs: int) -> dict:
     """p(pit) of every train crop from the fold model that never saw it."""
     train_rows = [r for r in rows if r.split == "train"]
-    folds = two_folds(train_rows, cfg.data.split_seed)
+    folds = deal_folds(train_rows, 2, cfg.data.split_seed)
     scores: dict[Path, float] = {}
+    pool = [replace(r, fold=f) for r, f in zip(train_rows, folds, strict=True)]
     for fold in ("1", "2"):
-        manifest, run = out / f"fold{fold}.csv", out / f"fold{fold}"
-        write_manifest(
-            manifest,
-            [
-                ManifestRow(r.path, r.label, "val" if f == fold else "train", r.group)
-                for r, f in zip(train_rows, folds, strict=True)
-            ],
-        )
+        run = out / f"fold{fold}"
+        manifest = fold_split(pool, fold, run)
         if not RunPaths(run).summary.exists():
-            train(on(cfg, manifest, epochs=fold_epochs, select_metric="last", patience=0), run)
+            train(fixed_run(cfg, manifest, fold_epochs), run)
         model = load_run(run)
         held_out = load_part(model, manifest, "val")
         probs = torch.softmax(run_logits(model, held_out.crops).double(), dim=1).numpy()
@@ -142,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = {"data.path": args.data, "data.split_seed": args.split_seed}
     cfg = load_config(args.recipe, sets=args.set, extra=extra)
     start = time.perf_counter()
-    rows = split_rows(cfg, out)
+    rows = split_rows(cfg, out / "split.csv")
+    write_manifest(out / "split.csv", rows)  # also where the data came already split
     scores = out_of_fold(cfg, rows, out, args.fold_epochs)
     kept, dropped = prune(rows, scores)
     write_manifest(out / "pruned.csv", kept)
@@ -169,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.prune_only:
         print(f"wrote {out / 'pruned.csv'} and {out / 'pruning.json'}")
         return 0
-    summary = train(on(cfg, out / "pruned.csv"), out / "run")
+    pruned = load_config(
+        args.recipe, sets=args.set, extra={**extra, "data.path": str(out / "pruned.csv")}
+    )
+    summary = train(pruned, out / "run")
     record["train_seconds"] = summary["train_seconds"]
     record["epochs_run"] = summary["epochs_run"]
     print(

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from pitguard.crossfit import deal_folds
 from pitguard.data.manifest import ManifestRow, read_manifest
 from pitguard.errors import PitguardError
 from tests.conftest import load_benchmark
@@ -51,7 +52,7 @@ def test_the_two_folds_are_stratified_and_keep_each_duplicate_group_whole():
         )
         for i in range(40)
     ]
-    folds = load_benchmark("label_pruning").two_folds(rows, seed=3)
+    folds = deal_folds(rows, 2, seed=3)
     assert set(folds) == {"1", "2"}
     for g in range(2):  # crops 0-3 and 4-7 are duplicate groups
         assert len({folds[i] for i in range(4 * g, 4 * g + 4)}) == 1

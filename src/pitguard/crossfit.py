@@ -46,38 +46,45 @@ from pitguard.runfolder import OofScores, RunPaths, load_part, load_run, run_log
 POOL, TEST = "train", "test"
 
 
-def pool_rows(cfg: Config, manifest: Path, k: int) -> list[ManifestRow]:
-    """The data's crops with folds: the test part kept, everything else pooled and dealt into K
-    stratified folds with duplicate groups whole. A class-folder dir is first split as a plain
-    run would split it (same seed, same test part), so the two can be compared crop for crop."""
+def split_rows(cfg: Config, manifest: Path) -> list[ManifestRow]:
+    """The data's crops with their parts: a split-folder dir or manifest as given, a class-folder
+    dir split as a plain run would split it (same seed, same test part; written to MANIFEST)."""
     if not cfg.data.path:
         raise PitguardError("data.path is not set; pass --data DIR")
     index = find_dataset(cfg.data.path, parse_class_mapping(cfg.data.classes))
     if any(it.split for it in index.items):
-        rows = index.manifest_rows()
-    else:
-        opts = DecodeOptions(size=cfg.data.size, modes=cfg.data.modes, sizes=cfg.data.sizes)
-        split_dataset(
-            index, manifest, parse_fractions(cfg.data.fractions), cfg.data.split_seed, opts
-        )
-        rows = read_manifest(manifest)
+        return index.manifest_rows()
+    opts = DecodeOptions(size=cfg.data.size, modes=cfg.data.modes, sizes=cfg.data.sizes)
+    split_dataset(index, manifest, parse_fractions(cfg.data.fractions), cfg.data.split_seed, opts)
+    return read_manifest(manifest)
+
+
+def deal_folds(rows: list[ManifestRow], k: int, seed: int) -> list[str]:
+    """Fold "1".."K" for each row: stratified by label, each duplicate group in one fold."""
+    classes = sorted({r.label for r in rows})
+    labels = np.array([classes.index(r.label) for r in rows])
+    members: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        if r.group:
+            members.setdefault(r.group, []).append(i)
+    groups = [g for g in members.values() if len(g) > 1]
+    return assign_splits(labels, groups, {str(f): 1 / k for f in range(1, k + 1)}, seed)
+
+
+def pool_rows(cfg: Config, manifest: Path, k: int) -> list[ManifestRow]:
+    """The data's crops with folds: the test part kept, everything else pooled and dealt into K
+    stratified folds with duplicate groups whole. A class-folder dir is first split as a plain
+    run would split it (same seed, same test part), so the two can be compared crop for crop."""
+    rows = split_rows(cfg, manifest)
     pool = [r for r in rows if r.split != TEST]
-    classes = sorted({r.label for r in pool})
-    labels = np.array([classes.index(r.label) for r in pool])
-    smallest = int(np.bincount(labels).min()) if len(pool) else 0
+    counts = np.unique([r.label for r in pool], return_counts=True)[1]
+    smallest = int(counts.min()) if len(pool) else 0
     if smallest < k:
         raise PitguardError(
             f"{cfg.data.path}: {len(pool)} crops outside the test part, {smallest} in the smallest "
             f"class: too few for {k} folds; give more crops or a smaller --folds"
         )
-    members: dict[str, list[int]] = {}
-    for i, r in enumerate(pool):
-        if r.group:
-            members.setdefault(r.group, []).append(i)
-    groups = [g for g in members.values() if len(g) > 1]
-    names = assign_splits(
-        labels, groups, {str(f): 1 / k for f in range(1, k + 1)}, cfg.data.split_seed
-    )
+    names = deal_folds(pool, k, cfg.data.split_seed)
     folded = iter(names)
     return [
         ManifestRow(r.path, r.label, TEST, r.group)
@@ -87,7 +94,7 @@ def pool_rows(cfg: Config, manifest: Path, k: int) -> list[ManifestRow]:
     ]
 
 
-def _with(cfg: Config, data_path: Path, epochs: int) -> Config:
+def fixed_run(cfg: Config, data_path: Path, epochs: int) -> Config:
     """``cfg`` on other data, for a fixed epoch count, keeping the last epoch."""
     d = cfg.to_dict()
     d["data"]["path"] = str(data_path)
@@ -95,7 +102,7 @@ def _with(cfg: Config, data_path: Path, epochs: int) -> Config:
     return config_from_dict(d)
 
 
-def _fold_split(rows: list[ManifestRow], fold: str, out: Path) -> Path:
+def fold_split(rows: list[ManifestRow], fold: str, out: Path) -> Path:
     """Fold ``fold``'s run: the other folds train, the fold itself is its val part."""
     out.mkdir(parents=True, exist_ok=True)
     return write_manifest(
@@ -167,7 +174,7 @@ def crossfit(
         run.mkdir(parents=True, exist_ok=True)
         rows = pool_rows(cfg, paths.split, folds)
         write_manifest(paths.split, rows)
-        first = _fold_split(rows, "1", paths.fold(1))
+        first = fold_split(rows, "1", paths.fold(1))
         plan = None
         if cfg.train.max_minutes:  # the budget is timed once, on fold 1; its plan binds every model
             timed = cfg.to_dict()
@@ -191,11 +198,15 @@ def crossfit(
     for f in range(1, k + 1):
         split = paths.fold(f) / "split.csv"
         if not split.exists():
-            _fold_split(rows, str(f), paths.fold(f))
+            fold_split(rows, str(f), paths.fold(f))
         models.append(
-            (f"fold {f}/{k}: on the other {k - 1} folds", paths.fold(f), _with(cfg, split, epochs))
+            (
+                f"fold {f}/{k}: on the other {k - 1} folds",
+                paths.fold(f),
+                fixed_run(cfg, split, epochs),
+            )
         )
-    models.append((f"final model: on all {k} folds", run, _with(cfg, paths.split, epochs)))
+    models.append((f"final model: on all {k} folds", run, fixed_run(cfg, paths.split, epochs)))
     helpers = _start_helpers(run, workers)
     summaries: dict[Path, dict] = {}
     for what, model_run, model_cfg in models:
