@@ -23,6 +23,7 @@ RANKS: dict[str, int] = {
     "stats": 2,
     "augment": 3,
     "models": 3,
+    "views": 2,
     "plots": 3,
     "weights": 3,
     "tracking": 3,

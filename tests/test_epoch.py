@@ -49,3 +49,38 @@ def test_a_student_learns_from_a_frozen_teacher_run(trained_run, synth_dir, tmp_
     assert _digest(RunPaths(trained_run).weights) == before  # the teacher is never trained
     with pytest.raises(PitguardError, match=r"classes clean, pit differ from the data's"):
         load_teacher(cfg, ("clean", "maybe", "pit"), torch.device("cpu"))
+
+
+def test_per_epoch_val_and_a_teacher_read_one_view(trained_run, synth_dir, tmp_path):
+    """Test-time views are the finished model's: training's val and a teacher's soft labels
+    cost one pass over the crops, not eight."""
+    import json
+
+    from pitguard.epoch import validate
+    from pitguard.models import InputContract, build_model
+    from tests.conftest import copy_run
+
+    net = build_model("pitguard_tiny", 2, InputContract(channels=(0, 2), tta="d8"))
+    seen: list[int] = []
+    net.backbone.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[0]))
+    images = torch.randint(0, 256, (5, 3, 128, 128), dtype=torch.uint8)
+    stats = validate(net, images, torch.tensor([0, 1, 0, 1, 0]), "cpu", 256)
+    assert seen == [5] and 0 <= stats["val_accuracy"] <= 1
+    with torch.no_grad():
+        net.eval()(images.float() / 255)
+    assert seen[-1] == 40  # the finished model reads all eight views
+
+    run = copy_run(trained_run, tmp_path / "teacher")
+    meta_path = RunPaths(run).model
+    meta = json.loads(meta_path.read_text())
+    meta["input"]["tta"] = "d8"
+    meta_path.write_text(json.dumps(meta))
+    cfg = load_config(
+        "small-fast", sets=[f"train.teacher={run}"], extra={"data.path": str(synth_dir)}
+    )
+    teacher = load_teacher(cfg, ("clean", "pit"), torch.device("cpu"))
+    seen.clear()
+    teacher.net.backbone.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[0]))
+    with torch.no_grad():
+        teacher(images.float() / 255)
+    assert teacher.net.contract.tta == "d8" and seen == [5]

@@ -5,10 +5,12 @@ from safetensors.torch import save_file
 from pitguard.errors import PitguardError
 from pitguard.models import (
     InputContract,
+    OneView,
     build_backbone,
     build_model,
     fold_normalization,
 )
+from pitguard.views import dihedral_views
 from pitguard.weights import adapt_first_conv, load_pretrained, read_state_dict
 
 
@@ -187,3 +189,70 @@ def test_fold_normalization_with_stacked_blocks_matches_away_from_the_border():
     assert net.contract.mean is None and net.contract.stack == 2
     inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))
     assert torch.allclose(before[inner], after[inner], atol=1e-4)
+
+
+def _asymmetric(n: int = 3, side: int = 128) -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.rand(n, 3, side, side)
+
+
+def _views_net(contract: InputContract):
+    """An untrained pitguard_tiny whose logits tell its views apart: at its small starting
+    weights every view scores about the same, so the head is made sharper."""
+    torch.manual_seed(0)
+    net = build_model("pitguard_tiny", 2, contract).eval()
+    with torch.no_grad():
+        net.backbone.get_classifier().weight.normal_(0, 30)
+    return net
+
+
+@pytest.mark.parametrize(("mode", "count"), [("none", 1), ("hflip", 2), ("rot4", 4), ("d8", 8)])
+def test_test_time_views_are_the_distinct_mirrors_and_turns(mode, count):
+    x = _asymmetric(1, 8)
+    views = dihedral_views(x, mode)
+    assert len(views) == count and torch.equal(views[0], x)
+    assert len({v.numpy().tobytes() for v in views}) == count  # all different
+    want = [torch.rot90(x, -k, dims=(-2, -1)) for k in range(4)]  # clockwise quarter turns
+    want += [w.flip(-1) for w in want]
+    allowed = {w.numpy().tobytes() for w in want}
+    assert all(v.numpy().tobytes() in allowed for v in views)
+    if mode in ("rot4", "d8"):
+        for got, expected in zip(views, want, strict=False):
+            assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("mode", ["hflip", "rot4", "d8"])
+def test_a_network_with_test_time_views_averages_its_single_view_logits(mode):
+    net = _views_net(InputContract(channels=(0, 2), crop=96, downsample=2, tta=mode))
+    x = _asymmetric()
+    with torch.no_grad():
+        want = torch.stack(
+            [net.forward_one(v) for v in dihedral_views(x, mode)]  # the full crop turned
+        ).mean(0)
+        got = net(x)
+        one = OneView(net)(x)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert (one - got).abs().max() > 1e-3  # one view is not the average
+    assert torch.equal(one, net.forward_one(x))
+
+
+def test_d8_views_make_the_score_blind_to_turns_and_mirrors():
+    plain = _views_net(InputContract(channels=(0, 2)))
+    views = _views_net(InputContract(channels=(0, 2), tta="d8"))
+    views.load_state_dict(plain.state_dict())
+    x = _asymmetric()
+    turned, mirrored = torch.rot90(x, 1, dims=(-2, -1)), x.flip(-2)
+    with torch.no_grad():
+        assert torch.allclose(views(turned), views(x), atol=1e-5)
+        assert torch.allclose(views(mirrored), views(x), atol=1e-5)
+        assert (plain(turned) - plain(x)).abs().max() > 1e-3
+
+
+def test_contract_keeps_its_test_time_views_and_refuses_unknown_ones():
+    contract = InputContract(channels=(0, 2), tta="rot4")
+    assert InputContract.from_dict(contract.to_dict()) == contract
+    assert InputContract.from_dict({**contract.to_dict(), "tta": "none"}).tta == "none"
+    old = {k: v for k, v in contract.to_dict().items() if k != "tta"}  # written before tta
+    assert InputContract.from_dict(old).tta == "none"
+    with pytest.raises(PitguardError, match=r"input contract has tta 'd16'"):
+        InputContract.from_dict({**contract.to_dict(), "tta": "d16"})

@@ -44,6 +44,7 @@ ModeRule = Literal["skip", "convert"]  # non-RGB files: skip and list, or conver
 SizeRule = Literal["skip", "resize", "pad"]  # crops of another size
 Normalize = Literal["none", "imagenet", "data", "pretrained"]
 DownsampleMode = Literal["average", "learned"]
+TestTimeViews = Literal["none", "hflip", "rot4", "d8"]
 Weights = Literal["none", "imagenet"]
 Optimizer = Literal["adamw", "adam", "sgd"]
 Schedule = Literal["cosine", "step", "constant"]
@@ -75,6 +76,10 @@ class ModelConfig:
     downsample_mode: DownsampleMode = "average"  # learned: the first conv reads every pixel
     crop: CropSide = 0  # centre square (px) the model reads before pooling; 0 = the whole crop
     upsample: PositiveInt = 1  # enlarge the crop this many times inside the model (bilinear)
+    # test-time augmentation: logits averaged over the crop, flipped (hflip), turned by quarter
+    # turns (rot4) or both (d8, 8 views) in evaluation, calibration and the exported graph;
+    # training and its per-epoch val read one view
+    tta: TestTimeViews = "none"
     drop_rate: Fraction = 0.0  # dropout before the classifier
     drop_path_rate: Fraction = 0.0  # stochastic depth, where the architecture has it
     freeze_backbone: bool = False  # train the classifier head only (the production recipe)

@@ -20,7 +20,7 @@ from pitguard.budget import EpochPlan, plan_epochs, time_epoch
 from pitguard.config import Config
 from pitguard.devices import cpu_has_native_bf16
 from pitguard.errors import Diverged, PitguardError
-from pitguard.models import PitguardNet, infer_logits
+from pitguard.models import OneView, PitguardNet, infer_logits
 from pitguard.runfolder import kept_val_accuracy, load_run
 from pitguard.seeding import rng_state, set_rng_state
 
@@ -190,11 +190,13 @@ def kept_epoch_warning(history: list[dict], kept_epoch: int, say=print) -> str |
     return text
 
 
-def validate(net: nn.Module, images, labels, device, batch_size: int, dist=None) -> dict:
-    """Val loss, accuracy and balanced accuracy; under torchrun the ranks share the scoring."""
+def validate(net: PitguardNet, images, labels, device, batch_size: int, dist=None) -> dict:
+    """Val loss, accuracy and balanced accuracy on one view of each crop (test-time views are
+    the finished model's); under torchrun the ranks share the scoring."""
+    one = OneView(net)
 
     def score(part: torch.Tensor) -> torch.Tensor:
-        return infer_logits(net, part, device, batch_size)
+        return infer_logits(one, part, device, batch_size)
 
     logits = dist.gather_logits(score, images) if dist is not None else score(images)
     y = labels.numpy()
@@ -209,7 +211,8 @@ def validate(net: nn.Module, images, labels, device, batch_size: int, dist=None)
 
 
 def load_teacher(cfg: Config, classes: tuple[str, ...], device: torch.device) -> nn.Module:
-    """The teacher run's network, frozen, checked to speak the same classes and crop size."""
+    """The teacher run's network, frozen, checked to speak the same classes and crop size. It
+    reads one view of each augmented batch, so test-time views do not multiply its cost."""
     run = load_run(cfg.train.teacher)  # type: ignore[arg-type]
     if run.classes != tuple(classes):
         raise PitguardError(
@@ -224,7 +227,7 @@ def load_teacher(cfg: Config, classes: tuple[str, ...], device: torch.device) ->
     for param in run.net.parameters():
         param.requires_grad_(False)
     print(f"teacher: {run.run} ({run.model_name}), alpha {cfg.train.distill_alpha}", flush=True)
-    return run.net.eval().to(device)
+    return OneView(run.net).eval().to(device)
 
 
 def plan_for_budget(

@@ -14,6 +14,7 @@ from torch import nn
 from pitguard.config import DownsampleMode
 from pitguard.errors import PitguardError
 from pitguard.progress import Progress
+from pitguard.views import TTA_MODES, dihedral_views
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,6 +38,8 @@ class InputContract:
     # ImageNet features at the scale they were learned: the crop enlarged (bilinear) after
     # augmentation, so training warps the small image and the backbone reads the large one
     upsample: int = 1
+    # logits averaged over these views of the crop (none, hflip, rot4, d8) at inference only
+    tta: str = "none"
 
     @property
     def side(self) -> int:
@@ -70,6 +73,12 @@ class InputContract:
                 f"input contract has downsample_mode {mode!r}; this pitguard knows "
                 f"{', '.join(DOWNSAMPLE_MODES)}: use the version that wrote it"
             )
+        tta = str(d.get("tta", "none"))
+        if tta not in TTA_MODES:
+            raise PitguardError(
+                f"input contract has tta {tta!r}; this pitguard knows {', '.join(TTA_MODES)}: "
+                "use the version that wrote it"
+            )
         return cls(
             size=int(d["size"]),
             channels=tuple(d["channels"]),
@@ -80,6 +89,7 @@ class InputContract:
             crop=int(d.get("crop", 0)),
             downsample_mode=mode,
             upsample=int(d.get("upsample", 1)),
+            tta=tta,
         )
 
 
@@ -196,7 +206,28 @@ class PitguardNet(nn.Module):
         return self.backbone_input(self.select(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for float crops in [0, 1]; averaged over the contract's test-time views."""
+        if self.contract.tta == "none":  # a constant: no branch in exported graphs
+            return self.forward_one(x)
+        views = dihedral_views(self.select(x), self.contract.tta)
+        logits = self.backbone(self.backbone_input(torch.cat(views)))  # one batch of all views
+        return logits.reshape(len(views), -1, logits.shape[-1]).mean(0)
+
+    def forward_one(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the crops as they are, whatever the contract's test-time views."""
         return self.backbone(self.preprocess(x))
+
+
+class OneView(nn.Module):
+    """``net`` reading one view of each crop: training's per-epoch val, which stays as cheap
+    with test-time augmentation as without."""
+
+    def __init__(self, net: PitguardNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_one(x)
 
 
 @dataclass(frozen=True)
@@ -280,6 +311,7 @@ def make_contract(
         crop=cfg_model.crop,
         downsample_mode=cfg_model.downsample_mode,
         upsample=cfg_model.upsample,
+        tta=cfg_model.tta,
     )
 
 

@@ -141,3 +141,29 @@ def test_a_run_that_upsamples_exports_and_predicts_alike(tmp_path):
     assert [n.op_type for n in graph.node].count("Resize") == 1
     assert meta["onnx"]["parity"]["max_prob_diff"] <= 1e-4
     _predicts_as_the_run(net, tmp_path / "b")
+
+
+def test_a_run_with_test_time_views_exports_them_into_the_graph(tmp_path):
+    """The eight views are part of the exported graph: ONNX and eager agree, and a quarter
+    turn or a mirror of a crop gets the crop's own score."""
+    import numpy as np
+
+    from pitguard.deploy.predict import Predictor
+    from pitguard.runfolder import load_run
+    from tests.conftest import random_crop, train_tiny
+
+    run = train_tiny(tmp_path, sets=["model.tta=d8", "model.normalize=data"])
+    net = load_run(run).net
+    assert net.contract.tta == "d8"
+    export_run(run, tmp_path / "b", onnx=True, allow_uncalibrated=True)
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert meta["input"]["tta"] == "d8"
+    assert meta["onnx"]["parity"]["max_prob_diff"] <= 1e-4
+    _predicts_as_the_run(net, tmp_path / "b")
+    crops = np.stack([random_crop(s) for s in range(4)]).transpose(0, 3, 1, 2).copy()
+    onnx = Predictor(tmp_path / "b", backend="onnx")
+    p = onnx.predict_uint8(crops).p_pit
+    turned = onnx.predict_uint8(np.ascontiguousarray(np.rot90(crops, 1, axes=(2, 3)))).p_pit
+    mirrored = onnx.predict_uint8(np.ascontiguousarray(crops[..., ::-1])).p_pit
+    # a one-view graph of this run moves p by about 5e-5 under these turns and mirrors
+    assert np.allclose(turned, p, atol=2e-6) and np.allclose(mirrored, p, atol=2e-6)
