@@ -219,8 +219,8 @@ class PitguardNet(nn.Module):
 
 
 class OneView(nn.Module):
-    """``net`` reading one view of each crop: training's per-epoch val, which stays as cheap
-    with test-time augmentation as without."""
+    """``net`` reading one view of each crop, whatever its test-time views: training's per-epoch
+    val and a teacher's soft labels, which so cost one pass as they did without views."""
 
     def __init__(self, net: PitguardNet) -> None:
         super().__init__()
