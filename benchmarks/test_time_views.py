@@ -18,7 +18,6 @@ number in inference time: `pitguard bench` on an exported bundle says what that 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
@@ -28,8 +27,9 @@ from pitguard.calibrate import calibrate_run
 from pitguard.data.manifest import read_manifest, write_manifest
 from pitguard.errors import PitguardError
 from pitguard.evaluate import evaluate_run
-from pitguard.files import write_json
-from pitguard.runfolder import INNER_FOLDERS, RunPaths, is_run, load_policy
+from pitguard.files import read_json, write_json
+from pitguard.policy import DecisionPolicy
+from pitguard.runfolder import INNER_FOLDERS, RunPaths, is_run
 from pitguard.views import TTA_MODES
 
 PARTS = ("val", "calib", "test")
@@ -55,15 +55,15 @@ def with_views(run: Path, dest: Path, views: str) -> Path:
     paths, source = RunPaths(dest), RunPaths(run)
     if source.split.is_file():  # its paths are relative to the run folder: rewrite them
         write_manifest(paths.split, read_manifest(source.split))
-    meta = json.loads(paths.model.read_text())
+    meta = read_json(paths.model) or {}
     meta["input"]["tta"] = views
     if meta.get("config"):
         meta["config"]["model"]["tta"] = views
-    paths.model.write_text(json.dumps(meta, indent=1))
-    if paths.config.is_file():
-        config = json.loads(paths.config.read_text())
+    write_json(paths.model, meta)
+    config = read_json(paths.config)
+    if config:
         config["model"]["tta"] = views
-        paths.config.write_text(json.dumps(config, indent=1))
+        write_json(paths.config, config)
     return dest
 
 
@@ -73,8 +73,8 @@ def measure(run: Path, views: str, out: Path, n_boot: int, bound: dict) -> dict:
     copy = with_views(run, out / f"{run.name}-{views}", views)
     row: dict = {"run": str(run), "views": views, "copy": str(copy)}
     try:
-        calibrate_run(copy, part="calib", **bound)
-        policy, record = load_policy(copy), json.loads(RunPaths(copy).policy.read_text())
+        record = calibrate_run(copy, part="calib", **bound)  # what it wrote to policy.json
+        policy = DecisionPolicy.from_dict(record["policy"])
     except PitguardError as exc:  # too few calib pits for the bound: no routes, the rest scored
         policy = record = None
         row["calibration_error"] = str(exc)
