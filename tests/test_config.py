@@ -191,3 +191,12 @@ def test_relations_are_checked_on_the_merged_settings(tmp_path):
     assert (cfg.data.size, cfg.model.crop) == (192, 160)
     with pytest.raises(ConfigError, match=r"merged settings: model.crop=200 is larger"):
         load_config(config_file=big, sets=["model.crop=200"])
+
+
+def test_fit_val_needs_a_run_that_chooses_nothing_on_val():
+    cfg = load_config("cpu-fast", sets=["train.fit_val=true"])
+    assert cfg.train.fit_val and cfg.train.select_metric == "last"
+    with pytest.raises(
+        ConfigError, match=r"train.fit_val trains on the val part.*set train.select_metric=last"
+    ):
+        load_config("cpu-best", sets=["train.fit_val=true"])  # cpu-best chooses on val accuracy

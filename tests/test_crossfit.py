@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from pitguard.config import load_config
+from pitguard.crossfit import fixed_run
 from pitguard.data.manifest import ManifestRow, read_manifest, write_manifest
 from pitguard.errors import PitguardError
 from pitguard.runfolder import RunPaths, read_oof
@@ -245,3 +246,12 @@ def test_worker_processes_share_the_models_and_score_every_crop_once(crops, cf_r
         assert history["epochs_run"] == 20
     a, b = read_oof(run), read_oof(cf_run)
     assert sorted(a.paths) == sorted(b.paths) and len(set(a.paths)) == len(a.paths)
+
+
+def test_fold_models_never_train_on_their_held_out_fold(tmp_path):
+    # the fold's held-out crops sit in its val part: a recipe with train.fit_val must not
+    # train on them, or its out-of-fold scores would be scores of seen crops
+    cfg = load_config("cpu-fast", sets=["train.fit_val=true"])
+    fold = fixed_run(cfg, tmp_path / "split.csv", epochs=3)
+    assert not fold.train.fit_val
+    assert (fold.train.epochs, fold.train.select_metric, fold.train.max_minutes) == (3, "last", 0)

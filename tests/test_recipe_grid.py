@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pitguard.data.manifest import read_manifest
 from tests.conftest import load_benchmark
 
 GRID = Path(__file__).resolve().parents[1] / "benchmarks" / "recipe_grid.py"
@@ -45,6 +46,12 @@ def test_each_variant_trains_on_each_seed_and_the_student_finds_its_teacher(synt
         config = json.loads((out / f"student-s{seed}" / "config.json").read_text())
         assert config["train"]["teacher"] == f"{out}/teacher-s{seed}"
         assert config["data"]["split_seed"] == seed
+        # each run is also scored on its own calib part, which no variant trains on
+        calib = [
+            r for r in read_manifest(out / f"student-s{seed}" / "split.csv") if r.split == "calib"
+        ]
+        assert records[("student", seed)]["n_calib"] == len(calib) > 0
+    assert all(0 <= r["calib_accuracy"] <= 1 and r["calib_roc_auc"] for r in records.values())
     # synthetic calib parts hold too few pits for a 1% bound: no maybe rate, the rest scored
     assert all(r["test_maybe_rate"] is None for r in records.values())
     assert {row["variant"] for row in result["table"]} == {"teacher", "student"}
@@ -76,3 +83,15 @@ def test_variants_rank_by_the_val_accuracy_of_the_epoch_each_run_kept():
     rows = grid.table(records)
     assert [r["variant"] for r in rows] == ["last", "best"]
     assert rows[0]["val_accuracy"] == pytest.approx(0.92) and rows[1]["runs"] == 1
+
+
+def test_variants_that_train_on_val_rank_by_their_calib_accuracy():
+    grid = load_benchmark("recipe_grid")
+    records = [
+        {"variant": "fitval", "status": "done", "val_accuracy": None, "calib_accuracy": 0.93},
+        {"variant": "shipped", "status": "done", "val_accuracy": 0.95, "calib_accuracy": 0.92},
+    ]
+    assert [r["variant"] for r in grid.table(records)] == ["shipped", "fitval"]
+    rows = grid.table(records, choose_on="calib")
+    assert [r["variant"] for r in rows] == ["fitval", "shipped"]
+    assert rows[0]["val_accuracy"] is None and rows[0]["calib_accuracy"] == 0.93

@@ -167,3 +167,13 @@ def test_a_recipe_that_keeps_its_last_epoch_is_scored_on_that_epochs_val_accurac
     summary = read_json(Path(trial.user_attrs["run"]) / "train_summary.json")
     assert summary["best_epoch"] == 2 and summary["best_value"] == 2.0
     assert trial.value == summary["val_accuracy"]  # an accuracy, not the epoch number
+
+
+def test_a_recipe_that_trains_on_val_is_refused_before_any_trial(synth_dir, tmp_path):
+    sets = [*FAST, "train.select_metric=last", "train.fit_val=true"]
+    base = load_config("small-fast", sets=sets, extra={"data.path": str(synth_dir)})
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    space = {"train.lr": {"type": "float", "low": 1e-3, "high": 2e-3}}
+    with pytest.raises(PitguardError, match=r"train.fit_val.*--set train.fit_val=false"):
+        sweep(base, tmp_path / "sw", 1, storage, "s", space, sets, "small-fast", None, 0)
+    assert not (tmp_path / "s.db").exists() and not (tmp_path / "sw").exists()

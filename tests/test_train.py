@@ -9,6 +9,7 @@ from pitguard import epoch as epoch_module
 from pitguard import train as train_module
 from pitguard.cli import main
 from pitguard.config import load_config
+from pitguard.data.manifest import read_manifest
 from pitguard.errors import Diverged
 from pitguard.evaluate import evaluate_run
 from pitguard.runfolder import load_checkpoint, load_run
@@ -111,6 +112,27 @@ def test_summary_gives_the_val_accuracy_of_the_epoch_it_kept(synth_dir, tmp_path
             assert summary["best_epoch"] == 3 and summary["best_value"] == 3.0
         else:
             assert summary["best_value"] == min(r["val_loss"] for r in rows)
+
+
+def test_fit_val_trains_on_the_val_crops_and_the_split_lists_them_as_train(synth_dir, tmp_path):
+    plain, fitted = tmp_path / "plain", tmp_path / "fitted"
+    train(tiny_config(synth_dir, "train.epochs=1", "train.select_metric=last"), plain)
+    cfg = tiny_config(synth_dir, "train.epochs=1", "train.select_metric=last", "train.fit_val=true")
+    summary = train(cfg, fitted)
+    before = {r.path: r.split for r in read_manifest(plain / "split.csv")}
+    after = {r.path: r.split for r in read_manifest(fitted / "split.csv")}
+    assert before.keys() == after.keys()
+    moved = {p for p, part in before.items() if part == "val"}
+    assert moved and all(after[p] == "train" for p in moved)
+    assert all(after[p] == part for p, part in before.items() if p not in moved)  # calib, test
+    counts = json.loads((plain / "data.json").read_text())["counts"]
+    assert summary["n_val"] == 0 and summary["val_accuracy"] is None
+    assert summary["n_train"] == sum(counts["train"].values()) + sum(counts["val"].values())
+    assert "val_accuracy" not in json.loads((fitted / "history.jsonl").read_text().splitlines()[0])
+    # the calib and test parts stay unseen: eval reads the run's own test part as before
+    assert evaluate_run(fitted)["n"] == evaluate_run(plain)["n"] == sum(counts["test"].values())
+    train(None, fitted, resume=True)  # the kept split has no val part left to move
+    assert {r.path: r.split for r in read_manifest(fitted / "split.csv")} == after
 
 
 def test_a_loss_gone_nan_stops_the_run_before_that_epoch_is_saved(synth_dir, tmp_path):

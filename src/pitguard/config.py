@@ -128,6 +128,7 @@ class TrainConfig:
     channels_last: bool = True  # channels-last memory layout for the training step
     # val_accuracy, val_balanced_accuracy, val_loss, or last (the last epoch: nothing chosen on val)
     select_metric: SelectMetric = "val_accuracy"
+    fit_val: bool = False  # with select_metric last: the val part is trained on too (kept as train)
     patience: int = 0  # early stopping after this many epochs without improvement; 0 = off
     max_minutes: NonNegative = 0.0  # stop after the epoch that passes this wall time; 0 = no limit
     seed: int = 0  # seeds python, numpy, torch and the shuffles
@@ -255,6 +256,11 @@ def _check_relations(cfg: Config, source: str) -> list[str]:
     if model.weights == "imagenet" and model.normalize != "pretrained":
         problems.append(
             f"{source}: model.weights=imagenet with model.normalize={model.normalize}; ImageNet weights expect the statistics they were trained with: set model.normalize=pretrained"
+        )
+    if cfg.train.fit_val and cfg.train.select_metric != "last":
+        problems.append(
+            f"{source}: train.fit_val trains on the val part, so nothing can be chosen on it; "
+            f"set train.select_metric=last (not {cfg.train.select_metric}) or train.fit_val=false"
         )
     crop, size, pool = cfg.model.crop, cfg.data.size, cfg.model.downsample
     if crop > size:

@@ -95,10 +95,13 @@ def pool_rows(cfg: Config, manifest: Path, k: int) -> list[ManifestRow]:
 
 
 def fixed_run(cfg: Config, data_path: Path, epochs: int) -> Config:
-    """``cfg`` on other data, for a fixed epoch count, keeping the last epoch."""
+    """``cfg`` on other data, for a fixed epoch count, keeping the last epoch. A fold model's
+    val part is its held-out fold, never trained on (``train.fit_val`` off)."""
     d = cfg.to_dict()
     d["data"]["path"] = str(data_path)
-    d["train"].update(epochs=epochs, max_minutes=0.0, select_metric="last", patience=0)
+    d["train"].update(
+        epochs=epochs, max_minutes=0.0, select_metric="last", patience=0, fit_val=False
+    )
     return config_from_dict(d)
 
 

@@ -186,6 +186,11 @@ def sweep(
 
 def _metric(cfg: Config) -> str:
     """The val metric a sweep optimises: the recipe's selection metric, val accuracy if last."""
+    if cfg.train.fit_val:
+        raise PitguardError(
+            "the recipe trains on its val part (train.fit_val) and a sweep chooses on val; "
+            "add --set train.fit_val=false"
+        )
     if cfg.train.select_metric == "last":
         return "val_accuracy"
     return cfg.train.select_metric

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 from pitguard.config import Config
@@ -31,6 +32,13 @@ def prepare_data(cfg: Config, manifest: Path) -> tuple[Crops, dict]:
                 index, manifest, parse_fractions(cfg.data.fractions), cfg.data.split_seed, opts
             )
         index = find_dataset(manifest, {c: c for c in CANONICAL_ORDER})
+    if cfg.train.fit_val and any(it.split == "val" for it in index.items):
+        # The val crops are trained on: the kept split lists them as train, so nothing later
+        # (eval, calibration) takes them for unseen crops.
+        index.items = [
+            replace(it, split="train") if it.split == "val" else it for it in index.items
+        ]
+        write_manifest(manifest, index.manifest_rows())
     if not manifest.exists():  # the run keeps the exact split it was trained on
         write_manifest(manifest, index.manifest_rows())
     crops = load_crops(index, opts)
