@@ -32,14 +32,14 @@ def prepare_data(cfg: Config, manifest: Path) -> tuple[Crops, dict]:
                 index, manifest, parse_fractions(cfg.data.fractions), cfg.data.split_seed, opts
             )
         index = find_dataset(manifest, {c: c for c in CANONICAL_ORDER})
-    if cfg.train.fit_val and any(it.split == "val" for it in index.items):
-        # The val crops are trained on: the kept split lists them as train, so nothing later
-        # (eval, calibration) takes them for unseen crops.
+    # With fit_val the val crops are trained on: the kept split lists them as train, so nothing
+    # later (eval, calibration) takes them for unseen crops.
+    moved = cfg.train.fit_val and any(it.split == "val" for it in index.items)
+    if moved:
         index.items = [
             replace(it, split="train") if it.split == "val" else it for it in index.items
         ]
-        write_manifest(manifest, index.manifest_rows())
-    if not manifest.exists():  # the run keeps the exact split it was trained on
+    if moved or not manifest.exists():  # the run keeps the exact split it was trained on
         write_manifest(manifest, index.manifest_rows())
     crops = load_crops(index, opts)
     present = set(crops.splits)
