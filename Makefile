@@ -4,7 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint format clean-venv
+# The line's runtime alone (the base install, no torch) on the oldest Python it supports.
+RUNTIME_PYTHON ?= $(shell for p in $$(ls /root/.pyenv/versions/3.10*/bin/python3.10 2>/dev/null) python3.10 $(PYTHON); do $$p -c pass 2>/dev/null && echo $$p && break; done)
+RUNTIME_VENV := .venv-runtime
+
+.PHONY: demo test test-runtime bench lint format clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +26,16 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -n auto --dist loadgroup  # one worker per core (pytest-xdist)
 
+# A bundle exported by the full install, scored by a fresh base install (pip install .): the
+# runtime's tests pass there, and torch is not importable there.
+test-runtime: $(STAMP)
+	rm -rf $(RUNTIME_VENV) .runtime-bundle
+	$(BIN)/python tests/runtime/make_bundle.py .runtime-bundle
+	$(RUNTIME_PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install -q . pytest
+	! $(RUNTIME_VENV)/bin/python -c "import torch" 2>/dev/null
+	PITGUARD_RUNTIME_BUNDLE=.runtime-bundle $(RUNTIME_VENV)/bin/python -m pytest -q -p no:cacheprovider --confcutdir=tests/runtime tests/runtime
+
 # The training benchmarks on the shared crops (about 12 minutes on 2 cores); JSON under runs/.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
@@ -36,4 +50,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(RUNTIME_VENV)

@@ -21,8 +21,9 @@ import numpy as np
 
 from pitguard.coverage import ScoreModel, resampled_test_misses, simulate_coverage
 from pitguard.files import read_json, write_json
+from pitguard.oof import read_oof
 from pitguard.policy import pit_probability
-from pitguard.runfolder import RunPaths, load_part, load_run, read_oof, run_logits
+from pitguard.runfolder import RunPaths, load_part, load_run, run_logits
 
 # Calibration sizes of the shared crops: the default split's calib part, and the pool of a
 # cross-fitted run (everything outside the same test part).

@@ -202,3 +202,55 @@ def test_false_reject_guarantee_by_simulation():
     assert np.mean(np.asarray(pit_miss) <= limit) >= 0.87
     assert np.mean(np.asarray(t_high) < 1.0) >= 0.99
     assert np.median(false_reject) >= 0.25 * limit
+
+
+def test_too_few_pits_names_the_tightest_bound_they_support():
+    p = np.concatenate([np.full(60, 0.9), np.full(100, 0.1)])
+    y = np.arange(p.size) < 60
+    with pytest.raises(PitguardError) as err:
+        choose_thresholds(p, y, max_pit_miss=0.01, confidence=0.95)
+    msg = str(err.value)
+    assert f"{1 - 0.05 ** (1 / 60):.4f}" == "0.0487"  # the exact zero-miss bound on 60 pits
+    assert "has 60 pits, which support a bound of 4.87% at 95% confidence at best" in msg
+    assert "pass --max-pit-miss 0.049 or more, or calibrate on more pits" in msg
+    th = choose_thresholds(p, y, max_pit_miss=0.049, confidence=0.95)  # the advice holds
+    assert th.calib_pit_misses == 0 and th.pit_miss_bound <= 0.049
+
+
+def test_too_few_clean_crops_name_the_false_reject_bound_they_support():
+    p = np.concatenate([np.full(400, 0.9), np.full(50, 0.1)])
+    y = np.arange(p.size) < 400
+    with pytest.raises(PitguardError) as err:
+        choose_thresholds(p, y, 0.02, 0.95, max_false_reject=0.01)
+    assert f"{1 - 0.05 ** (1 / 50):.4f}" == "0.0582"
+    assert "which support a bound of 5.82% at 95% confidence at best" in str(err.value)
+    assert "pass --max-false-reject 0.059 or more" in str(err.value)
+    th = choose_thresholds(p, y, 0.02, 0.95, max_false_reject=0.059)
+    assert th.false_reject_bound is not None and th.false_reject_bound <= 0.059
+
+
+def test_no_pits_at_all_support_no_bound():
+    with pytest.raises(PitguardError, match="0 pits, which support no bound"):
+        choose_thresholds(np.full(10, 0.1), np.zeros(10, bool), 0.01, 0.95)
+
+
+def test_the_operating_table_certifies_each_point_and_names_those_it_cannot():
+    from pitguard.certify import FALSE_REJECT_CAPS, PIT_MISS_BOUNDS, operating_table
+
+    rng = np.random.default_rng(0)
+    is_pit = np.arange(800) < 400  # 400 pits: enough for 1% at 95% (299), not for 0.5% (598)
+    p = np.where(is_pit, rng.beta(5, 1, 800), rng.beta(1, 5, 800)).astype(np.float32)
+    rows = operating_table(p, is_pit, 0.95)
+    assert len(rows) == len(PIT_MISS_BOUNDS) * len(FALSE_REJECT_CAPS)
+    half = [r for r in rows if r["max_pit_miss"] == 0.005]
+    assert all(r["maybe_rate"] is None and "needs at least 598 pits" in r["why"] for r in half)
+    for cap in FALSE_REJECT_CAPS:
+        rates = [r["maybe_rate"] for r in rows if r["max_false_reject"] == cap][1:]
+        assert rates == sorted(rates, reverse=True)  # a looser bound never costs more review
+    for r in rows[4:]:
+        assert r["pit_miss_bound"] <= r["max_pit_miss"]
+        clean = p < np.float32(r["t_low"])
+        maybe = ~clean & (p < np.float32(r["t_high"]))
+        assert r["maybe_rate"] == float(maybe.mean())
+        if r["max_false_reject"] == 0:
+            assert not (p >= np.float32(r["t_high"])).any()  # nothing routed pit

@@ -200,3 +200,59 @@ def test_fit_val_needs_a_run_that_chooses_nothing_on_val():
         ConfigError, match=r"train.fit_val trains on the val part.*set train.select_metric=last"
     ):
         load_config("cpu-best", sets=["train.fit_val=true"])  # cpu-best chooses on val accuracy
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        "train.max_minutes=nan",
+        "train.lr=inf",
+        "train.lr=-inf",
+        "augment.rotate=nan",
+        "train.weight_decay=NaN",
+        "train.momentum=nan",
+    ],
+)
+def test_non_finite_numbers_are_refused_naming_the_key(item):
+    with pytest.raises(ConfigError) as err:
+        load_config("small-fast", sets=[item])
+    key, _, value = item.partition("=")
+    assert err.value.problems == [f"--set: {key}: expected a finite number, got {value!r}"]
+
+
+def test_non_finite_numbers_in_yaml_are_refused_with_file_and_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: .nan\n  max_minutes: .inf\n")
+    with pytest.raises(ConfigError) as err:
+        load_config("small-fast", path)
+    assert err.value.problems == [
+        f"{path}:2: train.lr: expected a finite number, got nan",
+        f"{path}:3: train.max_minutes: expected a finite number, got inf",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("item", "problem"),
+    [
+        ("train.lr=0", "train.lr=0.0: must be > 0"),
+        ("train.threads=-2", "train.threads=-2: must be >= 0"),
+        ("train.patience=-1", "train.patience=-1: must be >= 0"),
+        ("augment.brightness=1.5", "augment.brightness=1.5: must be between 0 and 1"),
+        ("augment.blur_sigma=-1", "augment.blur_sigma=-1.0: must be >= 0"),
+        ("train.step_gamma=0", "train.step_gamma=0.0: must be > 0"),
+    ],
+)
+def test_out_of_range_numbers_are_refused(item, problem):
+    with pytest.raises(ConfigError) as err:
+        load_config("small-fast", sets=[item])
+    assert err.value.problems == [f"--set: {problem}"]
+
+
+@pytest.mark.parametrize("item", ["train.max_minutes=nan", "train.lr=inf"])
+def test_train_refuses_a_non_finite_setting_before_any_work(synth_dir, tmp_path, capsys, item):
+    out = tmp_path / "r"
+    argv = ["train", "--recipe", "small-fast", "--data", str(synth_dir), "--out", str(out)]
+    assert main([*argv, "--set", item]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid configuration") and item.partition("=")[0] in err
+    assert "expected a finite number" in err and not out.exists()

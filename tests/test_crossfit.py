@@ -16,7 +16,8 @@ from pitguard.config import load_config
 from pitguard.crossfit import fixed_run
 from pitguard.data.manifest import ManifestRow, read_manifest, write_manifest
 from pitguard.errors import PitguardError
-from pitguard.runfolder import RunPaths, read_oof
+from pitguard.oof import read_oof
+from pitguard.runfolder import RunPaths
 from tests.conftest import CROSSFIT_FOLDS as FOLDS
 from tests.conftest import CROSSFIT_SETS as SETS
 

@@ -65,4 +65,4 @@ def test_a_graph_onnx_runtime_cannot_load_is_named(bundle, tmp_path, capsys):
     meta["sha256"]["model.onnx"] = file_sha256(copy / "model.onnx")  # consistent, still broken
     (copy / "bundle.json").write_text(json.dumps(meta))
     assert main(["predict", str(copy), str(tmp_path / "b" / "model.onnx")]) == 2
-    assert "model.onnx: not a readable ONNX graph" in capsys.readouterr().err
+    assert "model.onnx: ONNX Runtime cannot load it" in capsys.readouterr().err

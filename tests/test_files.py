@@ -104,3 +104,50 @@ def test_a_held_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
         pass
     with hold_lock(lock, "runs/x (a run folder)"):  # freed when the block ended
         pass
+
+
+def test_an_output_that_is_an_input_is_refused_through_links(tmp_path):
+    from pitguard.files import check_output_path
+
+    crop = tmp_path / "a.png"
+    crop.write_bytes(b"crop")
+    (tmp_path / "link.png").symlink_to(crop)
+    os.link(crop, tmp_path / "hard.png")
+    for out in (crop, tmp_path / "link.png", tmp_path / "hard.png", tmp_path / "." / "a.png"):
+        with pytest.raises(PitguardError) as err:
+            check_output_path(out, inputs=[crop], flag="--json")
+        assert str(err.value) == (
+            f"--json {out}: is also an input of this command ({crop}); writing it would destroy "
+            "that input. Give --json a new path"
+        )
+    assert check_output_path(tmp_path / "b.csv", inputs=[crop]) == tmp_path / "b.csv"
+
+
+def test_an_output_inside_an_input_folder_or_a_protected_one_is_refused(tmp_path):
+    from pitguard.files import check_output_path
+
+    data, bundle = tmp_path / "data", tmp_path / "bundle"
+    (data / "cherry_pit").mkdir(parents=True)
+    bundle.mkdir()
+    with pytest.raises(PitguardError, match=r"--out .*: lies inside the data folder .*data, which"):
+        check_output_path(data / "cherry_pit" / "preds.csv", inputs=[data])
+    with pytest.raises(PitguardError, match=r"lies inside a bundle folder \(.*bundle\); writing"):
+        check_output_path(bundle / "bundle.json", forbidden_dirs=[(bundle, "a bundle folder")])
+    with pytest.raises(PitguardError, match=r"--out .*data: is also an input"):
+        check_output_path(data, inputs=[data])
+    assert check_output_path(tmp_path / "preds.csv", inputs=[data], forbidden_dirs=[(bundle, "x")])
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path):
+    import errno
+
+    from pitguard.files import atomic_write
+
+    def full(tmp):
+        tmp.write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as err:
+        atomic_write(tmp_path / "out.json", full)
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(tmp_path / "out.json")
+    assert os.listdir(tmp_path) == []  # no partial file, no temporary

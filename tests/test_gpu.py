@@ -73,9 +73,9 @@ def test_the_fp16_graph_on_onnx_runtimes_cuda_provider_routes_as_the_fp32_graph(
     ort = pytest.importorskip("onnxruntime")
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("onnxruntime has no CUDA provider here (install onnxruntime-gpu)")
-    from pitguard.deploy.bundle import open_bundle
     from pitguard.deploy.export import export_run
     from pitguard.deploy.graphs import run_onnx
+    from pitguard.runtime.bundle import open_bundle
 
     export_run(calibrated_run, tmp_path / "b", onnx=True, fp16=True)
     files = open_bundle(tmp_path / "b")["files"]

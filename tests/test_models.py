@@ -8,7 +8,6 @@ from pitguard.models import (
     OneView,
     build_backbone,
     build_model,
-    fold_normalization,
 )
 from pitguard.views import dihedral_views
 from pitguard.weights import adapt_first_conv, load_pretrained, read_state_dict
@@ -41,21 +40,6 @@ def test_contract_selects_channels_and_downsamples():
 def test_unknown_timm_name():
     with pytest.raises(PitguardError, match=r"model.name='resnet5000': not a timm model"):
         build_backbone("resnet5000", 2, 3)
-
-
-def test_fold_normalization_matches_away_from_the_border():
-    torch.manual_seed(0)
-    contract = InputContract(channels=(0, 2), mean=(0.4, 0.5), std=(0.2, 0.25))
-    net = build_model("resnet18", 2, contract).eval()
-    x = torch.zeros(2, 3, 128, 128)
-    x[:, :, 32:96, 32:96] = torch.rand(2, 3, 64, 64)  # a cherry on black background
-    with torch.no_grad():
-        before = net.backbone.conv1(net.preprocess(x))
-        fold_normalization(net)
-        after = net.backbone.conv1(net.preprocess(x))
-    assert net.contract.mean is None
-    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))  # 7x7 conv, padding 3, stride 2
-    assert torch.allclose(before[inner], after[inner], atol=1e-4)
 
 
 def test_pretrained_local_file_loads_and_adapts(tmp_path):
@@ -172,23 +156,6 @@ def test_learned_downsampling_starts_as_average_pooling_then_the_pretrained_conv
             a.backbone.forward_features(a.preprocess(x)),
             atol=1e-4,
         )
-
-
-def test_fold_normalization_with_stacked_blocks_matches_away_from_the_border():
-    torch.manual_seed(0)
-    contract = InputContract(
-        channels=(0, 2), mean=(0.4, 0.5), std=(0.2, 0.25), downsample=2, downsample_mode="learned"
-    )
-    net = build_model("resnet18", 2, contract).eval()
-    x = torch.zeros(2, 3, 128, 128)
-    x[:, :, 32:96, 32:96] = torch.rand(2, 3, 64, 64)
-    with torch.no_grad():
-        before = net.backbone.conv1(net.preprocess(x))
-        fold_normalization(net)
-        after = net.backbone.conv1(net.preprocess(x))
-    assert net.contract.mean is None and net.contract.stack == 2
-    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))
-    assert torch.allclose(before[inner], after[inner], atol=1e-4)
 
 
 def _asymmetric(n: int = 3, side: int = 128) -> torch.Tensor:

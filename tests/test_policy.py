@@ -70,3 +70,16 @@ def test_policy_buffers_and_round_trip():
     assert fresh.t_high.item() == policy.t_high.item()
     with pytest.raises(PitguardError):
         DecisionPolicy.from_dict({"temperature": 1.0})
+
+
+def test_mass_on_maybe_never_helps_a_crop_to_clean():
+    """A clean/maybe/pit model's p(pit) is p(pit) + p(maybe): a crop the model calls maybe is
+    not routed clean on the strength of a low p(pit) alone."""
+    probs = torch.tensor([[0.099, 0.9, 0.001], [0.995, 0.004, 0.001]])
+    logits = probs.log()
+    pit_only = DecisionPolicy(1.0, 0.01, 0.99, pit_index=2)
+    not_clean = DecisionPolicy.from_dict({**pit_only.to_dict(), "maybe_index": 1})
+    assert pit_only(logits)[1].tolist() == [0, 0]  # the maybe crop would have gone clean
+    p, routes = not_clean(logits)
+    assert routes.tolist() == [1, 0] and abs(float(p[0]) - 0.901) < 1e-6
+    assert not_clean.to_dict()["maybe_index"] == 1 and "maybe_index" not in pit_only.to_dict()

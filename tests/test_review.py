@@ -9,8 +9,9 @@ import pytest
 
 from pitguard.data.manifest import read_manifest
 from pitguard.errors import PitguardError
+from pitguard.oof import read_oof
 from pitguard.review import apply_relabel, rank_suspects, review_run
-from pitguard.runfolder import RunPaths, read_oof
+from pitguard.runfolder import RunPaths
 
 
 def test_each_class_has_its_own_threshold_not_one_cut_off():
@@ -111,3 +112,25 @@ def test_a_bad_decision_stops_before_anything_is_written(crossfit_run, tmp_path,
 def test_review_needs_out_of_fold_scores(trained_run, tmp_path):
     with pytest.raises(PitguardError, match="--folds"):
         review_run(trained_run, tmp_path / "review")
+
+
+def test_decisions_saved_with_a_byte_order_mark_are_read(tmp_path):
+    """Spreadsheet programs save CSV with a UTF-8 byte order mark before the first column."""
+    import codecs
+
+    from pitguard.deploy.queue import ReviewQueue
+    from tests.conftest import random_crop
+
+    queue = ReviewQueue(tmp_path / "queue")
+    for i in range(2):
+        queue.offer(random_crop(i), f"line/{i}.png", "maybe", 0.5)
+    review_run(tmp_path / "queue", tmp_path / "review")
+    with (tmp_path / "review" / "suspects.csv").open(newline="") as fh:
+        paths = [row["path"] for row in csv.DictReader(fh)]
+    decisions = tmp_path / "review" / "labels.csv"  # a person's own file: path first
+    text = "path,decision\r\n" + "".join(
+        f"{p},{d}\r\n" for p, d in zip(paths, ("pit", "clean"), strict=True)
+    )
+    decisions.write_bytes(codecs.BOM_UTF8 + text.encode())
+    result = apply_relabel(tmp_path / "queue", decisions, tmp_path / "fixed")
+    assert result["relabelled"] == 2 and result["rows"] == 2

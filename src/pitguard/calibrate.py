@@ -26,10 +26,11 @@ from scipy import optimize, special
 from scipy.special import softmax
 
 from pitguard import metrics, plots
-from pitguard.certify import choose_thresholds, operating_curve
+from pitguard.certify import choose_thresholds, operating_curve, operating_table
 from pitguard.errors import PitguardError
 from pitguard.files import file_sha256, write_json
-from pitguard.policy import DecisionPolicy, Route
+from pitguard.oof import read_oof
+from pitguard.policy import DecisionPolicy, Route, maybe_index
 from pitguard.runfolder import (
     CALIB_OPERATING_CURVE,
     CALIB_RELIABILITY,
@@ -41,7 +42,7 @@ from pitguard.runfolder import (
     load_part,
     load_policy,
     load_run,
-    read_oof,
+    refuse_unfinished,
     run_logits,
 )
 
@@ -107,13 +108,16 @@ def calibrate_run(
     confidence: float = 0.95,
     max_false_reject: float | None = None,
     scores: str | None = None,
+    allow_unfinished: bool = False,
 ) -> dict:
     """Fit temperature, then thresholds with the pit-miss guarantee; write policy.json and a report.
 
     ``scores`` is ``holdout`` (the calib part, or DATA) or ``oof`` (the run's out-of-fold
-    scores); by default ``oof`` for a cross-fitted run and ``holdout`` otherwise.
+    scores); by default ``oof`` for a cross-fitted run and ``holdout`` otherwise. A run whose
+    training is unfinished is refused unless ``allow_unfinished``.
     """
     run = load_run(run_dir)
+    unfinished = refuse_unfinished(run.run, allow_unfinished, "calibrate")
     has_oof = RunPaths(run.run).oof.is_file()
     mode = scores or ("oof" if has_oof and data is None and part is None else "holdout")
     if mode not in SCORE_SOURCES:
@@ -136,11 +140,12 @@ def calibrate_run(
     ece_before = metrics.expected_calibration_error(probs_before, labels)
     ece_after = metrics.expected_calibration_error(probs_after, labels)
 
-    policy = DecisionPolicy(temperature, pit_index=pit)
+    maybe = maybe_index(run.classes)
+    policy = DecisionPolicy(temperature, pit_index=pit, maybe_index=maybe)
     p_pit = policy(torch.from_numpy(logits).float())[0].numpy()
     is_pit = labels == pit
     chosen = choose_thresholds(p_pit, is_pit, max_pit_miss, confidence, max_false_reject)
-    policy = DecisionPolicy(temperature, chosen.t_low, chosen.t_high, pit)
+    policy = DecisionPolicy(temperature, chosen.t_low, chosen.t_high, pit, maybe)
 
     paths = RunPaths(run.run)
     out = paths.calibration
@@ -155,6 +160,7 @@ def calibrate_run(
     record = {
         "policy": policy.to_dict(),
         "model_sha256": file_sha256(paths.weights),  # the weights this policy was fitted to
+        "training": {"finished": unfinished is None, "unfinished": unfinished},
         "mode": mode,
         "guarantee": {
             "mode": mode,
@@ -179,9 +185,10 @@ def calibrate_run(
             "reliability": str(out / CALIB_RELIABILITY),
         },
     }
-    write_json(out / CALIB_REPORT, {**record, "operating_curve": curve})
+    table = operating_table(p_pit, is_pit, confidence)
+    write_json(out / CALIB_REPORT, {**record, "operating_curve": curve, "operating_table": table})
     write_json(paths.policy, record)
-    return record
+    return {**record, "operating_table": table}
 
 
 def _holdout_logits(
@@ -263,7 +270,9 @@ def sweep_run(
         _require_part(run, part)
     ev = load_part(run, data, part)
     logits = run_logits(run, ev.crops)
-    policy = load_policy(run.run) or DecisionPolicy(pit_index=run.pit_index)
+    policy = load_policy(run.run) or DecisionPolicy(
+        pit_index=run.pit_index, maybe_index=maybe_index(run.classes)
+    )
     p_pit = policy(logits)[0].numpy()
     sweep = threshold_sweep(p_pit, ev.labels == run.pit_index, min_recall)
     sweep["data"] = ev.description

@@ -42,6 +42,26 @@ def _max_failures(n: int, max_rate: float, confidence: float) -> int:
     return int(np.argmax(bounds > max_rate)) - 1
 
 
+def _best_supported(n: int, confidence: float, flag: str, what: str) -> str:
+    """The end of a too-few refusal: the tightest bound ``n`` crops with zero failures support
+    at ``confidence`` (the exact bound the fit uses), and the limit to ask for instead."""
+    if n == 0:
+        return f", which support no bound: calibrate on data with {what}"
+    best = float(cp_upper(0, n, confidence))
+    # The bound rounded up to two significant digits, so the limit suggested is accepted.
+    digits = 1 - math.floor(math.log10(best))
+    limit = math.ceil(best * 10**digits - 1e-9) / 10**digits
+    ask = (
+        f"pass {flag} {limit:.{digits}f} or more, or calibrate on more {what}"
+        if limit < 1
+        else f"calibrate on more {what}"
+    )
+    return (
+        f", which support a bound of {100 * best:.2f}% at {_pct(confidence)} confidence at "
+        f"best: {ask} (or lower --confidence)"
+    )
+
+
 def min_pits_needed(max_pit_miss: float, confidence: float) -> int:
     """Smallest n whose exact bound with zero misses, 1 - (1-confidence)**(1/n), is <= max_pit_miss."""
     _check_fraction("max_pit_miss", max_pit_miss)
@@ -181,8 +201,8 @@ def choose_thresholds(
         raise PitguardError(
             f"cannot certify t_low: needs at least {need} pits with zero misses for a "
             f"{_pct(max_pit_miss)} pit-miss bound at {_pct(confidence)} confidence; the "
-            f"calibration data has {n_pits} pits. Add calibration pits, or relax "
-            f"max_pit_miss or confidence."
+            f"calibration data has {n_pits} pits"
+            + _best_supported(n_pits, confidence, "--max-pit-miss", "pits")
         )
 
     t, pits_below, clean_below = _candidates(p, y)
@@ -200,8 +220,8 @@ def choose_thresholds(
             raise PitguardError(
                 f"cannot certify t_high: needs at least {need_clean} clean crops with zero "
                 f"false rejects for a {_pct(max_false_reject)} false-reject bound at "
-                f"{_pct(confidence)} confidence; the calibration data has {n_clean} clean "
-                f"crops. Add calibration clean crops, or relax max_false_reject or confidence."
+                f"{_pct(confidence)} confidence; the calibration data has {n_clean} clean crops"
+                + _best_supported(n_clean, confidence, "--max-false-reject", "clean crops")
             )
         false_rejects = n_clean - clean_below  # never increases with t
         kf_max = _max_failures(n_clean, max_false_reject, confidence)
@@ -261,3 +281,37 @@ def operating_curve(p_pit: np.ndarray, is_pit: np.ndarray, confidence: float = 0
         "n_pits": n_pits,
         "n_clean": n_clean,
     }
+
+
+PIT_MISS_BOUNDS = (0.005, 0.01, 0.02, 0.05)  # the operating table's rows
+FALSE_REJECT_CAPS = (0.0, 0.02, 0.05, 0.10)  # and columns; 0: nothing is routed pit
+
+
+def operating_table(p_pit: np.ndarray, is_pit: np.ndarray, confidence: float = 0.95) -> list[dict]:
+    """The certified operating points a plant chooses from: for each pit-miss bound and
+    false-reject cap, the thresholds certified on these scores and the share of crops they send
+    to review; a point the data cannot certify says why."""
+    p, y = _prepare(p_pit, is_pit)
+    rows = []
+    for bound in PIT_MISS_BOUNDS:
+        for cap in FALSE_REJECT_CAPS:
+            row: dict = {"max_pit_miss": bound, "max_false_reject": cap}
+            try:
+                chosen = choose_thresholds(p, y, bound, confidence, cap or None)
+            except PitguardError as err:
+                rows.append({**row, "maybe_rate": None, "why": str(err).split(";")[0]})
+                continue
+            t_high = chosen.t_high if cap else _ABOVE_ONE  # a cap of 0: no crop routed pit
+            clean = p < np.float32(chosen.t_low)
+            maybe = ~clean & (p < np.float32(t_high))
+            rows.append(
+                {
+                    **row,
+                    "t_low": chosen.t_low,
+                    "t_high": t_high,
+                    "maybe_rate": float(maybe.mean()),
+                    "pit_miss_bound": chosen.pit_miss_bound,
+                    "false_reject_bound": chosen.false_reject_bound if cap else 0.0,
+                }
+            )
+    return rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ PositiveInt = Annotated[int, Range(0, low_open=True)]
 PositiveFloat = Annotated[float, Range(0, low_open=True)]
 Fraction = Annotated[float, Range(0, 1)]  # a probability or rate in [0, 1]
 NonNegative = Annotated[float, Range(0)]
+NonNegativeInt = Annotated[int, Range(0)]
 CropSide = Annotated[int, Range(0, hint="0 (the whole crop) or a side in px")]
 
 ModeRule = Literal["skip", "convert"]  # non-RGB files: skip and list, or convert
@@ -90,14 +92,14 @@ class AugmentConfig:
     enabled: bool = True  # all augmentation off when false
     hflip: Fraction = 0.5  # probability of a horizontal flip
     vflip: Fraction = 0.5  # probability of a vertical flip
-    rotate: float = 180.0  # max rotation in degrees (180 = any orientation)
-    translate: float = 0.1  # max shift as a fraction of the crop side
-    scale_min: float = 0.9  # zoom range
-    scale_max: float = 1.1
-    brightness: float = 0.15  # per-channel gain in [1-b, 1+b], cherry pixels only
-    contrast: float = 0.15  # per-channel contrast about the cherry's mean
+    rotate: NonNegative = 180.0  # max rotation in degrees (180 = any orientation)
+    translate: Fraction = 0.1  # max shift as a fraction of the crop side
+    scale_min: PositiveFloat = 0.9  # zoom range
+    scale_max: PositiveFloat = 1.1
+    brightness: Fraction = 0.15  # per-channel gain in [1-b, 1+b], cherry pixels only
+    contrast: Fraction = 0.15  # per-channel contrast about the cherry's mean
     blur_p: Fraction = 0.1  # probability of a Gaussian blur
-    blur_sigma: float = 1.0  # its max sigma in px
+    blur_sigma: NonNegative = 1.0  # its max sigma in px
     motion_blur_p: Fraction = 0.2  # probability of a directional (conveyor) motion blur
     motion_kernel: PositiveInt = 5  # its kernel size in px (odd)
     erase_p: Fraction = 0.0  # probability of random erasing (a patch set to background)
@@ -110,13 +112,13 @@ class TrainConfig:
     batch_size: PositiveInt = 64  # crops per optimisation step
     optimizer: Optimizer = "adamw"  # adamw, adam or sgd
     lr: PositiveFloat = 1e-3  # peak learning rate of the head (and backbone unless scaled)
-    backbone_lr_scale: float = 1.0  # backbone lr = lr * this (differential learning rates)
+    backbone_lr_scale: NonNegative = 1.0  # backbone lr = lr * this (differential learning rates)
     weight_decay: NonNegative = 0.05  # on weights only, never on norms or biases
-    momentum: float = 0.9  # sgd only
+    momentum: Fraction = 0.9  # sgd only
     schedule: Schedule = "cosine"  # cosine (with warmup), step, or constant
     warmup_epochs: NonNegative = 1.0  # linear warmup length for cosine
     step_epochs: PositiveInt = 10  # step schedule: decay every this many epochs
-    step_gamma: float = 0.1  # step schedule: decay factor
+    step_gamma: PositiveFloat = 0.1  # step schedule: decay factor
     label_smoothing: Fraction = 0.0  # share of the target spread over the other classes
     balance: Balance = "none"  # none, loss (class-weighted loss) or sampler (balanced sampling)
     ema_decay: Fraction = 0.0  # weight EMA decay per step; 0 disables; the EMA is what is selected
@@ -129,11 +131,11 @@ class TrainConfig:
     # val_accuracy, val_balanced_accuracy, val_loss, or last (the last epoch: nothing chosen on val)
     select_metric: SelectMetric = "val_accuracy"
     fit_val: bool = False  # with select_metric last: the val part is trained on too (kept as train)
-    patience: int = 0  # early stopping after this many epochs without improvement; 0 = off
+    patience: NonNegativeInt = 0  # early stop after this many epochs without gain; 0 = off
     max_minutes: NonNegative = 0.0  # stop after the epoch that passes this wall time; 0 = no limit
     seed: int = 0  # seeds python, numpy, torch and the shuffles
     device: Device = "auto"  # auto, cpu or cuda
-    threads: int = 0  # CPU threads; 0 = all cores
+    threads: NonNegativeInt = 0  # CPU threads; 0 = all cores
     eval_batch_size: PositiveInt = 256  # crops per inference call in validation
     # tensorboard: event files in RUN/tensorboard (always written); mlflow: an MLflow run as well
     tracking: Tracking = "tensorboard"
@@ -216,12 +218,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         except ValueError:
             raise ValueError(f"expected an integer, got {value!r}") from None
     if hint is float:
-        if isinstance(value, bool):
-            raise ValueError(f"expected a number, got {value!r}")
         try:
-            return float(value)
+            number = math.nan if isinstance(value, bool) else float(value)
         except ValueError:
             raise ValueError(f"expected a number, got {value!r}") from None
+        if not math.isfinite(number):  # nan passes every comparison a range makes
+            raise ValueError(f"expected a finite number, got {value!r}")
+        return number
     if hint is str:
         if not isinstance(value, str | int | float):
             raise ValueError(f"expected text, got {value!r}")

@@ -41,7 +41,8 @@ from pitguard.data.split import assign_splits, parse_fractions, split_dataset
 from pitguard.devices import usable_cores
 from pitguard.errors import PitguardError
 from pitguard.files import Busy, hold_lock, read_json, write_json
-from pitguard.runfolder import OofScores, RunPaths, load_part, load_run, run_logits, write_oof
+from pitguard.oof import OofScores, write_oof
+from pitguard.runfolder import RunPaths, load_part, load_run, run_logits
 
 POOL, TEST = "train", "test"
 

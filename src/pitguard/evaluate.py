@@ -10,8 +10,9 @@ import torch
 
 from pitguard import metrics, plots
 from pitguard.data.load import Crops
+from pitguard.errors import PitguardError
 from pitguard.files import atomic_write, file_sha256, write_json
-from pitguard.policy import PREDICTION_COLUMNS, Route
+from pitguard.policy import PREDICTION_COLUMNS, DecisionPolicy, Route, maybe_index
 from pitguard.runfolder import (
     EVAL_CONFUSION,
     EVAL_METRICS,
@@ -32,11 +33,12 @@ def write_predictions(
     labels: np.ndarray,
     probs: np.ndarray,
     classes,
-    pit_index: int,
+    p_pit: np.ndarray,
     routes=None,
     reasons=None,
 ) -> None:
-    """Per-crop rows in the one prediction schema (``PREDICTION_COLUMNS``)."""
+    """Per-crop rows in the one prediction schema (``PREDICTION_COLUMNS``); ``p_pit`` is the
+    policy's calibrated p(pit), the number its thresholds apply to, as a bundle reports it."""
 
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as fh:
@@ -48,7 +50,7 @@ def write_predictions(
                         p,
                         classes[labels[i]],
                         classes[int(probs[i].argmax())],
-                        f"{probs[i, pit_index]:.6f}",
+                        f"{p_pit[i]:.6f}",
                         routes[i] if routes is not None else "",
                         "",
                         reasons[i] if reasons is not None else "",
@@ -72,6 +74,8 @@ def evaluate_run(
     """Metrics of a run's argmax predictions, and of the routes of ``policy`` (logits -> p_pit,
     route); ``calibration`` is the policy's record (policy.json), whose mode and guarantee the
     routed metrics carry."""
+    if n_boot < 1:
+        raise PitguardError(f"--n-boot {n_boot}: give at least 1 bootstrap resample (default 1000)")
     run = load_run(run_dir)
     ev = load_part(run, data, part, classes)
     logits = run_logits(run, ev.crops, device)
@@ -99,10 +103,12 @@ def evaluate_run(
             "rate_ci": list(clopper_pearson(k, len(flagged))),
             "note": "crops unlike the run's train part; the bundle routes them to maybe",
         }
+    # p(pit) as the bundle computes it: the calibrated policy's, or temperature 1 without one
+    with torch.no_grad():
+        default = DecisionPolicy(pit_index=run.pit_index, maybe_index=maybe_index(run.classes))
+        p_pit, route_ids = (policy or default)(logits)
+    p_pit, route_ids = p_pit.numpy(), route_ids.numpy().copy()
     if policy is not None:
-        with torch.no_grad():
-            _, route_ids = policy(logits)
-        route_ids = route_ids.numpy().copy()
         if flagged is not None:  # what the bundle does: flagged crops go to review
             route_ids[[bool(r) for r in flagged]] = int(Route.MAYBE)
         result["policy"] = metrics.routed_metrics(route_ids, ev.labels, run.classes)
@@ -118,7 +124,7 @@ def evaluate_run(
         ev.labels,
         probs,
         run.classes,
-        run.pit_index,
+        p_pit,
         routes,
         flagged,
     )

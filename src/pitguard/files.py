@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -101,9 +101,70 @@ def _remove(path: Path) -> None:
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
-    """Call ``write(tmp)`` and rename the result to ``path``."""
-    with atomic_path(path) as tmp:
+    """Call ``write(tmp)`` and rename the result to ``path``; an error names ``path``."""
+    with naming_errors(path), atomic_path(path) as tmp:
         write(tmp)
+
+
+@contextmanager
+def naming_errors(path: str | Path) -> Iterator[None]:
+    """An OSError raised in the block without a file name (a full disk raises ENOSPC from a
+    write, naming nothing) is raised again naming ``path``, so the message says what failed."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+
+
+def check_output_path(
+    out: str | Path,
+    *,
+    inputs: Iterable[str | Path] = (),
+    forbidden_dirs: Iterable[tuple[str | Path, str]] = (),
+    flag: str = "--out",
+) -> Path:
+    """Refuse, before any work, an output that would destroy what a command reads.
+
+    ``out`` may not be any of ``inputs`` (symlinks and hard links followed) nor lie inside an
+    input folder (the data a verb reads), nor be or lie inside a ``forbidden_dirs`` entry,
+    given as ``(path, what it is)``: a bundle folder, a run's own files. Returns ``out``.
+    """
+    out = Path(out)
+    target = _resolved(out)
+    sources = [Path(given) for given in inputs]
+    for given in sources:
+        if target == _resolved(given) or _same_file(out, given):
+            raise PitguardError(
+                f"{flag} {out}: is also an input of this command ({given}); writing it would "
+                f"destroy that input. Give {flag} a new path"
+            )
+    for folder, what in forbidden_dirs:
+        if _resolved(Path(folder)) in (target, *target.parents):
+            raise PitguardError(
+                f"{flag} {out}: lies inside {what} ({folder}); writing there would damage it. "
+                f"Give {flag} a path outside {folder}"
+            )
+    for given in sources:
+        if given.is_dir() and _resolved(given) in target.parents:
+            raise PitguardError(
+                f"{flag} {out}: lies inside the data folder {given}, which this command reads; "
+                f"writing there would change the data. Give {flag} a path outside {given}"
+            )
+    return out
+
+
+def _resolved(path: Path) -> Path:
+    """The absolute path with every symbolic link that exists followed."""
+    return Path(os.path.realpath(path))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # a hard link to an input is that input too
+    except OSError:
+        return False  # one of them does not exist (yet)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

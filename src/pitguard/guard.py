@@ -7,6 +7,11 @@ these). The guard keeps the mean and covariance of these numbers over the traini
 flags a crop whose Mahalanobis distance exceeds the ``quantile`` of the training crops'
 distances: by construction about 1 - quantile of crops like the training ones are flagged, while
 an empty, saturated or swapped crop lies far outside.
+
+A channel that held one value in every training crop (the 2022 crops' G = 0) is dead to the
+model: a crop whose dead channel carries image comes from another camera set-up or channel order
+(today's line stacks three live images), and is flagged with a reason that says so, whatever
+its distance.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ class InputGuard:
     n: int  # training crops it was fitted on
     lows: tuple[float, ...]  # per-feature minimum and maximum over the training crops,
     highs: tuple[float, ...]  # for the reason given to a person
+    dead: tuple[tuple[int, float], ...] = ()  # (channel, its one value) in every training crop
 
     @classmethod
     def fit(
@@ -81,6 +87,7 @@ class InputGuard:
             len(feats),
             tuple(float(v) for v in feats.min(axis=0)),
             tuple(float(v) for v in feats.max(axis=0)),
+            _dead_channels(np.asarray(crops)),
         )
 
     def distance(self, crops: np.ndarray) -> np.ndarray:
@@ -91,8 +98,12 @@ class InputGuard:
         """A reason per crop it flags, "" for the others."""
         feats = crop_features(crops, self.channels)
         dist = self.distance(crops)
+        live = self._live_dead_channels(crops)
         out = []
-        for f, d in zip(feats, dist, strict=True):
+        for f, d, woken in zip(feats, dist, live, strict=True):
+            if woken:
+                out.append(woken)
+                continue
             if not d > self.threshold and np.isfinite(d):
                 out.append("")
                 continue
@@ -105,6 +116,19 @@ class InputGuard:
             out.append(
                 f"unlike the training crops (distance {d:.1f} > {self.threshold:.1f}): {detail}"
             )
+        return out
+
+    def _live_dead_channels(self, crops: np.ndarray) -> list[str]:
+        """Per crop, why a channel that was dead in training carries image ("" where none)."""
+        out = [""] * len(crops)
+        for c, value in self.dead:
+            level = np.abs(np.asarray(crops[:, c], dtype=np.float32) - value)
+            for i in np.flatnonzero(level.max(axis=(1, 2)) > 0.5):
+                out[i] = out[i] or (
+                    f"channel {c} carries image (mean {level[i].mean():.3g} away from {value:g}), "
+                    f"but held {value:g} in every training crop: a crop of another camera set-up "
+                    "or channel order than the model was trained for"
+                )
         return out
 
     def to_dict(self) -> dict:
@@ -122,4 +146,15 @@ class InputGuard:
             int(d["n"]),
             tuple(d["lows"]),
             tuple(d["highs"]),
+            tuple((int(c), float(v)) for c, v in d.get("dead", ())),
         )
+
+
+def _dead_channels(crops: np.ndarray) -> tuple[tuple[int, float], ...]:
+    """Channels that hold one value in every crop (N, C, H, W), with that value."""
+    dead = []
+    for c in range(crops.shape[1]):
+        lo, hi = crops[:, c].min(), crops[:, c].max()
+        if lo == hi:
+            dead.append((c, float(lo)))
+    return tuple(dead)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any, cast, get_args
 
 import timm
@@ -347,32 +347,6 @@ def first_conv_name(backbone: nn.Module) -> str:
 
 def first_conv(backbone: nn.Module) -> nn.Conv2d:
     return cast(nn.Conv2d, backbone.get_submodule(first_conv_name(backbone)))
-
-
-@torch.no_grad()
-def fold_normalization(net: PitguardNet) -> PitguardNet:
-    """Fold (x - mean) / std into the first convolution so the deployed graph takes [0, 1] input.
-
-    Exact away from the border; the first convolution's zero padding sees raw 0 (background)
-    instead of normalized 0, so border pixels differ slightly, which the export's parity check measures.
-    """
-    c = net.contract
-    if c.mean is None:
-        return net
-    conv = first_conv(net.backbone)
-    blocks = c.stack**2  # pixel_unshuffle puts channel k's block pixels at k*blocks...
-    mean = net.mean.view(-1).repeat_interleave(blocks)
-    inv_std = net.inv_std.view(-1).repeat_interleave(blocks)
-    w = conv.weight * inv_std.view(1, -1, 1, 1)
-    shift = (conv.weight * (mean * inv_std).view(1, -1, 1, 1)).sum(dim=(1, 2, 3))
-    bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
-    conv.weight.copy_(w)
-    conv.bias = nn.Parameter(bias - shift)
-    folded = replace(c, mean=None, std=None)
-    net.contract = folded
-    net.mean.zero_()
-    net.inv_std.fill_(1.0)
-    return net
 
 
 @torch.no_grad()

@@ -24,12 +24,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pitguard.data.load import DecodeOptions, decode_bytes
+from pitguard.data.load import DecodeOptions, decode_bytes, read_crop
 from pitguard.data.manifest import ManifestRow, read_manifest, write_manifest
 from pitguard.deploy.queue import QUEUE_CSV, is_queue
 from pitguard.errors import PitguardError
 from pitguard.files import atomic_write, atomic_write_text
-from pitguard.runfolder import RunPaths, read_oof
+from pitguard.oof import read_oof
+from pitguard.runfolder import RunPaths
 
 SUSPECTS_CSV, SUSPECTS_HTML = "suspects.csv", "suspects.html"
 RELABELLED, CHANGES = "relabelled.csv", "changes.csv"
@@ -63,7 +64,7 @@ def rank_suspects(probs: np.ndarray, labels: np.ndarray) -> tuple[list[Suspect],
 
 
 def _queue_rows(queue: Path) -> list[dict]:
-    with (queue / QUEUE_CSV).open(newline="") as fh:
+    with (queue / QUEUE_CSV).open(newline="", encoding="utf-8-sig") as fh:
         return list(csv.DictReader(fh))
 
 
@@ -169,9 +170,10 @@ def _exposure_png(channel: np.ndarray) -> str:
 
 def _card(rank: int, path: Path, label: str, suggested: str, p_pit: float) -> str:
     try:
-        rgb, problem = decode_bytes(
-            path.read_bytes(), path.name, DecodeOptions(modes="convert", sizes="pad")
-        )
+        data = read_crop(path)  # regular files only: a pipe or device is never opened
+        if isinstance(data, str):
+            raise ValueError(data)
+        rgb, problem = decode_bytes(data, path.name, DecodeOptions(modes="convert", sizes="pad"))
         if rgb is None:
             raise ValueError(problem.reason if problem else "cannot decode")
         images = "".join(
@@ -226,7 +228,7 @@ def apply_relabel(run: str | Path, decisions: str | Path, out: str | Path) -> di
     by_path = {r.path.resolve(): i for i, r in enumerate(rows)}
     if not decisions.is_file():
         raise PitguardError(f"{decisions}: no such file; give the {SUSPECTS_CSV} you filled in")
-    with decisions.open(newline="") as fh:
+    with decisions.open(newline="", encoding="utf-8-sig") as fh:  # a spreadsheet's BOM
         reader = csv.DictReader(fh)
         if not {"path", "decision"} <= set(reader.fieldnames or []):
             raise PitguardError(

@@ -221,6 +221,35 @@ def load_run(run: str | Path) -> RunModel:
     return RunModel(run, net, tuple(meta["classes"]), meta["model_name"], kwargs, cfg, meta)
 
 
+def unfinished_training(run: str | Path) -> str | None:
+    """Why a run trained here has not done its planned epochs (None when it has, or when it was
+    not trained by pitguard, an imported one); an early stop and a time budget count as done."""
+    paths = RunPaths(Path(run))
+    summary = read_json(paths.summary)
+    if summary is None:
+        if not paths.history_jsonl.is_file():
+            return None
+        done = sum(1 for line in paths.history_jsonl.read_text().splitlines() if line.strip())
+        return f"training stopped after epoch {done} and never finished (no {paths.summary.name})"
+    ran, planned = summary.get("epochs_run", 0), summary.get("epochs_planned", 0)
+    reason = str(summary.get("stop_reason", ""))
+    if ran < planned and not reason.startswith(("early stop", "time budget")):
+        return f"{ran} of {planned} planned epochs done ({reason})"
+    return None
+
+
+def refuse_unfinished(run: Path, allow_unfinished: bool, verb: str) -> str | None:
+    """Why the run is unfinished, where ``allow_unfinished`` lets it through; else refuses
+    naming the fix (``verb``: what the caller does with the run)."""
+    why = unfinished_training(run)
+    if why and not allow_unfinished:
+        raise PitguardError(
+            f"{run}: training is unfinished ({why}); finish it with pitguard train --resume "
+            f"{run}, or {verb} it as it is with --allow-unfinished"
+        )
+    return why
+
+
 def load_policy(run: str | Path) -> DecisionPolicy | None:
     """The calibrated decision of a run folder, or None when it has not been calibrated."""
     record = read_json(RunPaths(Path(run)).policy)
@@ -323,70 +352,3 @@ def run_logits(
         return infer_logits(run.net, crops.images, dev, batch_size)
     finally:
         run.net.cpu()
-
-
-# --------------------------------------------------------------------------- out-of-fold scores
-
-
-@dataclass
-class OofScores:
-    """Out-of-fold logits of a cross-fitted run: each crop scored by the model that never saw it."""
-
-    paths: list[str]  # as written, relative to the run folder
-    labels: np.ndarray  # class indices of ``classes``
-    folds: np.ndarray  # the fold (1..K) each crop was held out in
-    logits: np.ndarray  # (N, C) float64
-    classes: tuple[str, ...]
-
-    @property
-    def pit_index(self) -> int:
-        return self.classes.index("pit")
-
-
-def write_oof(run: Path, scores: OofScores) -> None:
-    """``oof.csv``: path,label,fold, one logit column per class, and p_pit at temperature 1."""
-    import csv
-
-    paths = RunPaths(run)
-    p_pit = torch.softmax(torch.from_numpy(scores.logits), dim=1)[:, scores.pit_index].numpy()
-
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(
-                ["path", "label", "fold", *(f"logit_{c}" for c in scores.classes), "p_pit"]
-            )
-            for i, path in enumerate(scores.paths):
-                writer.writerow(
-                    [path, scores.classes[scores.labels[i]], int(scores.folds[i])]
-                    + [repr(float(v)) for v in scores.logits[i]]
-                    + [f"{p_pit[i]:.6f}"]
-                )
-
-    atomic_write(paths.oof, write)
-
-
-def read_oof(run: str | Path) -> OofScores:
-    """The run's ``oof.csv``; a run without folds gets an error that says how to make one."""
-    import csv
-
-    path = RunPaths(Path(run)).oof
-    if not path.is_file():
-        raise PitguardError(
-            f"{run}: no out-of-fold scores ({path.name}); train the run with --folds K "
-            "(for example: pitguard train --recipe cpu-fast --data DIR --out RUN --folds 5)"
-        )
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        fields = reader.fieldnames or []
-        classes = tuple(f[len("logit_") :] for f in fields if f.startswith("logit_"))
-        rows = list(reader)
-    if "pit" not in classes or not rows:
-        raise PitguardError(f"{path}: not an out-of-fold score file (no pit logits or no rows)")
-    try:
-        labels = np.array([classes.index(r["label"]) for r in rows])
-        logits = np.array([[float(r[f"logit_{c}"]) for c in classes] for r in rows])
-        folds = np.array([int(r["fold"]) for r in rows])
-    except (ValueError, KeyError) as err:
-        raise PitguardError(f"{path}: damaged ({err}); train the run's folds again") from err
-    return OofScores([r["path"] for r in rows], labels, folds, logits, classes)

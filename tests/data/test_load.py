@@ -164,3 +164,71 @@ def test_the_cache_is_shown_and_cleared_and_nothing_else_is_touched(
     assert main(["data", "cache", "clear"]) == 0
     assert "removed 1 cached dataset(s)" in capsys.readouterr().out
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["notes.txt"]
+
+
+@pytest.fixture
+def with_special_files(tmp_path):
+    """Two good crops per class, a link to a good crop, and files that are no crops to read: a
+    named pipe (opening it waits for a writer), a link to /dev/zero (it never ends) and a
+    sparse file past the size cap."""
+    import os
+
+    from pitguard.data.load import MAX_CROP_BYTES
+
+    root = tmp_path / "special"
+    for cls in ("clean", "pit"):
+        for i in range(2):
+            write_png(root / cls / f"ok{i}.png", random_crop(i + 10 * len(cls)))
+    (root / "pit" / "link.png").symlink_to(root / "clean" / "ok0.png")
+    os.mkfifo(root / "pit" / "pipe.png")
+    (root / "pit" / "zero.png").symlink_to("/dev/zero")
+    with (root / "clean" / "huge.png").open("wb") as fh:
+        fh.truncate(MAX_CROP_BYTES + 1)
+    return root
+
+
+class _Deadline:
+    """Fail instead of hanging when a read blocks (a FIFO) or never ends (/dev/zero)."""
+
+    def __enter__(self):
+        import signal
+
+        def stop(*_):
+            raise TimeoutError("still reading after 60 s")
+
+        self.old = signal.signal(signal.SIGALRM, stop)
+        signal.alarm(60)
+
+    def __exit__(self, *exc):
+        import signal
+
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, self.old)
+
+
+def test_only_regular_files_are_read_and_the_others_are_listed(with_special_files):
+    with _Deadline():
+        crops = load_crops(find_dataset(with_special_files), cache=False)
+    assert sorted(crops.paths) == [
+        "clean/ok0.png",
+        "clean/ok1.png",
+        "pit/link.png",
+        "pit/ok0.png",
+        "pit/ok1.png",
+    ]
+    reasons = {p.path: p.reason for p in crops.problems}
+    assert reasons["pit/pipe.png"] == "not a regular file (a named pipe); not read"
+    assert reasons["pit/zero.png"] == "not a regular file (a character device); not read"
+    assert reasons["clean/huge.png"].endswith(
+        "bytes is no crop (the limit is 67,108,864); not read"
+    )
+    assert all(p.action == "skipped" for p in crops.problems) and len(crops.problems) == 3
+
+
+def test_audit_lists_special_files_without_opening_them(with_special_files):
+    from pitguard.data.audit import audit
+
+    with _Deadline():
+        report = audit(with_special_files)
+    unreadable = {p["path"] for p in report["unreadable"]}
+    assert {"pit/pipe.png", "pit/zero.png", "clean/huge.png"} <= unreadable

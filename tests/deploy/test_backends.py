@@ -1,9 +1,9 @@
-"""Tests for pitguard.deploy.backends: one registry of backend names, files and export flags."""
+"""Tests for pitguard.runtime.backends: one registry of backend names, files and export flags."""
 
 import pytest
 
-from pitguard.deploy.backends import BACKENDS, auto_backend, get_backend
 from pitguard.errors import PitguardError
+from pitguard.runtime.backends import BACKENDS, auto_backend, get_backend
 
 
 def test_names_aliases_and_auto():

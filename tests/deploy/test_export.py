@@ -10,6 +10,7 @@ from pitguard.deploy import export as export_mod
 from pitguard.deploy.bundle import sanitize_denormals
 from pitguard.deploy.export import export_run
 from pitguard.errors import PitguardError
+from pitguard.runfolder import load_run
 from tests.conftest import SESSION_MAX_PIT_MISS, copy_run
 
 
@@ -20,13 +21,19 @@ def test_bundle_with_onnx_and_int8_passes_gates(calibrated_run, bundle):
         "onnx": "model.onnx",
         "onnx_int8": "model.int8.onnx",
     }
-    assert meta["input"]["mean"] is None  # data normalization folded into the first conv
+    # the data normalization stays the graph's first step, as the calibrated model computes it
+    assert meta["input"]["mean"] == list(load_run(calibrated_run).net.contract.mean)
     assert meta["policy"] == json.loads((calibrated_run / "policy.json").read_text())["policy"]
     assert meta["guarantee"]["max_pit_miss"] == SESSION_MAX_PIT_MISS
     parity = meta["onnx"]["parity"]
     assert parity["max_prob_diff"] <= 1e-4 and parity["route_mismatches"] == 0
     assert parity["data"].endswith("[calib]")
-    assert meta["int8"]["gate"]["pit_misses"] <= meta["int8"]["gate"]["pit_misses_ref"]
+    # the INT8 graph carries thresholds certified on its own calib scores, with the run's bound
+    own = meta["int8"]["guarantee"]
+    assert own["established_on"] == "model.int8.onnx's own scores of " + parity["data"]
+    assert own["pit_miss_bound"] <= SESSION_MAX_PIT_MISS
+    assert meta["int8"]["gate"]["pit_misses"] <= own["calib_pit_misses"]
+    assert meta["training"] == {"finished": True, "unfinished": None}
     assert meta["provenance"]["data"]["fingerprint"]
 
 
@@ -38,10 +45,17 @@ def test_export_cli_reports_parity(calibrated_run, tmp_path, capsys):
 
 
 def test_parity_failure_is_refused_with_numbers(calibrated_run, tmp_path, monkeypatch):
-    monkeypatch.setattr(export_mod, "MAX_PROB_DIFF", -1.0)
+    real = export_mod.run_onnx
+
+    def off_by_a_little(session, crops):
+        logits, p_pit, routes = real(session, crops)
+        return logits, p_pit + 1e-3, routes
+
+    monkeypatch.setattr(export_mod, "run_onnx", off_by_a_little)
     with pytest.raises(
         PitguardError,
-        match=r"ONNX parity failed on .*\[calib\]: max p\(pit\) difference .* no bundle written",
+        match=r"ONNX parity failed on .*\[calib\]: max p\(pit\) difference .* routes differ from "
+        r"the calibrated model's; no bundle written",
     ):
         export_run(calibrated_run, tmp_path / "bad", onnx=True)
     assert not (tmp_path / "bad").exists()
@@ -119,7 +133,7 @@ def test_a_run_with_learned_downsampling_exports_and_predicts_alike(tmp_path):
     assert net.backbone.conv_stem.in_channels == 8 and net.contract.side == 48
     export_run(run, tmp_path / "b", onnx=True, allow_uncalibrated=True)
     meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
-    assert meta["input"]["downsample_mode"] == "learned" and meta["input"]["mean"] is None
+    assert meta["input"]["downsample_mode"] == "learned" and meta["input"]["mean"] is not None
     assert meta["onnx"]["parity"]["max_prob_diff"] <= 1e-4
     _predicts_as_the_run(net, tmp_path / "b")
 
@@ -136,7 +150,7 @@ def test_a_run_that_upsamples_exports_and_predicts_alike(tmp_path):
     assert net.contract.side == 96 and net.contract.upsample == 2
     export_run(run, tmp_path / "b", onnx=True, allow_uncalibrated=True)
     meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
-    assert meta["input"]["upsample"] == 2 and meta["input"]["mean"] is None
+    assert meta["input"]["upsample"] == 2 and meta["input"]["mean"] is not None
     graph = onnx.load(str(tmp_path / "b" / "model.onnx")).graph
     assert [n.op_type for n in graph.node].count("Resize") == 1
     assert meta["onnx"]["parity"]["max_prob_diff"] <= 1e-4

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,7 +36,7 @@ def test_unknown_or_missing_backend_is_named(bundle):
         PitguardError, match=r"backend 'onnx-int9': unknown \(did you mean onnx-int8\?\)"
     ):
         pitguard.load(bundle, backend="onnx-int9")
-    with pytest.raises(PitguardError, match=r"has no onnx-fp16 graph; re-export it with .*--fp16"):
+    with pytest.raises(PitguardError, match=r"has no onnx-fp16 graph; export it with .*--fp16"):
         pitguard.load(bundle, backend="onnx-fp16")
 
 
@@ -60,7 +61,7 @@ def test_predict_cli_lists_bad_files_and_classifies_the_rest(bundle, tmp_path, c
 def test_bundle_schema_versions(bundle, tmp_path):
     bundle = shutil.copytree(bundle, tmp_path / "b")
     meta = json.loads((bundle / "bundle.json").read_text())
-    assert meta["schema_version"] == 3 and meta["input"]["crop"] == 96  # the small-fast recipe's
+    assert meta["schema_version"] == 4 and meta["input"]["crop"] == 96  # the small-fast recipe's
     crops = np.zeros((2, 128, 128, 3), np.uint8)
     expected = pitguard.load(bundle, backend="torch").predict(crops).routes
     # a schema-1 bundle (no crop field) still loads
@@ -70,7 +71,7 @@ def test_bundle_schema_versions(bundle, tmp_path):
     assert len(pitguard.load(bundle, backend="torch").predict(crops).routes) == 2
     # a newer schema is refused with the versions this pitguard reads
     (bundle / "bundle.json").write_text(json.dumps({**meta, "schema_version": 99}))
-    with pytest.raises(PitguardError, match=r"bundle schema 99, this pitguard reads 1, 2, 3"):
+    with pytest.raises(PitguardError, match=r"bundle schema 99, this pitguard reads 1, 2, 3, 4"):
         pitguard.load(bundle, backend="torch")
     (bundle / "bundle.json").write_text(json.dumps(meta))
     assert pitguard.load(bundle, backend="torch").predict(crops).routes == expected
@@ -91,3 +92,64 @@ def test_predict_prints_the_files_columns_when_no_out_is_given(bundle, tmp_path,
     lines = out.splitlines()
     assert lines[0] == "path,true_label,predicted,p_pit,route,error,reason" and len(lines) == 2
     assert "1 file: " in err
+
+
+def test_predict_lists_pipes_devices_and_huge_files_and_predicts_the_rest(bundle, tmp_path):
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    from pitguard.data.load import MAX_CROP_BYTES
+
+    crops = tmp_path / "in"
+    synthesize(crops, count=4, seed=2)
+    pit = crops / "cherry_pit"
+    os.mkfifo(pit / "pipe.png")  # opening it for reading waits for a writer: forever
+    (pit / "zero.png").symlink_to("/dev/zero")  # never ends
+    (pit / "link.png").symlink_to(next((crops / "cherry_clean").glob("*.png")))  # a crop
+    with (pit / "huge.png").open("wb") as fh:
+        fh.truncate(MAX_CROP_BYTES + 1)  # sparse: no disk used
+    out = tmp_path / "preds.csv"
+    done = subprocess.run(
+        [sys.executable, "-m", "pitguard", "predict", str(bundle), str(crops), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr  # some inputs failed, each listed
+    with out.open() as fh:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(fh)}
+    assert rows["pipe.png"]["error"] == "not a regular file (a named pipe); not read"
+    assert rows["zero.png"]["error"] == "not a regular file (a character device); not read"
+    assert rows["huge.png"]["error"].endswith(
+        "bytes is no crop (the limit is 67,108,864); not read"
+    )
+    predicted = [r for r in rows.values() if not r["error"]]
+    assert len(predicted) == 5 and rows["link.png"]["route"] in ("clean", "maybe", "pit")
+    assert "failed 3" in done.stderr
+
+
+def test_a_full_disk_names_the_output_and_leaves_no_partial_file(
+    bundle, tmp_path, monkeypatch, capsys
+):
+    import csv
+    import errno
+    import os
+
+    crops, out = tmp_path / "in", tmp_path / "out" / "preds.csv"
+    synthesize(crops, count=4, seed=2)
+    out.parent.mkdir()
+    written = []
+    real_writerow = csv.DictWriter.writerow
+
+    def full_disk(self, row):  # the header and one row fit, then the disk is full
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(row)
+        return real_writerow(self, row)
+
+    monkeypatch.setattr(csv.DictWriter, "writerow", full_disk)
+    assert main(["predict", str(bundle), str(crops), "--out", str(out)]) == 3
+    assert f"error: {out}: No space left on device; check the path" in capsys.readouterr().err
+    assert os.listdir(out.parent) == []  # neither a partial CSV nor its temporary

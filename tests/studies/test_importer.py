@@ -63,3 +63,50 @@ def test_unsupported_arch(tv_state, tmp_path):
         PitguardError, match=r"--arch vgg16: supported torchvision architectures are resnet18"
     ):
         import_torchvision(tv_state[0], "vgg16", "clean,maybe,pit", tmp_path / "r")
+
+
+def test_weights_of_another_resnet_are_refused_with_the_arch_to_pass(tv_state, tmp_path, capsys):
+    args = ["import-torchvision", str(tv_state[0]), "--classes", "clean,maybe,pit"]
+    assert main([*args, "--arch", "resnet50", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "holds a torchvision resnet18, not resnet50; pass --arch resnet18" in err
+    assert "Traceback" not in err and not (tmp_path / "r" / "model.json").exists()
+
+
+def test_the_import_says_the_class_order_cannot_be_verified(tv_state, tmp_path, capsys):
+    args = ["import-torchvision", str(tv_state[0]), "--arch", "resnet18", "--classes"]
+    assert main([*args, "pit,maybe,clean", "--out", str(tmp_path / "r")]) == 0
+    assert "the class order cannot be verified from the weights" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_the_production_model_from_import_to_the_runtime(tmp_path, wrapped):
+    """A stand-in of the line's model (torchvision resnet50, fc 2048 -> 3, clean/maybe/pit),
+    saved as a plain state dict or a training checkpoint: import, calibrate, export with FP32 and
+    FP16 graphs, and the runtime scores it; p(pit) counts the maybe mass against clean."""
+    import numpy as np
+
+    from pitguard.calibrate import calibrate_run
+    from pitguard.deploy.export import export_run
+    from pitguard.runtime import Classifier
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet50(num_classes=3, zero_init_residual=True).eval()
+    state = {"model_state_dict": net.state_dict()} if wrapped else net.state_dict()
+    torch.save(state, tmp_path / "prod.pth")
+    run = tmp_path / "run"
+    import_torchvision(tmp_path / "prod.pth", "resnet50", "clean,maybe,pit", run)
+    crops = synthesize(tmp_path / "crops", count=100, seed=4, difficulty=0.2)["out"]
+    record = calibrate_run(run, data=crops, max_pit_miss=0.05, confidence=0.9)
+    assert record["policy"]["maybe_index"] == 1
+    meta = export_run(run, tmp_path / "b", onnx=True, fp16=True, calib_data=crops)
+    assert meta["input_guard"]["n"] == 100  # fitted on the crops it was calibrated on
+    assert meta["fp16"]["guarantee"]["established_on"].startswith("model.fp16.onnx's own")
+    x = np.random.default_rng(0).random((4, 3, 128, 128), dtype=np.float32)
+    with torch.no_grad():
+        probs = torch.softmax(net(torch.from_numpy(x)) / record["policy"]["temperature"], 1)
+    for graph in ("onnx", "onnx-fp16"):
+        out = Classifier(tmp_path / "b", graph=graph, device="cpu").classify(x)
+        want = (probs[:, 1] + probs[:, 2]).numpy()  # not clean: maybe + pit
+        assert np.abs(out.p_pit - want).max() < (1e-4 if graph == "onnx" else 1e-2), graph

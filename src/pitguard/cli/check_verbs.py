@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pitguard.cli.common import verb, write_json_out
+from pitguard.cli.common import COUNT, OPEN_SHARE, SHARE, check_out, verb, write_json_out
 
 if TYPE_CHECKING:
     from pitguard.cli.common import Verbs
@@ -17,6 +17,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from pitguard.files import read_json
     from pitguard.runfolder import RunPaths, load_policy
 
+    check_out(args.json, "--json", [args.data])
     policy = load_policy(args.run)
     result = evaluate_run(
         args.run,
@@ -50,7 +51,10 @@ def add_eval(sub: Verbs) -> None:
     p.add_argument("--split", help="part of a split dataset to evaluate (default test)")
     p.add_argument("--json", metavar="OUT", help="also write the metrics JSON here")
     p.add_argument(
-        "--n-boot", type=int, default=1000, help="bootstrap resamples for intervals (default 1000)"
+        "--n-boot",
+        type=COUNT,
+        default=1000,
+        help="bootstrap resamples for intervals (default 1000)",
     )
     p.add_argument(
         "--classes", metavar="MAP", help="map folder names to classes, e.g. good=clean,bad=pit"
@@ -68,6 +72,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         args.confidence,
         args.max_false_reject,
         args.scores,
+        args.allow_unfinished,
     )
     th, cal = rec["thresholds"], rec["calibration_data"]
     pol = rec["policy"]
@@ -87,11 +92,30 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         + ", ".join(f"{k} {v}" for k, v in rec["calib_routes"].items())
     )
     print(f"guarantee ({rec['mode']}): {rec['guarantee']['statement']}")
+    print(format_operating_table(rec["operating_table"], args.confidence))
     from pitguard.runfolder import RunPaths
 
     paths = RunPaths(Path(args.run))
     print(f"wrote {paths.policy} and {paths.calibration}/")
     return 0
+
+
+def format_operating_table(rows: list[dict], confidence: float) -> str:
+    """Share of the calibration crops sent to review at each certified point."""
+    caps = sorted({r["max_false_reject"] for r in rows})
+    lines = [
+        f"review rate on these scores at each certified point ({100 * confidence:g}% "
+        "confidence; rows: pit-miss bound, columns: false-reject cap, 0% = nothing routed pit):",
+        "  bound " + "".join(f"{100 * c:>8g}%" for c in caps),
+    ]
+    for bound in sorted({r["max_pit_miss"] for r in rows}):
+        cells = [_rate(r["maybe_rate"]) for r in rows if r["max_pit_miss"] == bound]
+        lines.append(f"  {100 * bound:>4g}% " + "".join(f"{c:>9}" for c in cells))
+    return "\n".join(lines)
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def add_calibrate(sub: Verbs) -> None:
@@ -111,18 +135,27 @@ def add_calibrate(sub: Verbs) -> None:
     p.add_argument("--data", help="calibration crops (default: the run's own calib part)")
     p.add_argument("--split", help="part of a split --data to use (default calib)")
     p.add_argument(
-        "--max-pit-miss", type=float, default=0.01, help="bound on pits routed clean (default 0.01)"
+        "--max-pit-miss",
+        type=OPEN_SHARE,
+        default=0.01,
+        help="bound on pits routed clean (default 0.01)",
     )
     p.add_argument(
-        "--confidence", type=float, default=0.95, help="confidence of the bound (default 0.95)"
+        "--confidence", type=OPEN_SHARE, default=0.95, help="confidence of the bound (default 0.95)"
     )
-    p.add_argument("--max-false-reject", type=float, help="also bound clean crops routed pit")
+    p.add_argument("--max-false-reject", type=OPEN_SHARE, help="also bound clean crops routed pit")
     p.add_argument(
         "--scores",
         choices=("holdout", "oof"),
         help="holdout: the model's scores on its calib part or --data (exact bound); oof: a "
         "--folds run's out-of-fold scores (more pits, cross-fit bound). Default: oof for a "
         "--folds run, else holdout",
+    )
+    p.add_argument(
+        "--allow-unfinished",
+        action="store_true",
+        help="calibrate a run whose training stopped before its planned epochs (recorded in "
+        "policy.json)",
     )
 
 
@@ -169,9 +202,9 @@ def add_thresholds(sub: Verbs) -> None:
     p.add_argument("run", help="run folder")
     p.add_argument("--data", help="crops to sweep on (default: the run's calib part)")
     p.add_argument("--split", help="part of a split --data (default calib)")
-    p.add_argument("--min-recall", type=float, default=0.99, help="pit recall floor (default 0.99)")
+    p.add_argument("--min-recall", type=SHARE, default=0.99, help="pit recall floor (default 0.99)")
     p.add_argument(
-        "--every", type=int, default=5, help="print every Nth threshold of the 101 (default 5)"
+        "--every", type=COUNT, default=5, help="print every Nth threshold of the 101 (default 5)"
     )
 
 

@@ -6,10 +6,14 @@ import argparse
 from typing import TYPE_CHECKING
 
 from pitguard.cli.common import (
+    COUNT,
+    SHARE,
     add_decode_args,
+    check_out,
     dataset_index,
     decode_options,
     examples,
+    number,
     verb,
     write_json_out,
 )
@@ -21,6 +25,7 @@ if TYPE_CHECKING:
 def cmd_audit(args: argparse.Namespace) -> int:
     from pitguard.data.audit import audit, format_audit
 
+    check_out(args.json, "--json", [args.data])
     report = audit(dataset_index(args), decode_options(args))
     print(format_audit(report))
     write_json_out(report, args.json)
@@ -47,6 +52,7 @@ def add_audit(sub: Verbs) -> None:
 def cmd_split(args: argparse.Namespace) -> int:
     from pitguard.data.split import parse_fractions, split_dataset
 
+    check_out(args.out, "--out", [args.data])
     result = split_dataset(
         dataset_index(args),
         args.out,
@@ -113,17 +119,29 @@ def add_synth(sub: Verbs) -> None:
         cmd_synth,
     )
     p.add_argument("out", help="output folder (created; must not hold other files)")
-    p.add_argument("--count", type=int, default=400, help="number of crops (default 400)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    p.add_argument("--size", type=int, default=128, help="crop side in px (default 128)")
     p.add_argument(
-        "--difficulty", type=float, default=0.5, help="0 easy .. 1 hard: fainter pits (default 0.5)"
+        "--count",
+        type=number(int, 2, hint="2 or more crops"),
+        default=400,
+        help="number of crops (default 400)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument(
+        "--size",
+        type=number(int, 32, hint="a crop side of 32 px or more"),
+        default=128,
+        help="crop side in px (default 128)",
+    )
+    p.add_argument(
+        "--difficulty", type=SHARE, default=0.5, help="0 easy .. 1 hard: fainter pits (default 0.5)"
     )
 
 
 def cmd_review(args: argparse.Namespace) -> int:
     from pitguard.review import apply_relabel, review_run
 
+    check_out(args.out, "--out", [args.relabel], folder=True)
+    check_out(args.json, "--json", [args.relabel])
     if args.relabel:
         result = apply_relabel(args.run, args.relabel, args.out)
         for path, old, new in result["listed"]:
@@ -159,7 +177,7 @@ def add_review(sub: Verbs) -> None:
     p.add_argument("run", help="a run trained with --folds K (its out-of-fold scores are ranked)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the outputs")
     p.add_argument(
-        "--top", type=int, default=60, help="suspects shown in suspects.html (default 60)"
+        "--top", type=COUNT, default=60, help="suspects shown in suspects.html (default 60)"
     )
     p.add_argument(
         "--relabel",

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pitguard.cli.common import verb, write_json_out
+from pitguard.cli.common import COUNT, check_out, verb, write_json_out
 from pitguard.errors import PitguardError
 
 if TYPE_CHECKING:
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 def cmd_compare(args: argparse.Namespace) -> int:
     from pitguard.studies.compare import compare_runs, format_comparison
 
+    check_out(args.json, "--json", [args.data])
     result = compare_runs(args.runs, args.data, args.split)
     print(format_comparison(result))
     write_json_out(result, args.json)
@@ -43,6 +44,7 @@ def cmd_twostage(args: argparse.Namespace) -> int:
     from pitguard.config import load_config
     from pitguard.studies.twostage import format_table, routing_table, run_twostage
 
+    check_out(args.out, "--out", [args.data], folder=True)
     data = args.data
     if data is None and args.compare:
         # The calibrated run's own split, so both methods are scored on the same test part.
@@ -84,7 +86,9 @@ def add_twostage(sub: Verbs) -> None:
         "--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting"
     )
     p.add_argument(
-        "--stage2-epochs", type=int, help="fine-tuning epochs of stage 2 (default half of stage 1)"
+        "--stage2-epochs",
+        type=COUNT,
+        help="fine-tuning epochs of stage 2 (default half of stage 1)",
     )
     p.add_argument(
         "--compare", metavar="RUN", help="a calibrated run to compare with on its test part"
@@ -97,6 +101,7 @@ def add_twostage(sub: Verbs) -> None:
 def cmd_routing(args: argparse.Namespace) -> int:
     from pitguard.studies.twostage import format_table, routing_table
 
+    check_out(args.json, "--json", [args.data])
     table = routing_table(args.reference, args.runs, args.ensemble, args.data, args.split)
     print(format_table(table))
     write_json_out(table, args.json)
@@ -127,10 +132,12 @@ def add_routing(sub: Verbs) -> None:
 def cmd_import_torchvision(args: argparse.Namespace) -> int:
     from pitguard.studies.importer import import_torchvision
 
+    check_out(args.out, "--out", [args.state_dict], folder=True)
     info = import_torchvision(args.state_dict, args.arch, args.classes, args.out, args.channels)
     print(
         f"wrote run {info['run']} ({info['arch']}, classes {', '.join(info['classes'])}); try: pitguard eval {info['run']} --data DIR"
     )
+    print(f"note: {info['note']}")
     return 0
 
 
@@ -163,6 +170,7 @@ def add_import_torchvision(sub: Verbs) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from pitguard.report import write_report
 
+    check_out(args.out, "--out", folder=True)
     result = write_report(args.paths, args.out, args.baseline)
     print(result["table"])
     files = result["files"]
@@ -194,6 +202,7 @@ def add_report(sub: Verbs) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pitguard.demo import run_demo
 
+    check_out(args.out, "--out", [args.data], folder=True)
     return run_demo(Path(args.out), data=args.data, fast=args.fast)
 
 

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pitguard.cli.common import verb
+from pitguard.cli.common import COUNT, check_out, verb
 from pitguard.errors import PitguardError
 
 if TYPE_CHECKING:
@@ -94,6 +94,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.tracking:
             extra["train.tracking"] = args.tracking
         cfg = load_config(recipe, args.config, args.set, extra or None)
+        _check_run_out(args.out, cfg.data.path)
         if args.dry_run:
             return _dry_run(cfg, args.folds)
         if args.folds is not None:
@@ -102,6 +103,28 @@ def _train(args: argparse.Namespace) -> int:
     from_env().stop()
     print(_describe_summary(summary))
     return 0
+
+
+def _check_run_out(out: str, data: str | None) -> None:
+    """A new run goes to a new or empty folder, or one a run of pitguard started, never into
+    its data (a run folder among the class folders is taken for a class by every verb)."""
+    from pitguard.runfolder import RunPaths
+
+    check_out(out, "--out", [data], folder=True)
+    path, paths = Path(out), RunPaths(Path(out))
+    if path.exists() and not path.is_dir():
+        raise PitguardError(f"--out {out}: is a file; give a folder for the run")
+    others = (
+        sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
+        if path.is_dir()
+        else []
+    )
+    if others and not paths.config.is_file():  # a run starts by writing its config
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise PitguardError(
+            f"--out {out}: holds files that are no pitguard run ({shown}); give a new or empty "
+            "folder for the run (to go on with an interrupted run: pitguard train --resume RUN)"
+        )
 
 
 def _free_out(out: str) -> str:
@@ -206,7 +229,9 @@ def add_train(sub: Verbs) -> None:
     )
     p.add_argument("--config", help="a YAML file of overrides (applied after the recipe)")
     p.add_argument(
-        "--data", help="class-folder dir (split here, seeded), split-folder dir or CSV manifest"
+        "--data",
+        help="class-folder dir (split here, seeded), split-folder dir or CSV manifest (such as "
+        "the one pitguard data split writes: its parts are kept)",
     )
     p.add_argument("--out", help="run folder to create")
     p.add_argument(
@@ -232,7 +257,7 @@ def add_train(sub: Verbs) -> None:
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=COUNT,
         default=1,
         metavar="W",
         help="with --folds: W processes share the K + 1 models (one GPU each where there are W); "
@@ -270,6 +295,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     space = read_space(args.space)  # a bad space stops before any worker starts
     recipe = args.recipe or (None if args.config else "cpu-fast")
     cfg = load_config(recipe, args.config, args.set, {"data.path": args.data})
+    check_out(args.out, "--out", [cfg.data.path], folder=True)
     storage = args.storage or f"sqlite:///{Path(args.out).absolute() / 'study.db'}"
     study = args.study or Path(args.out).name
     if args.workers > 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pitguard.data.layout import DatasetIndex
-from pitguard.data.load import Crops, DecodeOptions, load_crops
+from pitguard.data.load import Crops, DecodeOptions, load_crops, unreadable_reason
 
 # Near duplicates: RMS difference of 16x16 block-mean thumbnails, in grey levels (0-255).
 # On the shared crops exact pairs sit at 0, the next-nearest distinct crops at >= 4.9.
@@ -87,6 +88,8 @@ def _sizes_and_modes(index: DatasetIndex) -> tuple[Counter, Counter]:
     modes: Counter = Counter()
     for it in index.items:
         try:
+            if unreadable_reason(os.stat(it.path)):  # a pipe or device is never opened
+                continue
             with Image.open(it.path) as img:
                 sizes[f"{img.size[0]}x{img.size[1]}"] += 1
                 modes[img.mode] += 1

@@ -124,7 +124,9 @@ def _list_images(folder: Path) -> tuple[list[Path], list[Path]]:
     images: list[Path] = []
     other: list[Path] = []
     for p in sorted(folder.iterdir()):
-        if p.is_file():
+        # Not only regular files: an image-named pipe, device or broken link is listed by the
+        # reader as a file it did not read, never silently left out.
+        if not p.is_dir():
             (images if p.suffix.lower() in IMAGE_SUFFIXES else other).append(p)
     return images, other
 

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +26,10 @@ CACHE_VERSION = 1
 # Pixels an image may declare before it is refused unread: a decompression bomb's header says
 # 12000x12000 while the file is a few hundred KB. Crops are 128x128; 4096x4096 is no crop.
 MAX_PIXELS = 4096 * 4096
+# Bytes a crop file may hold before it is refused unread: a 128 px PNG crop is about 50 KB, and a
+# file past this (a disk image, a link to /dev/urandom) would only fill memory on its way to the
+# decoder. 64 MiB still takes an uncompressed 4096x4096 RGB image.
+MAX_CROP_BYTES = 64 * 2**20
 MODE_RULES = choices(ModeRule)
 SIZE_RULES = choices(SizeRule)
 
@@ -173,6 +178,45 @@ def decode_bytes(
     return np.ascontiguousarray(arr), None
 
 
+def unreadable_reason(info: os.stat_result) -> str | None:
+    """Why a file with this status is not read as a crop, or None: only regular files up to
+    ``MAX_CROP_BYTES`` are (a named pipe blocks the reader, a device never ends)."""
+    mode = info.st_mode
+    if not stat.S_ISREG(mode):
+        kinds = (
+            (stat.S_ISFIFO, "a named pipe"),
+            (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"),
+            (stat.S_ISSOCK, "a socket"),
+            (stat.S_ISDIR, "a folder"),
+        )
+        kind = next((name for test, name in kinds if test(mode)), "a special file")
+        return f"not a regular file ({kind}); not read"
+    if info.st_size > MAX_CROP_BYTES:
+        return f"{info.st_size:,} bytes is no crop (the limit is {MAX_CROP_BYTES:,}); not read"
+    return None
+
+
+def read_crop(path: str | Path) -> bytes | str:
+    """A crop file's bytes, or why they were not read (symbolic links followed). The file is
+    checked before it is opened, and again once open, so nothing but a regular file of at most
+    ``MAX_CROP_BYTES`` is ever read."""
+    try:
+        reason = unreadable_reason(os.stat(path))
+        if reason:
+            return reason
+        # O_NONBLOCK: a file swapped for a named pipe since the check opens without waiting.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            reason = unreadable_reason(os.fstat(fh.fileno()))
+            data = b"" if reason else fh.read(MAX_CROP_BYTES + 1)
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    if len(data) > MAX_CROP_BYTES:  # it grew while it was read
+        return f"over {MAX_CROP_BYTES:,} bytes is no crop; not read"
+    return reason or data
+
+
 def default_cache_dir() -> Path:
     env = os.environ.get("PITGUARD_CACHE")
     if env:
@@ -204,15 +248,9 @@ def clear_cache(cache_dir: Path | None = None) -> tuple[int, int]:
     return len(entries), sum(size for _, size in entries)
 
 
-def _read_all(paths: list[Path]) -> list[bytes | OSError]:
-    def read(p: Path) -> bytes | OSError:
-        try:
-            return p.read_bytes()
-        except OSError as exc:
-            return exc
-
+def _read_all(paths: list[Path]) -> list[bytes | str]:
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
-        return list(pool.map(read, paths))
+        return list(pool.map(read_crop, paths))
 
 
 def load_crops(
@@ -256,8 +294,8 @@ def load_crops(
         for name, blob in zip(names, blobs, strict=True):
             progress.update()
             prob: Problem | None
-            if isinstance(blob, OSError):
-                arr, prob = None, Problem(name, "unreadable", f"cannot read: {blob}", "skipped")
+            if isinstance(blob, str):
+                arr, prob = None, Problem(name, "unreadable", blob, "skipped")
             else:
                 arr, prob = decode_bytes(blob, name, opts)
             if prob is not None:

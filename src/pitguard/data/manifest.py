@@ -37,7 +37,8 @@ def read_manifest(csv_path: str | Path) -> list[ManifestRow]:
     name, so a manifest still reads where the link points elsewhere on another machine."""
     csv_path = Path(csv_path)
     base = csv_path.parent
-    with csv_path.open(newline="") as fh:
+    # utf-8-sig: a spreadsheet program's byte order mark is not taken for part of "path"
+    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         columns = set(reader.fieldnames or [])
         missing = {"path", "label"} - columns
@@ -49,7 +50,7 @@ def read_manifest(csv_path: str | Path) -> list[ManifestRow]:
         raw = list(reader)
     if not raw:
         raise PitguardError(f"{csv_path}: manifest has no rows; add one row per crop")
-    rows = []
+    rows: list[ManifestRow] = []
     for line, r in enumerate(raw, start=2):
         if not r["path"]:
             raise PitguardError(f"{csv_path}:{line}: empty path; fill it in or delete the row")
@@ -68,7 +69,32 @@ def read_manifest(csv_path: str | Path) -> list[ManifestRow]:
                 r.get("fold") or None,
             )
         )
+    _check_one_row_per_crop(csv_path, rows, [r["path"] for r in raw])
     return rows
+
+
+def _check_one_row_per_crop(csv_path: Path, rows: list[ManifestRow], named: list[str]) -> None:
+    """Refuse a crop (one file, however its path is written) listed under two labels or in two
+    parts: it would be trained on and evaluated, or taught both ways. Rows repeated the same
+    way are left alone. Line numbers count the header as line 1."""
+    first: dict[str, int] = {}
+    problems = []
+    for i, row in enumerate(rows):
+        j = first.setdefault(os.path.realpath(row.path), i)
+        seen = rows[j]
+        if j == i or (seen.label, seen.split) == (row.label, row.split):
+            continue
+        what = f"labelled {row.label}" if row.label != seen.label else f"in part {row.split}"
+        problems.append(
+            f"{csv_path}:{i + 2}: {named[i]} is the crop of line {j + 2} ({named[j]}, labelled "
+            f"{seen.label} in part {seen.split or '(none)'}), here {what}"
+        )
+    if problems:
+        shown = problems[:5] + ([f"... and {len(problems) - 5} more"] if len(problems) > 5 else [])
+        raise PitguardError(
+            "\n".join(shown) + "\none crop cannot have two labels or sit in two parts: give each "
+            "crop one row (delete or correct the others), then run again"
+        )
 
 
 def write_manifest(path: str | Path, rows: Iterable[ManifestRow]) -> Path:

@@ -18,14 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pitguard.deploy.backends import BACKENDS
-from pitguard.deploy.bundle import (
-    DeployModule,
-    is_bundle,
-    read_bundle_json,
-    save_weights,
-    write_bundle_json,
-)
+from pitguard.deploy.bundle import DeployModule, save_weights
 from pitguard.deploy.timing import (
     check_backends,
     check_batch_sizes,
@@ -39,6 +32,8 @@ from pitguard.deploy.timing import (
 from pitguard.devices import pick_device
 from pitguard.errors import PitguardError
 from pitguard.policy import DecisionPolicy
+from pitguard.runtime.backends import BACKENDS
+from pitguard.runtime.bundle import guard_stamp, is_bundle, read_bundle_json, write_bundle_json
 
 CALIB_CROPS = 64  # synthetic crops that calibrate INT8 for a timm name
 
@@ -89,16 +84,17 @@ def random_module(name: str, size: int) -> DeployModule:
 
 def _timm_bundle(name: str, folder: Path, size: int, wanted: Sequence[str]) -> dict[str, str]:
     """Write ``name`` with random weights as a bundle; returns backend -> why its graph is missing."""
-    from pitguard.deploy.graphs import convert_fp16, export_onnx, quantize_int8
+    from pitguard.deploy.graphs import convert_fp16, export_onnx, quantize_int8, stamp_graph
 
     module = random_module(name, size)
     folder.mkdir(parents=True)
-    files = {"weights": save_weights(module, folder)}
+    files = {"weights": save_weights(module, folder, guard_stamp(None))}
     failed: dict[str, str] = {}
     onnx_wanted = [b for b in wanted if BACKENDS[b].runtime == "onnx"]
     if onnx_wanted:
         try:
             export_onnx(module, folder / BACKENDS["onnx"].file_name, size)
+            stamp_graph(folder / BACKENDS["onnx"].file_name, None)
             files["onnx"] = BACKENDS["onnx"].file_name
         except Exception as exc:  # some timm architectures do not export; time the rest
             for b in onnx_wanted:
@@ -107,12 +103,14 @@ def _timm_bundle(name: str, folder: Path, size: int, wanted: Sequence[str]) -> d
         crops = torch.from_numpy(crops_nchw(CALIB_CROPS, size))
         try:
             quantize_int8(folder / files["onnx"], folder / BACKENDS["onnx-int8"].file_name, crops)
+            stamp_graph(folder / BACKENDS["onnx-int8"].file_name, None)
             files["onnx_int8"] = BACKENDS["onnx-int8"].file_name
         except Exception as exc:
             failed["onnx-int8"] = f"INT8 quantization of {name} failed: {type(exc).__name__}: {exc}"
     if "onnx" in files and "onnx-fp16" in wanted:
         try:
             convert_fp16(folder / files["onnx"], folder / BACKENDS["onnx-fp16"].file_name)
+            stamp_graph(folder / BACKENDS["onnx-fp16"].file_name, None)
             files["onnx_fp16"] = BACKENDS["onnx-fp16"].file_name
         except Exception as exc:
             failed["onnx-fp16"] = f"FP16 conversion of {name} failed: {type(exc).__name__}: {exc}"

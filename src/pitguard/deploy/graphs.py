@@ -8,8 +8,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pitguard.deploy.bundle import INPUT_NAME, OUTPUT_NAMES, DeployModule
+from pitguard.deploy.bundle import DeployModule
 from pitguard.deploy.static_graph import for_fixed_size
+from pitguard.errors import PitguardError
+from pitguard.runtime.bundle import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    POLICY_KEYS,
+    guard_stamp,
+    policy_stamp,
+)
 
 OPSET = 17
 
@@ -54,6 +62,8 @@ def export_onnx(module: DeployModule, path: Path, size: int) -> None:
 
 
 def _export(module: DeployModule, dummy: torch.Tensor, path: Path) -> None:
+    import onnx
+
     torch.onnx.export(
         module,
         (dummy,),
@@ -63,7 +73,16 @@ def _export(module: DeployModule, dummy: torch.Tensor, path: Path) -> None:
         dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
         opset_version=OPSET,
         dynamo=False,  # the TorchScript exporter handles these CNNs and the policy ops reliably
+        # Otherwise the exporter merges initializers of equal value: t_low == t_high would
+        # become one tensor that no threshold of an INT8 or FP16 graph could be written into.
+        keep_initializers_as_inputs=True,
     )
+    model = onnx.load(str(path))
+    inits = {i.name for i in model.graph.initializer}
+    crops_only = [i for i in model.graph.input if i.name not in inits]
+    del model.graph.input[:]
+    model.graph.input.extend(crops_only)  # the initializers stay constants, not inputs
+    onnx.save(model, str(path))
 
 
 class _CalibReader:
@@ -122,3 +141,92 @@ def convert_fp16(fp32: Path, out: Path) -> None:
     # rounding does to the routes.
     half = convert_float_to_float16(model, keep_io_types=False)
     onnx.save(half, str(out))
+
+
+def _at_least(value: float, dtype: np.dtype) -> np.ndarray:
+    """The smallest ``dtype`` number >= ``value``: a threshold between two scores that a graph
+    of that precision can hold, keeping every score on the side it was certified on."""
+    held = np.asarray(value, dtype=np.float64).astype(dtype)
+    if float(held) < value:
+        held = np.nextafter(held, np.asarray(np.inf, dtype=dtype))
+    return held
+
+
+def _policy_uses(graph) -> dict[str, tuple]:
+    """Where the graph reads each policy value: (node, input index) per key.
+
+    Found by the policy's own operations rather than by name, since graph optimizers merge
+    initializers of equal value (t_low == t_high) under one name: the thresholds are the second
+    inputs of ``Less(p_pit, t_low)`` and ``GreaterOrEqual(p_pit, t_high)``, the temperature the
+    divisor of the logits before the softmax (absent where an optimizer removed a division by 1).
+    """
+    uses: dict[str, tuple] = {}
+    softmax_inputs = {n.input[0] for n in graph.node if n.op_type == "Softmax"}
+    for node in graph.node:
+        if node.op_type == "Less" and node.input[0] == OUTPUT_NAMES[1]:
+            uses["t_low"] = (node, 1)
+        elif node.op_type == "GreaterOrEqual" and node.input[0] == OUTPUT_NAMES[1]:
+            uses["t_high"] = (node, 1)
+        elif node.op_type == "Div" and node.output[0] in softmax_inputs:
+            uses["temperature"] = (node, 1)
+    return uses
+
+
+def held_policy(path: Path) -> dict[str, float]:
+    """The policy values a graph computes with, read where its operations read them."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: i for i in graph.initializer}
+    held = {"temperature": 1.0}  # no division left: an optimizer removed a division by 1
+    for key, (node, index) in _policy_uses(graph).items():
+        if node.input[index] not in inits:
+            raise PitguardError(f"{path}: the graph's policy.{key} is not a constant; export again")
+        held[key] = float(numpy_helper.to_array(inits[node.input[index]]))
+    missing = [k for k in POLICY_KEYS if k not in held]
+    if missing:
+        raise PitguardError(f"{path}: the graph holds no policy.{missing[0]}; export it again")
+    return held
+
+
+def set_thresholds(path: Path, t_low: float, t_high: float) -> None:
+    """Write thresholds into the graph's policy, in its own precision, rounded up, in place;
+    each into a constant of its own."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    uses = _policy_uses(model.graph)
+    for key, value in (("t_low", t_low), ("t_high", t_high)):
+        if key not in uses:
+            raise PitguardError(f"{path}: the graph holds no policy.{key}; export it again")
+        node, index = uses[key]
+        array = numpy_helper.to_array(inits[node.input[index]])
+        name = f"pitguard.policy.{key}"
+        held = _at_least(value, array.dtype).reshape(array.shape)
+        model.graph.initializer.append(numpy_helper.from_array(held, name))
+        node.input[index] = name
+    used = {i for n in model.graph.node for i in n.input}
+    kept = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    onnx.save(model, str(path))
+
+
+def stamp_graph(path: Path, guard: dict | None) -> dict[str, float]:
+    """Record in the graph's metadata the input guard it ships with and the policy values it
+    computes with (read where only ONNX Runtime is installed); returns that policy."""
+    import onnx
+
+    held = held_policy(path)
+    model = onnx.load(str(path))
+    stamps = {**guard_stamp(guard), **policy_stamp(held)}
+    kept = [p for p in model.metadata_props if p.key not in stamps]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, text in stamps.items():
+        model.metadata_props.add(key=key, value=text)
+    onnx.save(model, str(path))
+    return held

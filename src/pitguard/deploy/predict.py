@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,15 +14,17 @@ import torch
 from PIL import Image
 
 from pitguard.data.layout import IMAGE_SUFFIXES
-from pitguard.deploy.backends import auto_backend, get_backend, ort_session
-from pitguard.deploy.bundle import INPUT_NAME, load_deploy_module, open_bundle
+from pitguard.deploy.bundle import load_deploy_module
 from pitguard.deploy.queue import ReviewQueue
 from pitguard.devices import pick_device
 from pitguard.errors import PitguardError
-from pitguard.files import atomic_path
+from pitguard.files import atomic_path, naming_errors
 from pitguard.guard import InputGuard
 from pitguard.policy import PREDICTION_COLUMNS, ROUTES, Route
 from pitguard.progress import Progress
+from pitguard.runtime.backends import auto_backend, get_backend
+from pitguard.runtime.bundle import open_bundle
+from pitguard.runtime.classifier import Classifier
 
 MAYBE = Route.MAYBE.label
 
@@ -57,19 +59,13 @@ class Predictor:
         self.size = int(self.meta["input"]["size"])
         files = self.meta.get("files", {})
         chosen = auto_backend(files) if backend == "auto" else get_backend(backend, serving=True)
-        self.device = pick_device(device, "device").type
         self.backend = chosen.name
-        if chosen.runtime == "onnx":
-            if chosen.file_key not in files:
-                raise PitguardError(
-                    f"{bundle}: has no {chosen.name} graph; re-export it with "
-                    f"`pitguard export RUN --out DIR {chosen.export_flag}`"
-                )
-            self.session = ort_session(self.bundle / files[chosen.file_key], threads, self.device)
-            self.input_dtype = (
-                np.float16 if self.session.get_inputs()[0].type == "tensor(float16)" else np.float32
-            )
+        if chosen.runtime == "onnx":  # the line's runtime, with its graph proved on load
+            self.runtime = Classifier(self.bundle, chosen.name, device, threads)
+            self.session = self.runtime.session
+            self.device = self.runtime.device
         else:
+            self.device = pick_device(device, "device").type
             torch.set_flush_denormal(True)  # denormal floats slow CPU inference ~10x
             if threads:
                 torch.set_num_threads(threads)
@@ -107,11 +103,12 @@ class Predictor:
                         )
                     crops.append(np.asarray(item, dtype=np.uint8))
                 elif isinstance(item, str | Path):
-                    from pitguard.data.load import DecodeOptions, decode_bytes
+                    from pitguard.data.load import DecodeOptions, decode_bytes, read_crop
 
-                    decoded, problem = decode_bytes(
-                        Path(item).read_bytes(), str(item), DecodeOptions(size=self.size)
-                    )
+                    data = read_crop(item)  # regular files only, size capped
+                    if isinstance(data, str):
+                        raise PitguardError(f"{item}: {data}")
+                    decoded, problem = decode_bytes(data, str(item), DecodeOptions(size=self.size))
                     if decoded is None:
                         raise PitguardError(
                             f"{item}: {problem.reason if problem else 'unreadable'}"
@@ -133,14 +130,14 @@ class Predictor:
     def predict_uint8(self, crops: np.ndarray) -> Prediction:
         if len(crops) == 0:
             raise PitguardError("empty batch")
+        if self.backend != "eager":
+            out = self.runtime.classify(crops)
+            return Prediction(list(out.labels), out.p_pit, list(out.routes), list(out.reasons))
         x = crops.astype(np.float32) / np.float32(255)
-        if self.backend == "eager":
-            with torch.no_grad():
-                logits, p, route = (
-                    t.cpu().numpy() for t in self.module(torch.from_numpy(x).to(self.device))
-                )
-        else:
-            logits, p, route = self.session.run(None, {INPUT_NAME: x.astype(self.input_dtype)})
+        with torch.no_grad():
+            logits, p, route = (
+                t.cpu().numpy() for t in self.module(torch.from_numpy(x).to(self.device))
+            )
         return self.decide(crops, logits, p, route)
 
     def decide(self, crops: np.ndarray, logits, p, route) -> Prediction:
@@ -210,10 +207,24 @@ def _row_writer(out_csv: Path | None) -> Iterator[Callable[[dict], None]]:
         return
     if out_csv.is_dir():
         raise PitguardError(f"--out {out_csv}: is a folder; give a CSV file path")
-    with atomic_path(out_csv) as tmp, tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(ROW_FIELDS))
-        writer.writeheader()
-        yield writer.writerow
+    with atomic_path(out_csv) as tmp:
+        with naming_errors(out_csv):  # a full disk raises from a write, naming no file
+            fh = tmp.open("w", newline="")
+            writer = csv.DictWriter(fh, fieldnames=list(ROW_FIELDS))
+            writer.writeheader()
+
+        def write(row: dict) -> None:
+            with naming_errors(out_csv):
+                writer.writerow(row)
+
+        try:
+            yield write
+        except BaseException:
+            with suppress(OSError):  # the first error is the one to report
+                fh.close()  # atomic_path then removes the temporary: no partial CSV is left
+            raise
+        with naming_errors(out_csv):
+            fh.close()  # the last buffered rows reach the disk here
 
 
 def predict_files(
@@ -228,7 +239,7 @@ def predict_files(
     """Classify files and folders, streaming: decoded ``batch_size`` at a time, each row written
     (and passed to ``on_row``) in input order as its batch is done. Unreadable files and
     folders get a row with their error; ``queue`` keeps the crops routed to review."""
-    from pitguard.data.load import DecodeOptions, decode_bytes
+    from pitguard.data.load import DecodeOptions, decode_bytes, read_crop
 
     opts = DecodeOptions(size=predictor.size)
     counts = dict.fromkeys(ROUTES, 0)
@@ -268,12 +279,13 @@ def predict_files(
             row = dict.fromkeys(ROW_FIELDS, "") | {"path": str(path), "error": reason or ""}
             arr = None
             if reason is None:
-                try:
-                    arr, problem = decode_bytes(path.read_bytes(), str(path), opts)
+                data = read_crop(path)  # regular files only: a FIFO or device is listed unread
+                if isinstance(data, str):
+                    row["error"] = data
+                else:
+                    arr, problem = decode_bytes(data, str(path), opts)
                     if arr is None:
                         row["error"] = problem.reason if problem else "unreadable"
-                except OSError as exc:
-                    row["error"] = f"cannot read: {exc.strerror or exc}"
             pending.append((row, arr))
             n_arrays += arr is not None
             if n_arrays >= batch_size:

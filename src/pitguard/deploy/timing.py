@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from pitguard.deploy.backends import get_backend
 from pitguard.devices import usable_cores
 from pitguard.errors import PitguardError
+from pitguard.runtime.backends import get_backend
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:

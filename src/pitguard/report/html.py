@@ -135,16 +135,24 @@ def _run_section(rec: dict) -> str:
 
 def _label_review(run: Path, top: int = 16) -> str | None:
     """A cross-fitted run's most contradicted labels, as a gallery (None for other runs)."""
+    import torch
     from scipy.special import softmax
 
+    from pitguard.oof import read_oof
+    from pitguard.policy import DecisionPolicy, maybe_index
     from pitguard.review import rank_suspects
-    from pitguard.runfolder import RunPaths, read_oof
+    from pitguard.runfolder import RunPaths, load_policy
 
     if not RunPaths(run).oof.is_file():
         return None
     oof = read_oof(run)
     probs = softmax(oof.logits, axis=1)
     suspects, _ = rank_suspects(probs, oof.labels)
+    # p(pit) as every other panel shows it: the calibrated policy's, where there is one
+    policy = load_policy(run) or DecisionPolicy(
+        pit_index=oof.pit_index, maybe_index=maybe_index(oof.classes)
+    )
+    p_pit = policy(torch.from_numpy(oof.logits).float())[0].numpy()
     by = ", ".join(
         f"{sum(s.label == i for s in suspects)} labelled {c}" for i, c in enumerate(oof.classes)
     )
@@ -154,7 +162,7 @@ def _label_review(run: Path, top: int = 16) -> str | None:
             "label": oof.classes[s.label],
             "predicted": oof.classes[s.suggested],
             "note": f"scores say {oof.classes[s.suggested]}",
-            "p_pit": float(probs[s.index, oof.pit_index]),
+            "p_pit": float(p_pit[s.index]),
         }
         for s in suspects[:top]
     ]

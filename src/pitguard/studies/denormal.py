@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from pitguard.deploy.bench import random_module, resolve_target
-from pitguard.deploy.bundle import load_deploy_module, read_bundle_json
+from pitguard.deploy.bundle import load_deploy_module
 from pitguard.deploy.timing import (
     check_batch_sizes,
     check_threads,
@@ -23,6 +23,7 @@ from pitguard.deploy.timing import (
     crops_nchw,
     measure,
 )
+from pitguard.runtime.bundle import read_bundle_json
 
 FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)  # 1.18e-38: below this a float32 is denormal
 

@@ -14,6 +14,26 @@ from pitguard.weights import read_state_dict
 
 # timm's ResNets use torchvision's parameter names, so these state dicts load unchanged.
 TORCHVISION_COMPATIBLE = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+# blocks per stage and block kind of each: what a state dict's keys tell apart
+RESNET_SHAPES: dict[tuple[tuple[int, ...], bool], str] = {
+    ((2, 2, 2, 2), False): "resnet18",
+    ((3, 4, 6, 3), False): "resnet34",
+    ((3, 4, 6, 3), True): "resnet50",
+    ((3, 4, 23, 3), True): "resnet101",
+    ((3, 8, 36, 3), True): "resnet152",
+}
+CLASS_ORDER_NOTE = (
+    "the class order cannot be verified from the weights: --classes must list the fc's outputs "
+    "in the order the model was trained with (the line's model: clean,maybe,pit)"
+)
+
+
+def resnet_of(state: dict) -> str | None:
+    """The torchvision ResNet whose layout ``state`` has, or None."""
+    blocks = tuple(
+        len({k.split(".")[1] for k in state if k.startswith(f"layer{i}.")}) for i in range(1, 5)
+    )
+    return RESNET_SHAPES.get((blocks, "layer1.0.conv3.weight" in state))
 
 
 def import_torchvision(
@@ -33,6 +53,12 @@ def import_torchvision(
     state = read_state_dict(state_dict)
     if "fc.weight" not in state:
         raise PitguardError(f"{state_dict}: no fc.weight; is this a torchvision ResNet state dict?")
+    found = resnet_of(state)
+    if found != arch:
+        what = f"a torchvision {found}" if found else "no torchvision ResNet this pitguard knows"
+        raise PitguardError(
+            f"{state_dict}: holds {what}, not {arch}; pass --arch {found or 'with the right name'}"
+        )
     n_out = state["fc.weight"].shape[0]
     if n_out != len(names):
         raise PitguardError(
@@ -66,4 +92,4 @@ def import_torchvision(
         {"imported_from": str(Path(state_dict).resolve()), "source": "torchvision"},
     )
     save_model(out, net.eval(), meta)
-    return {"run": str(out), "arch": arch, "classes": names}
+    return {"run": str(out), "arch": arch, "classes": names, "note": CLASS_ORDER_NOTE}

@@ -64,22 +64,59 @@ def auto_backend(files: dict[str, str]) -> Backend:
     return BACKENDS["onnx" if BACKENDS["onnx"].file_key in files else "eager"]
 
 
-def ort_session(path: Path, threads: int = 0, device: str = "cpu"):
-    """An ONNX Runtime session that flushes denormals, on CUDA when asked and available."""
+# ONNX Runtime's execution providers by the device name pitguard takes; never a silent fallback
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+def resolve_device(device: str) -> str:
+    """``auto``: cuda where ONNX Runtime has a CUDA provider, else cpu; a named device must
+    have its provider installed."""
     import onnxruntime as ort
 
+    available = ort.get_available_providers()
+    if device == "auto":
+        return "cuda" if PROVIDERS["cuda"] in available else "cpu"
+    if device not in PROVIDERS:
+        raise PitguardError(f"device {device!r}: choose auto, {', '.join(PROVIDERS)}")
+    if PROVIDERS[device] not in available:
+        raise PitguardError(
+            f"device {device}: this onnxruntime has no {PROVIDERS[device]} (it has "
+            f"{', '.join(available)}); install the GPU runtime (pip install 'pitguard[gpu]', "
+            "which brings onnxruntime-gpu) or choose device cpu"
+        )
+    return device
+
+
+def ort_session(path: Path, threads: int = 0, device: str = "cpu"):
+    """An ONNX Runtime session that flushes denormals, on ``device`` (cpu, cuda, tensorrt) and
+    nowhere else: a provider that is missing or fails to start is refused, never replaced."""
+    import onnxruntime as ort
+
+    device = resolve_device(device)
     opts = ort.SessionOptions()
     opts.add_session_config_entry("session.set_denormal_as_zero", "1")
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    providers = ["CPUExecutionProvider"]
-    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
+    wanted = PROVIDERS[device]
+    # CPU stays listed after a GPU provider for the few operators it cannot place (ONNX
+    # Runtime's own split); the session's first provider is the one asked for, checked below.
+    providers = [wanted] if device == "cpu" else [wanted, PROVIDERS["cpu"]]
     try:
-        return ort.InferenceSession(str(path), opts, providers=providers)
+        session = ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as err:  # onnxruntime raises its own classes for a graph it cannot load
         raise PitguardError(
             f"{path}: ONNX Runtime cannot load it ({str(err).splitlines()[0][:160]}); "
             "export the bundle again"
         ) from err
+    if session.get_providers()[0] != wanted:
+        raise PitguardError(
+            f"{path}: ONNX Runtime did not start {wanted} (it runs on "
+            f"{session.get_providers()[0]}: are the GPU's CUDA libraries installed?); fix the "
+            "GPU runtime or choose device cpu"
+        )
+    return session

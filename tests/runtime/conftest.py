@@ -1,0 +1,31 @@
+"""The runtime's tests run twice: in the full install (the bundle made by the session fixture)
+and, by `make test-runtime`, in an environment with the base install alone, where
+PITGUARD_RUNTIME_BUNDLE names a folder written by tests/runtime/make_bundle.py."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+RUNTIME_ONLY = "PITGUARD_RUNTIME_BUNDLE" in os.environ
+
+
+@pytest.fixture(scope="session")
+def made(request, tmp_path_factory) -> Path:
+    """A folder with ``bundle/`` and ``expected.npz`` (see make_bundle.py)."""
+    if RUNTIME_ONLY:
+        return Path(os.environ["PITGUARD_RUNTIME_BUNDLE"])
+    from tests.runtime.make_bundle import main
+
+    out = tmp_path_factory.mktemp("runtime")
+    main(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def expected(made) -> dict[str, np.ndarray]:
+    with np.load(made / "expected.npz") as npz:
+        return {k: npz[k] for k in npz.files}
