@@ -39,7 +39,7 @@ from pitguard.config import load_config
 from pitguard.data.layout import find_dataset
 from pitguard.data.load import load_crops
 from pitguard.epoch import Stepper, train_one_epoch, use_bf16
-from pitguard.models import build_model, make_contract
+from pitguard.models import build_model, live_channels, make_contract
 from pitguard.optim import make_optimizer, make_scheduler
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data/cherry_classification/train"
@@ -138,7 +138,8 @@ def main() -> int:
     if args.images > len(crops):
         print(f"--images {args.images} exceeds the {len(crops)} crops in {data}", file=sys.stderr)
         return 2
-    contract = make_contract(cfg.model, cfg.data.size)
+    channels = live_channels(crops.images, cfg.model.channels) if cfg.model.live_channels else None
+    contract = make_contract(cfg.model, cfg.data.size, channels=channels)
     bs = cfg.train.batch_size
     bf16 = use_bf16(cfg, device)
 

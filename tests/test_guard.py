@@ -67,3 +67,30 @@ def test_on_the_real_crops_few_are_flagged_and_broken_ones_all_are(shared_train:
     saturated[saturated > 0] = 255
     assert _flagged(guard, empty) == 8 and _flagged(guard, saturated) == 200
     assert _flagged(guard, rest[:, [2, 1, 0]]) / len(rest) >= 0.5  # 59% when measured
+
+
+def _three_live(n: int, seed: int) -> np.ndarray:
+    """Crops as the line stacks them: three live channels, the last the brightest."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, 3, 32, 32), np.uint8)
+    for i in range(n):
+        for c, level in enumerate((60, 110, 180)):
+            x[i, c, 8:24, 8:24] = np.clip(level + rng.normal(0, 15, (16, 16)), 1, 255)
+    return x
+
+
+def test_crops_in_bgr_order_are_flagged():
+    """An OpenCV array handed over as it is (BGR) reverses the line's channel order."""
+    guard = InputGuard.fit(_three_live(300, 0), (0, 1, 2))
+    assert sum(bool(r) for r in guard.check(_three_live(100, 1))) <= 3
+    reasons = guard.check(_three_live(100, 1)[:, ::-1])
+    assert all(reasons)
+
+
+def test_a_dead_training_channel_that_carries_image_is_named(crops):
+    guard = InputGuard.fit(crops, (0, 2))  # synthetic 2022-style crops: G is 0
+    assert guard.dead == ((1, 0.0),)
+    live = crops[:10].copy()
+    live[:, 1] = live[:, 0]
+    assert all("channel 1 carries image" in r for r in guard.check(live))
+    assert InputGuard.from_dict(guard.to_dict()) == guard

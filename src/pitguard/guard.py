@@ -1,12 +1,12 @@
 """The input guard: crops unlike anything the model trained on go to review, never to clean.
 
 Each crop is summarised by a few numbers a person can read: the foreground share (the line
-masks the background to 0), the mean and spread of each exposure over the cherry, and, with two
-exposures, how often the second is the brighter and by how much (a swapped exposure pair flips
-these). The guard keeps the mean and covariance of these numbers over the training crops and
-flags a crop whose Mahalanobis distance exceeds the ``quantile`` of the training crops'
-distances: by construction about 1 - quantile of crops like the training ones are flagged, while
-an empty, saturated or swapped crop lies far outside.
+masks the background to 0), the mean and spread of each channel the model reads over the
+cherry, and, with two or more, how often the last is the brighter and by how much (a swapped
+channel pair flips these). The guard keeps the mean and covariance of these numbers over the
+training crops and flags a crop whose Mahalanobis distance exceeds the ``quantile`` of the
+training crops' distances: by construction about 1 - quantile of crops like the training ones
+are flagged, while an empty, saturated or swapped crop lies far outside.
 
 A channel that held one value in every training crop (the 2022 crops' G = 0) is dead to the
 model: a crop whose dead channel carries image comes from another camera set-up or channel order

@@ -288,10 +288,30 @@ def zero_classifier(backbone: nn.Module) -> None:
         param.zero_()
 
 
+def live_channels(images: torch.Tensor, channels: tuple[int, ...]) -> tuple[int, ...]:
+    """Those of ``channels`` that carry image in ``images`` (N, C, H, W): not one value in every
+    crop. Refused when none does."""
+    live = tuple(
+        c for c in channels if images.numel() and bool(images[:, c].amax() != images[:, c].amin())
+    )
+    if not live:
+        raise PitguardError(
+            f"model.channels={list(channels)}: each holds one value in every train crop; "
+            "read a channel that carries image, or set model.live_channels=false"
+        )
+    return live
+
+
 def make_contract(
-    cfg_model, size: int, data_mean: tuple[float, ...] | None = None, data_std=None
+    cfg_model,
+    size: int,
+    data_mean: tuple[float, ...] | None = None,
+    data_std=None,
+    channels: tuple[int, ...] | None = None,
 ) -> InputContract:
-    channels = tuple(cfg_model.channels)
+    """The contract of ``cfg_model``; ``channels`` (those the train crops carry image in)
+    replaces ``model.channels`` where given."""
+    channels = tuple(channels if channels is not None else cfg_model.channels)
     mean = std = None
     if cfg_model.normalize == "imagenet":
         mean = tuple(IMAGENET_MEAN[c] for c in channels)

@@ -25,6 +25,7 @@ from pitguard.models import (
     PitguardNet,
     build_model,
     classifier_params,
+    live_channels,
     make_contract,
     zero_classifier,
 )
@@ -226,11 +227,16 @@ def training_net(
     ``model.normalize: data``; ImageNet or local weights on a fresh run (a resumed one loads its
     checkpoint); the backbone frozen for head-only recipes; BatchNorm synchronised when asked."""
     data_mean = data_std = None
+    channels = tuple(cfg.model.channels)
+    if cfg.model.live_channels:
+        channels = live_channels(train_images, channels)
+        if channels != tuple(cfg.model.channels):
+            say(f"channels: reading {list(channels)}, the ones the train crops carry image in")
     if cfg.model.normalize == "data":
-        x = train_images.float().div(255)[:, list(cfg.model.channels)]
+        x = train_images.float().div(255)[:, list(channels)]
         data_mean = tuple(float(v) for v in x.mean(dim=(0, 2, 3)))
         data_std = tuple(float(v) for v in x.std(dim=(0, 2, 3)).clamp_min(1e-3))
-    contract = make_contract(cfg.model, cfg.data.size, data_mean, data_std)
+    contract = make_contract(cfg.model, cfg.data.size, data_mean, data_std, channels)
     kwargs = {
         "num_classes": n_classes,
         "drop_rate": cfg.model.drop_rate,

@@ -153,3 +153,17 @@ def test_a_full_disk_names_the_output_and_leaves_no_partial_file(
     assert main(["predict", str(bundle), str(crops), "--out", str(out)]) == 3
     assert f"error: {out}: No space left on device; check the path" in capsys.readouterr().err
     assert os.listdir(out.parent) == []  # neither a partial CSV nor its temporary
+
+
+@pytest.mark.parametrize("backend", ["onnx", "eager"])
+def test_float_crops_as_the_line_sends_them_score_as_their_uint8(bundle, backend):
+    from tests.conftest import random_crop
+
+    crops = np.stack([random_crop(s) for s in range(6)]).transpose(0, 3, 1, 2).copy()
+    predictor = pitguard.load(bundle, backend=backend)
+    as_uint8 = predictor.predict(crops)
+    as_float = predictor.predict(crops.astype(np.float32) / 255)
+    assert as_float.routes == as_uint8.routes and as_float.reasons == as_uint8.reasons
+    assert np.abs(as_float.p_pit - as_uint8.p_pit).max() < 1e-6
+    with pytest.raises(PitguardError, match=r"finite and in \[0, 1\]"):
+        predictor.predict(np.full((1, 3, 128, 128), 3.0, np.float32))

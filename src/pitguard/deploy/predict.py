@@ -27,6 +27,7 @@ from pitguard.runtime.bundle import open_bundle
 from pitguard.runtime.classifier import Classifier
 
 MAYBE = Route.MAYBE.label
+FLOATS = (np.float32, np.float64, np.float16, torch.float32, torch.float64, torch.float16)
 
 # pitguard.data.load (the one image decoder) is imported where paths are decoded: serving gets
 # crops as arrays and PNG bytes, and the decoder brings pitguard.config with it.
@@ -79,7 +80,10 @@ class Predictor:
         if isinstance(batch, np.ndarray | torch.Tensor):
             arr = batch.cpu().numpy() if isinstance(batch, torch.Tensor) else batch
             if arr.dtype != np.uint8:
-                raise PitguardError(f"expected a uint8 array, got {arr.dtype}")
+                raise PitguardError(
+                    f"expected a uint8 array, got {arr.dtype} (float32 crops in [0, 1]: "
+                    "predict(batch) takes them)"
+                )
             if arr.ndim == 3:
                 arr = arr[None]
             if arr.ndim != 4:
@@ -149,7 +153,30 @@ class Predictor:
         return Prediction(labels, np.asarray(p, dtype=np.float32), routes, reasons)
 
     def predict(self, batch) -> Prediction:
+        """uint8 arrays, PIL images or paths; or float32 arrays in [0, 1], (N, 3, H, W) as the
+        line sends them (NHWC too), scored as they are, without rounding to uint8."""
+        if isinstance(batch, np.ndarray | torch.Tensor) and batch.dtype in FLOATS:
+            return self.predict_float(batch)
         return self.predict_uint8(self.to_uint8(batch))
+
+    def predict_float(self, batch) -> Prediction:
+        arr = batch.detach().cpu().numpy() if isinstance(batch, torch.Tensor) else batch
+        arr = arr[None] if arr.ndim == 3 else arr
+        if arr.ndim == 4 and arr.shape[-1] == 3 and arr.shape[1] != 3:
+            arr = arr.transpose(0, 3, 1, 2)  # NHWC -> NCHW
+        if self.backend != "eager":  # the runtime checks shape, range and finiteness
+            out = self.runtime.classify(np.ascontiguousarray(arr, dtype=np.float32))
+            return Prediction(list(out.labels), out.p_pit, list(out.routes), list(out.reasons))
+        if arr.ndim != 4 or arr.shape[1:] != (3, self.size, self.size):
+            raise PitguardError(f"expected (N, 3, {self.size}, {self.size}), got {arr.shape}")
+        x = np.ascontiguousarray(arr, dtype=np.float32)
+        if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+            raise PitguardError("float crops must be finite and in [0, 1]; divide uint8 by 255")
+        with torch.no_grad():
+            logits, p, route = (
+                t.cpu().numpy() for t in self.module(torch.from_numpy(x).to(self.device))
+            )
+        return self.decide(x * np.float32(255), logits, p, route)
 
 
 def load(
