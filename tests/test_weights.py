@@ -174,3 +174,17 @@ def test_no_live_channel_among_those_asked_is_refused():
     assert live_channels(images, (0, 1, 2)) == (0,)
     with pytest.raises(PitguardError, match=r"model.channels=\[1, 2\]: each holds one value"):
         live_channels(images, (1, 2))
+
+
+def test_the_contract_names_the_crops_channels(tmp_path):
+    from pitguard.config import load_config
+    from pitguard.errors import ConfigError
+    from pitguard.runfolder import load_run
+    from tests.conftest import train_tiny
+
+    run = train_tiny(tmp_path, sets=["data.channel_names=top,-,bottom"])
+    contract = load_run(run).net.contract
+    assert contract.channel_names == ("top", "-", "bottom") and contract.channels == (0, 2)
+    assert contract.to_dict()["channel_names"] == ("top", "-", "bottom")
+    with pytest.raises(ConfigError, match=r"data.channel_names='bot1,top2': name the crop's three"):
+        load_config("small-fast", sets=["data.channel_names=bot1,top2"])

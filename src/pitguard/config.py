@@ -65,6 +65,9 @@ class DataConfig:
     modes: ModeRule = "skip"  # non-RGB files: skip or convert
     sizes: SizeRule = "skip"  # other sizes: skip, resize or pad
     classes: str | None = None  # explicit name mapping, e.g. good=clean,bad=pit
+    # what each crop channel holds, recorded in the bundle: top,-,bottom (the 2022 crops) or
+    # bot1,bot2,top2 (today's line); unknown when not given
+    channel_names: str | None = None
 
 
 @dataclass(frozen=True)
@@ -247,6 +250,8 @@ def _check_value(key: str, value: Any, hint: Any) -> str | None:
                 return f"{key}={value!r}: {problem}"
     if key == "model.channels" and (not value or any(c not in (0, 1, 2) for c in value)):
         return f"{key}={list(value)!r}: give channel indices among 0, 1, 2 (R, G, B)"
+    if key == "data.channel_names" and value is not None and len(value.split(",")) != 3:
+        return f"{key}={value!r}: name the crop's three channels in order, e.g. bot1,bot2,top2"
     if key == "augment.motion_kernel" and value % 2 == 0:
         return f"{key}={value}: must be odd (3, 5, 7, ...)"
     return None

@@ -40,6 +40,8 @@ class InputContract:
     upsample: int = 1
     # logits averaged over these views of the crop (none, hflip, rot4, d8) at inference only
     tta: str = "none"
+    # what each of the crop's channels holds (top,-,bottom; bot1,bot2,top2); () when not given
+    channel_names: tuple[str, ...] = ()
 
     @property
     def side(self) -> int:
@@ -90,6 +92,7 @@ class InputContract:
             downsample_mode=mode,
             upsample=int(d.get("upsample", 1)),
             tta=tta,
+            channel_names=tuple(d.get("channel_names", ())),
         )
 
 
@@ -308,6 +311,7 @@ def make_contract(
     data_mean: tuple[float, ...] | None = None,
     data_std=None,
     channels: tuple[int, ...] | None = None,
+    channel_names: str | None = None,
 ) -> InputContract:
     """The contract of ``cfg_model``; ``channels`` (those the train crops carry image in)
     replaces ``model.channels`` where given."""
@@ -332,6 +336,7 @@ def make_contract(
         downsample_mode=cfg_model.downsample_mode,
         upsample=cfg_model.upsample,
         tta=cfg_model.tta,
+        channel_names=tuple(n.strip() for n in channel_names.split(",")) if channel_names else (),
     )
 
 

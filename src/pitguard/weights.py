@@ -236,7 +236,9 @@ def training_net(
         x = train_images.float().div(255)[:, list(channels)]
         data_mean = tuple(float(v) for v in x.mean(dim=(0, 2, 3)))
         data_std = tuple(float(v) for v in x.std(dim=(0, 2, 3)).clamp_min(1e-3))
-    contract = make_contract(cfg.model, cfg.data.size, data_mean, data_std, channels)
+    contract = make_contract(
+        cfg.model, cfg.data.size, data_mean, data_std, channels, cfg.data.channel_names
+    )
     kwargs = {
         "num_classes": n_classes,
         "drop_rate": cfg.model.drop_rate,
