@@ -32,6 +32,7 @@ RANKS: dict[str, int] = {
     "oof": 4,
     "metrics": 4,
     "certify": 3,
+    "review_cost": 4,
     "optim": 4,
     "epoch": 4,
     "seeding": 1,

@@ -113,3 +113,19 @@ def test_fit_temperature_recovers_known_temperature():
 def test_fit_temperature_rejects_bad_labels():
     with pytest.raises(PitguardError):
         fit_temperature(np.zeros((4, 2)), np.array([0, 1, 2, 0]))
+
+
+def test_the_expected_guarantee_is_stated_and_routes_no_fewer_crops_clean(run_copy, capsys):
+    bound = ["--max-pit-miss", "0.05", "--confidence", "0.9"]
+    assert main(["calibrate", str(run_copy), *bound]) == 0
+    exact = json.loads((run_copy / "policy.json").read_text())
+    assert main(["calibrate", str(run_copy), *bound, "--guarantee", "expected"]) == 0
+    out = capsys.readouterr().out
+    record = json.loads((run_copy / "policy.json").read_text())
+    assert record["guarantee"]["kind"] == "expected" and exact["guarantee"]["kind"] == "exact"
+    assert "conformal risk control" in record["guarantee"]["statement"]
+    assert "on average" in out and "review rate at a 1% bound" in out
+    assert record["policy"]["t_low"] >= exact["policy"]["t_low"]  # a weaker promise
+    report = json.loads((run_copy / "calibration" / "policy_report.json").read_text())
+    assert len(report["operating_table"]) == 16 and "review_cost" in report
+    assert main(["calibrate", str(run_copy), *bound]) == 0  # the module's copy as it was

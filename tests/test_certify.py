@@ -254,3 +254,32 @@ def test_the_operating_table_certifies_each_point_and_names_those_it_cannot():
         assert r["maybe_rate"] == float(maybe.mean())
         if r["max_false_reject"] == 0:
             assert not (p >= np.float32(r["t_high"])).any()  # nothing routed pit
+
+
+def test_the_expected_guarantee_allows_what_conformal_risk_control_allows():
+    rng = np.random.default_rng(1)
+    is_pit = np.arange(600) < 300
+    p = np.where(is_pit, rng.uniform(0, 1, 600), rng.uniform(0, 0.2, 600)).astype(np.float32)
+    chosen = choose_thresholds(p, is_pit, 0.05, guarantee="expected")
+    k = chosen.calib_pit_misses
+    assert k == int(np.floor(0.05 * 301 - 1))  # (k + 1) / (n + 1) <= 0.05: 14 misses of 300
+    assert chosen.pit_miss_bound == (k + 1) / 301 <= 0.05
+    exact = choose_thresholds(p, is_pit, 0.05, 0.95)
+    assert exact.calib_pit_misses < k and exact.t_low < chosen.t_low  # the exact bound is stricter
+    with pytest.raises(PitguardError, match=r"an expected rate of 1% needs at least 99 pits"):
+        choose_thresholds(p[:100], is_pit[:100] & (np.arange(100) < 50), 0.01, guarantee="expected")
+
+
+def test_the_expected_miss_rate_holds_on_average_over_calibrations():
+    """Pits score uniformly, so a threshold t misses a share t of all pits: averaged over many
+    calibrations of 200 pits, conformal risk control keeps that share at most the bound. Clean
+    crops score uniformly below 0.5, so accuracy pushes t_low to the largest allowed."""
+    rng = np.random.default_rng(2)
+    misses = []
+    for _ in range(400):
+        p = rng.uniform(0, 1, 400).astype(np.float32)
+        is_pit = np.arange(400) < 200
+        p[~is_pit] = p[~is_pit] * 0.5
+        misses.append(choose_thresholds(p, is_pit, 0.05, guarantee="expected").t_low)
+    assert np.mean(misses) <= 0.05 + 0.002  # the bound, within the simulation's noise
+    assert np.mean(misses) > 0.04  # and not far below it: the guarantee is not wasted

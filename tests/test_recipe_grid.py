@@ -95,3 +95,15 @@ def test_variants_that_train_on_val_rank_by_their_calib_accuracy():
     rows = grid.table(records, choose_on="calib")
     assert [r["variant"] for r in rows] == ["fitval", "shipped"]
     assert rows[0]["val_accuracy"] is None and rows[0]["calib_accuracy"] == 0.93
+
+
+def test_variants_rank_by_their_calib_review_rate_fewest_first():
+    grid = load_benchmark("recipe_grid")
+    records = [
+        {"variant": "accurate", "status": "done", "val_accuracy": 0.95, "calib_review_rate": 0.4},
+        {"variant": "cheap", "status": "done", "val_accuracy": 0.93, "calib_review_rate": 0.3},
+        {"variant": "uncertified", "status": "done", "val_accuracy": 0.96},
+    ]
+    rows = grid.table(records, choose_on="review")
+    assert [r["variant"] for r in rows] == ["cheap", "accurate", "uncertified"]
+    assert rows[0]["calib_review_rate"] == 0.3 and rows[2]["calib_review_rate"] is None

@@ -31,6 +31,7 @@ from pitguard.errors import PitguardError
 from pitguard.files import file_sha256, write_json
 from pitguard.oof import read_oof
 from pitguard.policy import DecisionPolicy, Route, maybe_index
+from pitguard.review_cost import review_cost
 from pitguard.runfolder import (
     CALIB_OPERATING_CURVE,
     CALIB_RELIABILITY,
@@ -59,6 +60,16 @@ GUARANTEES = {
     "scores of the fold models and holds for the shipped final model as far as it scores like "
     "them; not exact (worst case 1 - 2 alpha coverage), measured by simulation and on the test "
     "part",
+}
+# --guarantee expected: conformal risk control (Angelopoulos, Bates, Fisch, Lei and Schuster 2022)
+EXPECTED_STATEMENT = (
+    "expected (conformal risk control): averaged over the draw of the calibration crops, the "
+    "rate of pits routed clean is at most the bound; one calibration may exceed it, so it is "
+    "weaker than the exact bound and sends fewer crops to review"
+)
+METHODS = {
+    "exact": "exact Clopper-Pearson upper bound, fixed-sequence (Learn-Then-Test) scan",
+    "expected": "conformal risk control: largest t_low with (misses + 1) / (pits + 1) <= bound",
 }
 
 
@@ -109,12 +120,14 @@ def calibrate_run(
     max_false_reject: float | None = None,
     scores: str | None = None,
     allow_unfinished: bool = False,
+    guarantee: str = "exact",
 ) -> dict:
     """Fit temperature, then thresholds with the pit-miss guarantee; write policy.json and a report.
 
     ``scores`` is ``holdout`` (the calib part, or DATA) or ``oof`` (the run's out-of-fold
     scores); by default ``oof`` for a cross-fitted run and ``holdout`` otherwise. A run whose
-    training is unfinished is refused unless ``allow_unfinished``.
+    training is unfinished is refused unless ``allow_unfinished``. ``guarantee`` is ``exact``
+    (a bound that holds with ``confidence``) or ``expected`` (on average; conformal risk control).
     """
     run = load_run(run_dir)
     unfinished = refuse_unfinished(run.run, allow_unfinished, "calibrate")
@@ -144,7 +157,7 @@ def calibrate_run(
     policy = DecisionPolicy(temperature, pit_index=pit, maybe_index=maybe)
     p_pit = policy(torch.from_numpy(logits).float())[0].numpy()
     is_pit = labels == pit
-    chosen = choose_thresholds(p_pit, is_pit, max_pit_miss, confidence, max_false_reject)
+    chosen = choose_thresholds(p_pit, is_pit, max_pit_miss, confidence, max_false_reject, guarantee)
     policy = DecisionPolicy(temperature, chosen.t_low, chosen.t_high, pit, maybe)
 
     paths = RunPaths(run.run)
@@ -164,11 +177,12 @@ def calibrate_run(
         "mode": mode,
         "guarantee": {
             "mode": mode,
-            "statement": GUARANTEES[mode],
+            "kind": guarantee,
+            "statement": GUARANTEES[mode] if guarantee == "exact" else EXPECTED_STATEMENT,
             "max_pit_miss": max_pit_miss,
             "confidence": confidence,
             "max_false_reject": max_false_reject,
-            "method": "exact Clopper-Pearson upper bound, fixed-sequence (Learn-Then-Test) scan",
+            "method": METHODS[guarantee],
         },
         "calibration_data": {
             "data": described,
@@ -186,6 +200,7 @@ def calibrate_run(
         },
     }
     table = operating_table(p_pit, is_pit, confidence)
+    record["review_cost"] = review_cost(p_pit, is_pit).to_dict()  # what a recipe is chosen on
     write_json(out / CALIB_REPORT, {**record, "operating_curve": curve, "operating_table": table})
     write_json(paths.policy, record)
     return {**record, "operating_table": table}

@@ -62,6 +62,39 @@ def _best_supported(n: int, confidence: float, flag: str, what: str) -> str:
     )
 
 
+GUARANTEE_KINDS = ("exact", "expected")
+
+
+def _crc_needed(max_rate: float) -> int:
+    """Fewest crops for which conformal risk control can allow a rate of ``max_rate``: with
+    zero failures its bound is 1 / (n + 1)."""
+    return max(1, math.ceil(1 / max_rate - 1 - 1e-9))
+
+
+def _refuse_too_few_for_expected(guarantee: str, n: int, rate: float, what: str, crops: str):
+    if guarantee == "expected" and n < _crc_needed(rate):
+        raise PitguardError(
+            f"cannot certify {what}: an expected rate of {_pct(rate)} needs at least "
+            f"{_crc_needed(rate)} {crops} (conformal risk control bounds it by (failures + 1) / "
+            f"({crops} + 1)); the calibration data has {n} {crops}"
+        )
+
+
+def _allowed_failures(n: int, max_rate: float, confidence: float, guarantee: str) -> int:
+    """Most calibration failures a threshold may have: the exact bound's at ``confidence``, or
+    conformal risk control's, (k + 1) / (n + 1) <= max_rate, for the expected rate."""
+    if guarantee == "expected":
+        return math.floor(max_rate * (n + 1) - 1 + 1e-9)
+    return _max_failures(n, max_rate, confidence)
+
+
+def _bound(k: int, n: int, confidence: float, guarantee: str) -> float:
+    """The bound a threshold with ``k`` of ``n`` calibration failures certifies."""
+    if guarantee == "expected":
+        return (k + 1) / (n + 1)
+    return float(cp_upper(k, n, confidence))
+
+
 def min_pits_needed(max_pit_miss: float, confidence: float) -> int:
     """Smallest n whose exact bound with zero misses, 1 - (1-confidence)**(1/n), is <= max_pit_miss."""
     _check_fraction("max_pit_miss", max_pit_miss)
@@ -176,9 +209,12 @@ def choose_thresholds(
     max_pit_miss: float = 0.01,
     confidence: float = 0.95,
     max_false_reject: float | None = None,
+    guarantee: str = "exact",
 ) -> Thresholds:
     """Pick t_low <= t_high from calibration scores so that, with probability >= confidence,
-    the rate of pits routed clean is <= max_pit_miss.
+    the rate of pits routed clean is <= max_pit_miss (``guarantee="exact"``), or so that its
+    expected value is (``"expected"``: conformal risk control, Angelopoulos et al. 2022; the
+    confidence is then unused).
 
     t_low ranges over the thresholds certified by the fixed-sequence scan. With
     max_false_reject, t_high ranges over thresholds certified the same way for clean crops
@@ -196,8 +232,11 @@ def choose_thresholds(
     n_clean = int(y.size - n_pits)
     n_total = y.size
 
+    if guarantee not in GUARANTEE_KINDS:
+        raise PitguardError(f"guarantee {guarantee!r}: choose {' or '.join(GUARANTEE_KINDS)}")
+    _refuse_too_few_for_expected(guarantee, n_pits, max_pit_miss, "t_low", "pits")
     need = min_pits_needed(max_pit_miss, confidence)
-    if n_pits < need:
+    if guarantee == "exact" and n_pits < need:
         raise PitguardError(
             f"cannot certify t_low: needs at least {need} pits with zero misses for a "
             f"{_pct(max_pit_miss)} pit-miss bound at {_pct(confidence)} confidence; the "
@@ -209,14 +248,15 @@ def choose_thresholds(
     below = pits_below + clean_below
     # Misses never decrease with t, so "stop at the first bound over the limit" keeps exactly
     # the candidates with at most k_max misses: a prefix, never empty since t = 0 misses none.
-    k_max = _max_failures(n_pits, max_pit_miss, confidence)
+    k_max = _allowed_failures(n_pits, max_pit_miss, confidence, guarantee)
     rows = np.arange(int(np.searchsorted(pits_below, k_max, side="right")))
 
     if max_false_reject is None:
         cols, acc = _accuracy_t_high(rows, pits_below, clean_below, n_pits)
     else:
+        _refuse_too_few_for_expected(guarantee, n_clean, max_false_reject, "t_high", "clean crops")
         need_clean = min_pits_needed(max_false_reject, confidence)
-        if n_clean < need_clean:
+        if guarantee == "exact" and n_clean < need_clean:
             raise PitguardError(
                 f"cannot certify t_high: needs at least {need_clean} clean crops with zero "
                 f"false rejects for a {_pct(max_false_reject)} false-reject bound at "
@@ -224,7 +264,7 @@ def choose_thresholds(
                 + _best_supported(n_clean, confidence, "--max-false-reject", "clean crops")
             )
         false_rejects = n_clean - clean_below  # never increases with t
-        kf_max = _max_failures(n_clean, max_false_reject, confidence)
+        kf_max = _allowed_failures(n_clean, max_false_reject, confidence, guarantee)
         # Scanning downward, the certified t_high form a suffix; the top candidate (above 1)
         # rejects nothing, so the suffix is never empty.
         j_min = int(np.argmax(false_rejects <= kf_max))
@@ -239,11 +279,11 @@ def choose_thresholds(
 
     fr_bound = None
     if max_false_reject is not None:
-        fr_bound = float(cp_upper(n_clean - clean_below[j], n_clean, confidence))
+        fr_bound = _bound(n_clean - int(clean_below[j]), n_clean, confidence, guarantee)
     return Thresholds(
         t_low=float(t[i]),
         t_high=float(t[j]),
-        pit_miss_bound=float(cp_upper(pits_below[i], n_pits, confidence)),
+        pit_miss_bound=_bound(int(pits_below[i]), n_pits, confidence, guarantee),
         false_reject_bound=fr_bound,
         n_pits=n_pits,
         n_clean=n_clean,

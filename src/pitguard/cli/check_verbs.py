@@ -73,6 +73,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         args.max_false_reject,
         args.scores,
         args.allow_unfinished,
+        args.guarantee,
     )
     th, cal = rec["thresholds"], rec["calibration_data"]
     pol = rec["policy"]
@@ -82,9 +83,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(
         f"t_low {th['t_low']:.6f}  t_high {th['t_high']:.6f}  (p_pit < t_low: clean; >= t_high: pit; else maybe)"
     )
+    held = (
+        f"at {100 * args.confidence:.0f}% confidence" if args.guarantee == "exact" else "on average"
+    )
     print(
         f"on {cal['data']} (n={cal['n']}, {cal['n_pits']} pits): {th['calib_pit_misses']} pits routed clean, "
-        f"pit-miss bound {100 * th['pit_miss_bound']:.3f}% at {100 * args.confidence:.0f}% confidence "
+        f"pit-miss bound {100 * th['pit_miss_bound']:.3f}% {held} "
         f"(target {100 * args.max_pit_miss:g}%), maybe rate {100 * th['calib_maybe_rate']:.2f}%"
     )
     print(
@@ -93,6 +97,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     )
     print(f"guarantee ({rec['mode']}): {rec['guarantee']['statement']}")
     print(format_operating_table(rec["operating_table"], args.confidence))
+    print(format_review_cost(rec["review_cost"]))
     from pitguard.runfolder import RunPaths
 
     paths = RunPaths(Path(args.run))
@@ -112,6 +117,24 @@ def format_operating_table(rows: list[dict], confidence: float) -> str:
         cells = [_rate(r["maybe_rate"]) for r in rows if r["max_pit_miss"] == bound]
         lines.append(f"  {100 * bound:>4g}% " + "".join(f"{c:>9}" for c in cells))
     return "\n".join(lines)
+
+
+def format_review_cost(cost: dict) -> str:
+    """The reference review rate and the specificity at 99% recall, with their intervals."""
+    ref = cost["reference"]
+    point = (
+        f"{_rate(cost['review_rate'])} [{_rate(cost['review_rate_ci'][0])}, "
+        f"{_rate(cost['review_rate_ci'][1])}]"
+        if cost["review_rate"] is not None
+        else f"n/a ({cost['why']})"
+    )
+    lo, hi = cost["specificity_ci"]
+    return (
+        f"review rate at a {100 * ref['max_pit_miss']:g}% bound ({100 * ref['confidence']:g}%, "
+        f"false rejects <= {100 * ref['max_false_reject']:g}%): {point}; specificity at "
+        f"{100 * cost['recall']:g}% pit recall {_rate(cost['specificity_at_recall'])} "
+        f"[{_rate(lo)}, {_rate(hi)}] (n={cost['n']}, {cost['n_pits']} pits, 95% bootstrap)"
+    )
 
 
 def _rate(value: float | None) -> str:
@@ -156,6 +179,14 @@ def add_calibrate(sub: Verbs) -> None:
         action="store_true",
         help="calibrate a run whose training stopped before its planned epochs (recorded in "
         "policy.json)",
+    )
+    p.add_argument(
+        "--guarantee",
+        choices=("exact", "expected"),
+        default="exact",
+        help="exact (default): with --confidence, the rate of pits routed clean is at most "
+        "--max-pit-miss; expected: that rate is at most --max-pit-miss on average over "
+        "calibrations (conformal risk control; weaker, fewer crops to review, --confidence unused)",
     )
 
 

@@ -329,7 +329,12 @@ def _recertify(path: Path, ev: EvalData, scores, run: RunModel, record: dict | N
     g = record["guarantee"]
     is_pit = ev.labels == run.pit_index
     chosen = choose_thresholds(
-        scores[1], is_pit, g["max_pit_miss"], g["confidence"], g.get("max_false_reject")
+        scores[1],
+        is_pit,
+        g["max_pit_miss"],
+        g["confidence"],
+        g.get("max_false_reject"),
+        g.get("kind", "exact"),
     )
     set_thresholds(path, chosen.t_low, chosen.t_high)
     return asdict(chosen)
