@@ -25,7 +25,8 @@ def test_predictor_backends_agree_on_routes(bundle):
     assert pil.routes == a.routes[:4]
     int8 = pitguard.load(bundle, backend="onnx-int8")
     assert len(int8.predict(crops).routes) == 32
-    with pytest.raises(PitguardError, match=r"expected a uint8 array, got float32"):
+    # float crops are taken in [0, 1], as the line sends them; 0-255 floats are named
+    with pytest.raises(PitguardError, match=r"in \[0, 1\].*divide uint8 images by 255"):
         onnx.predict(crops.astype(np.float32))
     with pytest.raises(PitguardError, match=r"expected 128x128 crops, got 64x64"):
         onnx.predict(np.zeros((1, 64, 64, 3), np.uint8))
