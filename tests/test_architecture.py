@@ -41,7 +41,6 @@ RANKS: dict[str, int] = {
     "train": 5,
     "evaluate": 5,
     "calibrate": 5,
-    "coverage": 4,
     "crossfit": 6,
     "sweep": 6,
     "distributed": 2,

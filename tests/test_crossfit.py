@@ -114,17 +114,16 @@ def test_too_few_crops_for_the_folds_is_refused_before_training(tmp_path):
 
 def test_an_interrupted_crossfit_resumes_to_the_same_scores(crops, cf_run, tmp_path, monkeypatch):
     import pitguard.crossfit as cf
-    import pitguard.train as training
 
     calls = itertools.count()
-    real = training.train
+    real = cf.train
 
     def dies_on_the_third_model(*args, **kwargs):
         if next(calls) == 2:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(training, "train", dies_on_the_third_model)
+    monkeypatch.setattr(cf, "train", dies_on_the_third_model)
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         cf.crossfit(_config(crops), run, FOLDS)
@@ -132,7 +131,7 @@ def test_an_interrupted_crossfit_resumes_to_the_same_scores(crops, cf_run, tmp_p
     assert not RunPaths(run).oof.exists()
     with pytest.raises(PitguardError, match="--resume"):
         cf.crossfit(_config(crops), run, FOLDS)
-    monkeypatch.setattr(training, "train", real)
+    monkeypatch.setattr(cf, "train", real)
     cf.crossfit(None, run, resume=True)
     a, b = read_oof(run), read_oof(cf_run)
     assert a.paths == b.paths and np.array_equal(a.folds, b.folds)

@@ -32,7 +32,6 @@ import numpy as np
 import torch
 
 from pitguard import metrics
-from pitguard import train as training  # called through the module: one train, however patched
 from pitguard.config import Config, config_from_dict
 from pitguard.data.layout import find_dataset, parse_class_mapping
 from pitguard.data.load import DecodeOptions
@@ -43,6 +42,7 @@ from pitguard.errors import PitguardError
 from pitguard.files import Busy, hold_lock, read_json, write_json
 from pitguard.oof import OofScores, write_oof
 from pitguard.runfolder import RunPaths, load_part, load_run, run_logits
+from pitguard.train import train
 
 POOL, TEST = "train", "test"
 
@@ -122,8 +122,8 @@ def _train_or_finish(cfg: Config, run: Path, clock: Callable[[], float]) -> dict
     if done is not None and paths.weights.is_file():
         return done
     if paths.last_checkpoint.exists():
-        return training.train(None, run, resume=True, clock=clock)
-    return training.train(cfg, run, clock=clock)
+        return train(None, run, resume=True, clock=clock)
+    return train(cfg, run, clock=clock)
 
 
 def _start_helpers(run: Path, workers: int) -> list[subprocess.Popen]:
@@ -183,9 +183,9 @@ def crossfit(
         if cfg.train.max_minutes:  # the budget is timed once, on fold 1; its plan binds every model
             timed = cfg.to_dict()
             timed["data"]["path"] = str(first)
-            plan = training.train(
-                config_from_dict(timed), paths.fold(1), plan_only=True, clock=clock
-            )["plan"]
+            plan = train(config_from_dict(timed), paths.fold(1), plan_only=True, clock=clock)[
+                "plan"
+            ]
         record = {
             "folds": folds,
             "epochs": plan["epochs"] if plan else cfg.train.epochs,

@@ -379,9 +379,3 @@ def run_dirs(paths) -> list[Path]:
     if not runs:
         raise PitguardError("no runs given; name run folders or folders holding runs")
     return runs
-
-
-def collect_runs(paths) -> list[dict]:
-    """One record per run folder found under PATHS (see find_run_dirs), numbers as stored."""
-    runs = run_dirs(paths)
-    return [run_record(run, name) for run, name in zip(runs, run_names(runs), strict=True)]

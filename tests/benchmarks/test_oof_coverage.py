@@ -1,11 +1,16 @@
-"""Tests for pitguard.coverage: where the truth is known, a bound holds as often as it says, and
+"""Tests for benchmarks/oof_coverage.py's simulation: where the truth is known, a bound holds as often as it says, and
 the simulation does catch a final model that scores unlike its fold models."""
 
 import numpy as np
 import pytest
 
-from pitguard.coverage import ScoreModel, resampled_test_misses, simulate_coverage
 from pitguard.errors import PitguardError
+from tests.conftest import load_benchmark
+
+coverage = load_benchmark("oof_coverage")
+ScoreModel = coverage.ScoreModel
+resampled_test_misses = coverage.resampled_test_misses
+simulate_coverage = coverage.simulate_coverage
 
 N_PITS, N_CLEAN, DRAWS = 600, 700, 150
 

@@ -10,7 +10,7 @@ import pytest
 from pitguard.data.manifest import read_manifest
 from tests.conftest import load_benchmark
 
-GRID = Path(__file__).resolve().parents[1] / "benchmarks" / "recipe_grid.py"
+GRID = Path(__file__).resolve().parents[2] / "benchmarks" / "recipe_grid.py"
 TINY = ["model.name=pitguard_tiny", "train.epochs=1", "train.max_minutes=0"]
 
 
