@@ -13,6 +13,7 @@ MAX_LINES = 400
 # Lower ranks never import higher ones. Modules of one rank may import each other (no cycles).
 RANKS: dict[str, int] = {
     "errors": 0,
+    "log": 0,
     "files": 0,
     "recipes": 0,
     "config": 1,
@@ -184,3 +185,18 @@ def test_the_runtime_imports_no_training_and_no_torch():
     code = "import sys, pitguard.runtime; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'kornia', 'optuna', 'tensorboard')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# The command line decides what reaches the terminal: library code logs (pitguard.log).
+PRINTS_ALLOWED = ("cli", "demo")
+
+
+def test_library_code_logs_and_never_prints():
+    found = []
+    for module, path in MODULES.items():
+        if module.startswith(PRINTS_ALLOWED):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print":
+                found.append(f"{module}:{node.lineno}")
+    assert found == []

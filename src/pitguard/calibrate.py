@@ -16,6 +16,7 @@ Two sources of scores, two guarantees:
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -46,6 +47,8 @@ from pitguard.runfolder import (
     refuse_unfinished,
     run_logits,
 )
+
+_log = logging.getLogger(__name__)
 
 # Search range for the temperature, as log T. Wide enough for any sane network; perfectly
 # separated logits push the optimum to the lower edge instead of towards T = 0.
@@ -145,7 +148,7 @@ def calibrate_run(
         logits, labels, described = _holdout_logits(run, data, part)
     pit = run.pit_index
     n_pits = int((labels == pit).sum())
-    print(f"calibrating on {described}: {len(labels)} crops, {n_pits} pits", flush=True)
+    _log.info("calibrating on %s: %d crops, %d pits", described, len(labels), n_pits)
 
     probs_before = softmax(logits, axis=1)
     temperature = fit_temperature(logits, labels)

@@ -21,6 +21,7 @@ from a model chosen on it, and all follow one epoch count: a time budget is time
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -43,6 +44,8 @@ from pitguard.files import Busy, hold_lock, read_json, write_json
 from pitguard.oof import OofScores, write_oof
 from pitguard.runfolder import RunPaths, load_part, load_run, run_logits
 from pitguard.train import train
+
+_log = logging.getLogger(__name__)
 
 POOL, TEST = "train", "test"
 
@@ -140,7 +143,7 @@ def _start_helpers(run: Path, workers: int) -> list[subprocess.Popen]:
             env["CUDA_VISIBLE_DEVICES"] = str(w)
         command = [sys.executable, "-m", "pitguard", "train", "--resume", str(run)]
         helpers.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL))
-    print(f"{workers - 1} helper process(es) share the models ({threads} threads each)")
+    _log.info("%d helper process(es) share the models (%d threads each)", workers - 1, threads)
     return helpers
 
 
@@ -214,11 +217,11 @@ def crossfit(
     helpers = _start_helpers(run, workers)
     summaries: dict[Path, dict] = {}
     for what, model_run, model_cfg in models:
-        print(f"{what} ({epochs} epochs)", flush=True)
+        _log.info("%s (%s epochs)", what, epochs)
         try:
             summaries[model_run] = _train_or_finish(model_cfg, model_run, clock)
         except Busy:
-            print(f"{what}: another process trains it; going on", flush=True)
+            _log.info("%s: another process trains it; going on", what)
     for _what, model_run, model_cfg in models:  # wait for the others' models
         if model_run not in summaries:
             with hold_lock(model_run / ".lock", f"{model_run} (a run folder)", wait=True):

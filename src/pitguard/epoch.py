@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from pitguard.errors import Diverged, PitguardError
 from pitguard.models import OneView, PitguardNet, infer_logits
 from pitguard.runfolder import kept_val_accuracy, load_run
 from pitguard.seeding import rng_state, set_rng_state
+
+_log = logging.getLogger(__name__)
 
 
 def use_bf16(cfg: Config, device: torch.device) -> bool:
@@ -167,7 +170,7 @@ def check_finite_loss(stats: dict, epoch: int, cfg: Config) -> None:
     )
 
 
-def kept_epoch_warning(history: list[dict], kept_epoch: int, say=print) -> str | None:
+def kept_epoch_warning(history: list[dict], kept_epoch: int, say=None) -> str | None:
     """Says so (and returns the words) when the kept epoch scored far below the run's best on val:
     a run that diverged late and keeps its last epoch would otherwise ship without a word."""
     kept = kept_val_accuracy(history, kept_epoch)
@@ -186,7 +189,7 @@ def kept_epoch_warning(history: list[dict], kept_epoch: int, say=print) -> str |
         "the run may have diverged; train again with a lower train.lr, or keep the best epoch "
         "on val with --set train.select_metric=val_accuracy"
     )
-    say(f"warning: {text}", flush=True)
+    (say or _log.warning)(f"warning: {text}")
     return text
 
 
@@ -226,7 +229,7 @@ def load_teacher(cfg: Config, classes: tuple[str, ...], device: torch.device) ->
         )
     for param in run.net.parameters():
         param.requires_grad_(False)
-    print(f"teacher: {run.run} ({run.model_name}), alpha {cfg.train.distill_alpha}", flush=True)
+    _log.info("teacher: %s (%s), alpha %s", run.run, run.model_name, cfg.train.distill_alpha)
     return OneView(run.net).eval().to(device)
 
 

@@ -3,10 +3,15 @@ long the rest of a training run will take, overruns."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
+
+from pitguard.log import shows_progress
+
+_log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -31,7 +36,7 @@ def say_estimate(seconds: float, left: int, device: torch.device) -> None:
             "; over an hour on a CPU: a GPU, a smaller recipe (cpu-fast) or "
             "--set train.max_minutes=N keeps it shorter"
         )
-    print(line, flush=True)
+    _log.info(line)
 
 
 def over_budget(cfg: Config, history: list[dict]) -> float | None:
@@ -68,6 +73,9 @@ class Progress:
         self.what, self.total, self.unit = what, total, unit
         self.every_s, self.quiet_s = every_s, quiet_s
         self.stream = stream if stream is not None else sys.stderr
+        # a stream given is written to; stderr only when the log shows progress (not under -q,
+        # nor for a library user who has not asked for pitguard's INFO lines)
+        self.shown = stream is not None or shows_progress()
         self.clock = clock
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.started = clock()
@@ -76,6 +84,8 @@ class Progress:
 
     def update(self, n: int = 1) -> None:
         self.done += n
+        if not self.shown:
+            return
         now = self.clock()
         if now - self.started < self.quiet_s:
             return

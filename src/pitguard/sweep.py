@@ -12,6 +12,7 @@ run twice. The best trial's settings are written as a recipe file.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -26,6 +27,8 @@ from pitguard.errors import Diverged, PitguardError
 from pitguard.files import atomic_write_text, hold_lock, process_alive, write_json
 from pitguard.recipes import flatten
 from pitguard.train import train
+
+_log = logging.getLogger(__name__)
 
 # What a sweep varies when no --space is given: the settings that moved val accuracy most in
 # the recipes' own tuning. Bounds are absolute, so they suit every recipe.
@@ -203,7 +206,7 @@ def _run_trial(study, trial, out, metric, space, sets, recipe, config_file, base
     run = out / "trials" / f"trial-{trial.number:04d}"
     trial.set_user_attr("run", str(run))
     chosen = [f"{k}={v}" for k, v in params.items()]
-    print(f"trial {trial.number}: {', '.join(chosen)} -> {run}", flush=True)
+    _log.info("trial %d: %s -> %s", trial.number, ", ".join(chosen), run)
     pruned: list[int] = []
 
     def report(epoch: int, stats: dict) -> str | None:
@@ -221,14 +224,14 @@ def _run_trial(study, trial, out, metric, space, sets, recipe, config_file, base
     except Diverged as exc:  # a bad region of the space, not a broken sweep: recorded, and on
         trial.set_user_attr("diverged", str(exc))
         study.tell(trial, state=TrialState.PRUNED)
-        print(f"trial {trial.number}: diverged, recorded as pruned ({exc})", flush=True)
+        _log.info("trial %d: diverged, recorded as pruned (%s)", trial.number, exc)
         return
     except BaseException:
         study.tell(trial, state=TrialState.FAIL)
         raise
     if pruned:
         study.tell(trial, state=TrialState.PRUNED)
-        print(f"trial {trial.number}: pruned after epoch {pruned[0]}", flush=True)
+        _log.info("trial %d: pruned after epoch %s", trial.number, pruned[0])
         return
     # a recipe that keeps its last epoch chose nothing on val: its value is that epoch's accuracy
     kept_last = base.train.select_metric == "last"
@@ -237,7 +240,7 @@ def _run_trial(study, trial, out, metric, space, sets, recipe, config_file, base
         study.tell(trial, state=TrialState.FAIL)
         raise PitguardError(f"{run}: no {metric} to report; the sweep needs a val part")
     study.tell(trial, float(value))
-    print(f"trial {trial.number}: {metric} {float(value):.4f}", flush=True)
+    _log.info("trial %d: %s %.4f", trial.number, metric, float(value))
 
 
 def _record(study, out: Path, metric: str, base: Config, target: int, ran: int) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from pitguard.epoch import (
 )
 from pitguard.errors import PitguardError
 from pitguard.files import clear_stale_temps, hold_lock, write_json
+from pitguard.log import quiet
 from pitguard.models import PitguardNet
 from pitguard.optim import class_weights, epoch_order, make_optimizer, make_scheduler
 from pitguard.plots import plot_history
@@ -49,6 +51,8 @@ from pitguard.runfolder import (
 from pitguard.seeding import rng_state, seed_everything, set_rng_state
 from pitguard.tracking import NullTracker, Tracker, require_mlflow
 from pitguard.weights import training_net, weight_file
+
+_log = logging.getLogger(__name__)
 
 
 def _better(metric: str, value: float, best: float | None) -> bool:
@@ -138,8 +142,10 @@ def _train(cfg, run: Path, dist, resume, stop_after, clock, plan_only, on_epoch)
         write_json(paths.data, data_info)
     train_part, val_part = crops.split("train"), crops.split("val")
     n_classes = len(crops.classes)
-    say = print if dist.main else _quiet
-    say("data: " + describe_counts(data_info["counts"]), flush=True)
+    if not dist.main:
+        quiet()  # one voice per job: rank 0's
+    say = _log.info
+    say("data: " + describe_counts(data_info["counts"]))
 
     net, contract, kwargs = training_net(
         cfg, n_classes, train_part.images, fresh=ckpt is None, sync_bn=dist.active, say=say
@@ -185,7 +191,6 @@ def _train(cfg, run: Path, dist, resume, stop_after, clock, plan_only, on_epoch)
         say(
             f"time budget {cfg.train.max_minutes} min: {plan.epochs} of {cfg.train.epochs} epochs "
             f"at {plan.seconds_per_epoch:.1f} s each on this machine",
-            flush=True,
         )
     if plan_only:
         timed = plan or plan_for_budget(
@@ -218,7 +223,7 @@ def _train(cfg, run: Path, dist, resume, stop_after, clock, plan_only, on_epoch)
         best, best_epoch, bad_epochs, history = (
             ckpt[key] for key in ("best", "best_epoch", "bad_epochs", "history")
         )
-        say(f"resuming {run} after epoch {ckpt['epoch']}", flush=True)
+        say(f"resuming {run} after epoch {ckpt['epoch']}")
     elif dist.main:
         seen = preview(cfg.augment, net.cpu(), train_part.images[:64], contract.channels)
         save_grid(seen, paths.augment_grid)
@@ -306,7 +311,6 @@ def _train(cfg, run: Path, dist, resume, stop_after, clock, plan_only, on_epoch)
             f"epoch {epoch:>3}/{epochs}  loss {stats['train_loss']:.4f}  "
             f"acc {stats['train_accuracy']:.3f}  {val}{stats['images_per_s']:.0f} img/s  "
             f"eta {eta_text(per_epoch * (epochs - epoch))}{'  *' if improved else ''}",
-            flush=True,
         )
         if dist.main:
             write_history(run, history)
@@ -392,7 +396,3 @@ def _train(cfg, run: Path, dist, resume, stop_after, clock, plan_only, on_epoch)
         write_json(paths.summary, summary)
     dist.barrier()  # no rank leaves before rank 0 has written the run
     return summary
-
-
-def _quiet(*args, **kwargs) -> None:
-    """print() on ranks other than 0: one voice per job."""

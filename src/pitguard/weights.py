@@ -249,14 +249,13 @@ def training_net(
     )
     if cfg.model.weights == "imagenet" and fresh:
         info = load_imagenet(net.backbone, cfg.model.name, len(contract.channels), contract.stack)
-        say(f"ImageNet weights: {info['loaded']} tensors from {info['source']}", flush=True)
+        say(f"ImageNet weights: {info['loaded']} tensors from {info['source']}")
     if cfg.model.pretrained_path and fresh:
         info = load_pretrained(
             net.backbone, cfg.model.pretrained_path, len(contract.channels), contract.stack
         )
         say(
             f"pretrained: {info['loaded']} tensors loaded, {len(info['skipped'])} skipped",
-            flush=True,
         )
     if cfg.model.freeze_backbone:
         head = {id(p) for p in classifier_params(net.backbone)}

@@ -13,6 +13,7 @@ from pitguard import __version__
 from pitguard.cli import check_verbs, data_verbs, deploy_verbs, study_verbs, train_verbs
 from pitguard.cli.common import examples
 from pitguard.errors import PitguardError
+from pitguard.log import configure
 
 __all__ = ["build_parser", "main"]
 
@@ -30,6 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"pitguard {__version__}")
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument(
+        "-q", "--quiet", action="store_const", const=-1, dest="verbosity", default=0,
+        help="only warnings and errors (no progress, no epoch lines); results still print",
+    )  # fmt: skip
+    talk.add_argument(
+        "-v", "--verbose", action="store_const", const=1, dest="verbosity",
+        help="debug detail as well",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     data_verbs.add_verbs(sub)
     train_verbs.add_verbs(sub)
@@ -49,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    configure(args.verbosity)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)  # a service stop ends like Ctrl-C, said so
     try:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,11 +18,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.nproc is not None:
         return _launch(args)
-    dist = from_env()
-    if dist.main:
-        return _train(args)
-    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # rank 0 speaks
-        return _train(args)
+    if not from_env().main:
+        from pitguard.log import quiet
+
+        quiet()  # one voice per job, rank 0's: the others log warnings only
+    return _train(args)
 
 
 def _launch(args: argparse.Namespace) -> int:
@@ -101,7 +99,10 @@ def _train(args: argparse.Namespace) -> int:
             return _report_crossfit(crossfit(cfg, args.out, args.folds, workers=args.workers))
         summary = train(cfg, args.out, stop_after=args.stop_after)
     from_env().stop()
-    print(_describe_summary(summary))
+    from pitguard.distributed import from_env
+
+    if from_env().main:
+        print(_describe_summary(summary))
     return 0
 
 

@@ -9,8 +9,8 @@ through exactly the same code as a shipped bundle.
 from __future__ import annotations
 
 import functools
+import logging
 import os
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +34,8 @@ from pitguard.errors import PitguardError
 from pitguard.policy import DecisionPolicy
 from pitguard.runtime.backends import BACKENDS
 from pitguard.runtime.bundle import guard_stamp, is_bundle, read_bundle_json, write_bundle_json
+
+_log = logging.getLogger(__name__)
 
 CALIB_CROPS = 64  # synthetic crops that calibrate INT8 for a timm name
 
@@ -194,11 +196,13 @@ def _bench_target(
                 else:
                     call = functools.partial(_predict_autocast, predictor, x, dtype)
                 stats = measure(call, batch, cuda_events=cuda_events, **timing)
-                print(  # a line per measurement: a long bench is never silent
-                    f"bench: {Path(target).name} {backend} batch {batch}: "
-                    f"{stats['ms_per_crop']:.3f} ms per crop ({stats['runs']} runs)",
-                    file=sys.stderr,
-                    flush=True,
+                _log.info(  # a line per measurement: a long bench is never silent
+                    "bench: %s %s batch %d: %.3f ms per crop (%d runs)",
+                    Path(target).name,
+                    backend,
+                    batch,
+                    stats["ms_per_crop"],
+                    stats["runs"],
                 )
                 records.append(
                     {

@@ -9,6 +9,7 @@ against the original labels.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from pitguard.metrics import routed_metrics
 from pitguard.policy import Route
 from pitguard.runfolder import RunPaths, is_run, load_part, load_policy, load_run, run_logits
 from pitguard.train import train
+
+_log = logging.getLogger(__name__)
 
 MINE_LOW, MINE_HIGH = 0.35, 0.65
 
@@ -67,7 +70,7 @@ def run_twostage(cfg: Config, out: str | Path, stage2_epochs: int | None = None)
     train(cfg, out / "stage1")
     mined = out / "mined.csv"  # stage 1's split with its mistakes relabelled maybe
     mining = mine_manifest(out / "stage1", mined)
-    print(f"mined {mining['mined']} of {mining['of']} train/val crops as maybe", flush=True)
+    _log.info("mined %d of %d train/val crops as maybe", mining["mined"], mining["of"])
     cfg2 = replace(
         cfg,
         data=replace(cfg.data, path=str(mined.resolve())),
