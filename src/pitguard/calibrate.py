@@ -134,18 +134,7 @@ def calibrate_run(
     """
     run = load_run(run_dir)
     unfinished = refuse_unfinished(run.run, allow_unfinished, "calibrate")
-    has_oof = RunPaths(run.run).oof.is_file()
-    mode = scores or ("oof" if has_oof and data is None and part is None else "holdout")
-    if mode not in SCORE_SOURCES:
-        raise PitguardError(f"--scores {mode}: choose {' or '.join(SCORE_SOURCES)}")
-    if mode == "oof":
-        if data is not None or part is not None:
-            raise PitguardError(
-                "--scores oof calibrates on the run's out-of-fold scores; drop --data/--split"
-            )
-        logits, labels, described = _oof_logits(run)
-    else:
-        logits, labels, described = _holdout_logits(run, data, part)
+    mode, (logits, labels, described) = _scores(run, data, part, scores)
     pit = run.pit_index
     n_pits = int((labels == pit).sum())
     _log.info("calibrating on %s: %d crops, %d pits", described, len(labels), n_pits)
@@ -173,20 +162,13 @@ def calibrate_run(
         out / CALIB_RELIABILITY,
     )
     calib_routes = policy(torch.from_numpy(logits).float())[1].numpy()
+    stated = {"max_pit_miss": max_pit_miss, "confidence": confidence}
     record = {
         "policy": policy.to_dict(),
         "model_sha256": file_sha256(paths.weights),  # the weights this policy was fitted to
         "training": {"finished": unfinished is None, "unfinished": unfinished},
         "mode": mode,
-        "guarantee": {
-            "mode": mode,
-            "kind": guarantee,
-            "statement": GUARANTEES[mode] if guarantee == "exact" else EXPECTED_STATEMENT,
-            "max_pit_miss": max_pit_miss,
-            "confidence": confidence,
-            "max_false_reject": max_false_reject,
-            "method": METHODS[guarantee],
-        },
+        "guarantee": _guarantee(mode, guarantee, **stated, max_false_reject=max_false_reject),
         "calibration_data": {
             "data": described,
             "n": len(labels),
@@ -207,6 +189,27 @@ def calibrate_run(
     write_json(out / CALIB_REPORT, {**record, "operating_curve": curve, "operating_table": table})
     write_json(paths.policy, record)
     return {**record, "operating_table": table}
+
+
+def _scores(run: RunModel, data, part, scores: str | None) -> tuple[str, tuple]:
+    """The score source (holdout or oof) and its logits, labels and description."""
+    has_oof = RunPaths(run.run).oof.is_file()
+    mode = scores or ("oof" if has_oof and data is None and part is None else "holdout")
+    if mode not in SCORE_SOURCES:
+        raise PitguardError(f"--scores {mode}: choose {' or '.join(SCORE_SOURCES)}")
+    if mode == "holdout":
+        return mode, _holdout_logits(run, data, part)
+    if data is not None or part is not None:
+        raise PitguardError(
+            "--scores oof calibrates on the run's out-of-fold scores; drop --data/--split"
+        )
+    return mode, _oof_logits(run)
+
+
+def _guarantee(mode: str, kind: str, **bound) -> dict:
+    """What policy.json says was certified, in words and numbers."""
+    statement = GUARANTEES[mode] if kind == "exact" else EXPECTED_STATEMENT
+    return {"mode": mode, "kind": kind, "statement": statement, **bound, "method": METHODS[kind]}
 
 
 def _holdout_logits(
