@@ -94,3 +94,12 @@ def test_crops_unlike_the_training_crops_go_to_review_with_a_reason(made, expect
     crops[:, 1] = crops[:, 0]  # a live middle channel, as today's line sends
     out = Classifier(made / "bundle", device="cpu").classify(crops)
     assert (out.reasons != "").all() and (out.routes == "maybe").all()
+
+
+@pytest.mark.skipif(not RUNTIME_ONLY, reason="the full install has the command's modules")
+def test_the_command_in_the_base_install_names_the_extra_it_needs():
+    out = subprocess.run(
+        [sys.executable, "-m", "pitguard", "--help"], capture_output=True, text=True
+    )
+    assert out.returncode == 2
+    assert "needs the training install" in out.stderr and "pitguard[train]" in out.stderr

@@ -10,10 +10,19 @@ import threading
 import traceback
 
 from pitguard import __version__
-from pitguard.cli import check_verbs, data_verbs, deploy_verbs, study_verbs, train_verbs
-from pitguard.cli.common import examples
 from pitguard.errors import PitguardError
 from pitguard.log import configure
+
+try:
+    from pitguard.cli import check_verbs, data_verbs, deploy_verbs, study_verbs, train_verbs
+    from pitguard.cli.common import examples
+except ModuleNotFoundError as missing:  # the base install is the line's runtime alone
+    NEEDS_TRAIN: str | None = (
+        f"the pitguard command needs the training install ({missing.name} is missing): pip "
+        "install 'pitguard[train]'; this install is the line's runtime (pitguard.runtime)"
+    )
+else:
+    NEEDS_TRAIN = None
 
 __all__ = ["build_parser", "main"]
 
@@ -53,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one verb. Exit statuses (``EXIT_CODES``): 0 done, 1 some inputs failed, 2 a
     :class:`PitguardError` (usage, config or input), 3 a file that could not be read or written,
     or a crash; 130/143 interrupted or terminated."""
+    if NEEDS_TRAIN:
+        print(f"error: {NEEDS_TRAIN}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for verbs that relaunch themselves
