@@ -203,6 +203,26 @@ def _accuracy_t_high(
     return best_j, best_acc
 
 
+def _lowest_certified_t_high(
+    clean_below: np.ndarray, n_clean: int, max_false_reject: float, confidence, guarantee
+) -> int:
+    """Index of the lowest t_high whose false-reject bound is certified, scanning downward."""
+    _refuse_too_few_for_expected(guarantee, n_clean, max_false_reject, "t_high", "clean crops")
+    need_clean = min_pits_needed(max_false_reject, confidence)
+    if guarantee == "exact" and n_clean < need_clean:
+        raise PitguardError(
+            f"cannot certify t_high: needs at least {need_clean} clean crops with zero "
+            f"false rejects for a {_pct(max_false_reject)} false-reject bound at "
+            f"{_pct(confidence)} confidence; the calibration data has {n_clean} clean crops"
+            + _best_supported(n_clean, confidence, "--max-false-reject", "clean crops")
+        )
+    false_rejects = n_clean - clean_below  # never increases with t
+    kf_max = _allowed_failures(n_clean, max_false_reject, confidence, guarantee)
+    # The certified t_high form a suffix; the top candidate (above 1) rejects nothing, so the
+    # suffix is never empty.
+    return int(np.argmax(false_rejects <= kf_max))
+
+
 def choose_thresholds(
     p_pit: np.ndarray,
     is_pit: np.ndarray,
@@ -254,20 +274,9 @@ def choose_thresholds(
     if max_false_reject is None:
         cols, acc = _accuracy_t_high(rows, pits_below, clean_below, n_pits)
     else:
-        _refuse_too_few_for_expected(guarantee, n_clean, max_false_reject, "t_high", "clean crops")
-        need_clean = min_pits_needed(max_false_reject, confidence)
-        if guarantee == "exact" and n_clean < need_clean:
-            raise PitguardError(
-                f"cannot certify t_high: needs at least {need_clean} clean crops with zero "
-                f"false rejects for a {_pct(max_false_reject)} false-reject bound at "
-                f"{_pct(confidence)} confidence; the calibration data has {n_clean} clean crops"
-                + _best_supported(n_clean, confidence, "--max-false-reject", "clean crops")
-            )
-        false_rejects = n_clean - clean_below  # never increases with t
-        kf_max = _allowed_failures(n_clean, max_false_reject, confidence, guarantee)
-        # Scanning downward, the certified t_high form a suffix; the top candidate (above 1)
-        # rejects nothing, so the suffix is never empty.
-        j_min = int(np.argmax(false_rejects <= kf_max))
+        j_min = _lowest_certified_t_high(
+            clean_below, n_clean, max_false_reject, confidence, guarantee
+        )
         # Below j_min nothing is certified; above it the smallest t_high minimises maybe.
         # When the certified ranges overlap, t_high = t_low removes the maybe band.
         cols = np.maximum(rows, j_min)
