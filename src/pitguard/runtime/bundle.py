@@ -86,7 +86,8 @@ def write_bundle_json(folder: str | Path, meta: dict) -> None:
 
 def open_bundle(bundle: str | Path) -> dict:
     """``bundle.json`` read and proved: its files inside the bundle and unchanged since export,
-    its classes, policy and input size the ones the weights and graphs hold."""
+    its classes, policy and input guard the ones the weights hold. Each graph is proved when it
+    is loaded (:func:`prove_graph`)."""
     meta = read_bundle_json(bundle)
     folder = Path(bundle)
     where = folder / BUNDLE_JSON
