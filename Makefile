@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 RUNTIME_PYTHON ?= $(shell for p in $$(ls /root/.pyenv/versions/3.10*/bin/python3.10 2>/dev/null) python3.10 $(PYTHON); do $$p -c pass 2>/dev/null && echo $$p && break; done)
 RUNTIME_VENV := .venv-runtime
 
-.PHONY: demo test test-runtime bench lint format clean-venv
+.PHONY: demo test test-runtime docs bench lint format clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ test-runtime: $(STAMP)
 	$(RUNTIME_VENV)/bin/python -m pip install -q . pytest
 	! $(RUNTIME_VENV)/bin/python -c "import torch" 2>/dev/null
 	PITGUARD_RUNTIME_BUNDLE=.runtime-bundle $(RUNTIME_VENV)/bin/python -m pytest -q -p no:cacheprovider --confcutdir=tests/runtime tests/runtime
+
+# The documentation site into site/: the CLI reference generated from the parsers, then MkDocs
+# in strict mode (a broken link or a missing page fails the build).
+docs: $(STAMP)
+	$(BIN)/python -m pitguard.cli.reference docs/cli.md
+	$(BIN)/mkdocs build --strict --site-dir site
 
 # The training benchmarks on the shared crops (about 12 minutes on 2 cores); JSON under runs/.
 bench: $(STAMP)

@@ -47,7 +47,8 @@ class Prediction:
 
 
 class Predictor:
-    """``predict(batch)`` on uint8 arrays (N, H, W, C) or (N, C, H, W), PIL images, or paths."""
+    """``predict(batch)`` on uint8 arrays (N, H, W, C) or (N, C, H, W), float32 arrays in [0, 1],
+    PIL images, or paths."""
 
     def __init__(
         self, bundle: str | Path, backend: str = "auto", device: str = "auto", threads: int = 0
