@@ -55,8 +55,12 @@ def test_predict_cli_lists_bad_files_and_classifies_the_rest(bundle, tmp_path, c
     assert rows["broken.png"][5].startswith("cannot decode")
     good = [r for r in rows.values() if not r[5]]
     assert len(good) == 6 and all(r[4] in ("clean", "maybe", "pit") for r in good)
-    assert all(r[1] == "" and r[2] in ("clean", "pit") for r in good)  # truth unknown here
-    assert "failed 2" in capsys.readouterr().err
+    # class folders give the true label; the summary counts routes per labelled class
+    assert all(r[1] in ("clean", "pit") and r[2] in ("clean", "pit") for r in good)
+    assert {r[1] for r in good} == {"clean", "pit"}
+    err = capsys.readouterr().err
+    assert "labelled clean (3): clean" in err and "labelled pit (3): clean" in err
+    assert "failed 2" in err
 
 
 def test_bundle_schema_versions(bundle, tmp_path):

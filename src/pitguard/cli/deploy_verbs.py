@@ -138,6 +138,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         + f", failed {result['failed']}",
         file=sys.stderr,
     )
+    for true, routes in result["by_class"].items():  # crops found in class folders
+        n = sum(routes.values())
+        print(
+            f"  labelled {true} ({n}): " + ", ".join(f"{k} {v}" for k, v in routes.items()),
+            file=sys.stderr,
+        )
     if args.out:
         print(f"wrote {args.out}", file=sys.stderr)
     if queue is not None:

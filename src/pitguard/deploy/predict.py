@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pitguard.data.layout import IMAGE_SUFFIXES
+from pitguard.data.layout import CLASS_ALIASES, IMAGE_SUFFIXES
 from pitguard.deploy.bundle import load_deploy_module
 from pitguard.deploy.queue import ReviewQueue
 from pitguard.devices import pick_device
@@ -266,11 +266,14 @@ def predict_files(
 ) -> dict:
     """Classify files and folders, streaming: decoded ``batch_size`` at a time, each row written
     (and passed to ``on_row``) in input order as its batch is done. Unreadable files and
-    folders get a row with their error; ``queue`` keeps the crops routed to review."""
+    folders get a row with their error; ``queue`` keeps the crops routed to review. A crop in a
+    class folder (cherry_clean/, pit/, ...) gets that class as its true label, and the routes
+    are also counted per true class."""
     from pitguard.data.load import DecodeOptions, decode_bytes, read_crop
 
     opts = DecodeOptions(size=predictor.size)
     counts = dict.fromkeys(ROUTES, 0)
+    by_class: dict[str, dict[str, int]] = {}  # true class -> routes, for crops in class folders
     kept: list[dict] = []
     n = failed = 0
     with _row_writer(out_csv) as write:
@@ -287,6 +290,8 @@ def predict_files(
                     route, p, label, why = next(done)
                     row.update(route=route, p_pit=f"{float(p):.6f}", predicted=label, reason=why)
                     counts[route] += 1
+                    if row["true_label"]:
+                        by_class.setdefault(row["true_label"], dict.fromkeys(ROUTES, 0))[route] += 1
                     if queue is not None:
                         queue.offer(arr, row["path"], route, float(p))
                 else:
@@ -305,6 +310,7 @@ def predict_files(
             n += 1
             progress.update()
             row = dict.fromkeys(ROW_FIELDS, "") | {"path": str(path), "error": reason or ""}
+            row["true_label"] = CLASS_ALIASES.get(Path(path).parent.name.lower(), "")
             arr = None
             if reason is None:
                 data = read_crop(path)  # regular files only: a FIFO or device is listed unread
@@ -327,6 +333,7 @@ def predict_files(
         "n": n,
         "failed": failed,
         "routes": counts,
+        "by_class": by_class,
         "rows": kept if keep_rows else None,
         "queued": queue.kept if queue is not None else None,
     }
