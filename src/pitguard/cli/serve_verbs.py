@@ -138,6 +138,18 @@ def add_serve(sub: Verbs) -> None:
     )
     p.add_argument("--backend", default="auto", help=serving_backends())
     p.add_argument("--threads", type=THREADS, default=0, help="CPU threads (default: all cores)")
+    _add_limits(p)
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="require Authorization: Bearer TOKEN (the file's content) on classify and metrics",
+    )
+    p.add_argument("--docs", action="store_true", help="serve /docs and /openapi.json")
+    add_queue_args(p)
+
+
+def _add_limits(p) -> None:
+    """What the server takes on at once, and how long it waits: overload gets a 503."""
     p.add_argument(
         "--max-in-flight",
         type=COUNT,
@@ -176,10 +188,3 @@ def add_serve(sub: Verbs) -> None:
         default=8.0,
         help="largest request body in MiB (default 8: 128 .npy crops of 128 px)",
     )
-    p.add_argument(
-        "--token-file",
-        metavar="FILE",
-        help="require Authorization: Bearer TOKEN (the file's content) on classify and metrics",
-    )
-    p.add_argument("--docs", action="store_true", help="serve /docs and /openapi.json")
-    add_queue_args(p)
