@@ -269,7 +269,7 @@ def predict_files(
     folders get a row with their error; ``queue`` keeps the crops routed to review. A crop in a
     class folder (cherry_clean/, pit/, ...) gets that class as its true label, and the routes
     are also counted per true class."""
-    from pitguard.data.load import DecodeOptions, decode_bytes, read_crop
+    from pitguard.data.load import DecodeOptions
 
     opts = DecodeOptions(size=predictor.size)
     counts = dict.fromkeys(ROUTES, 0)
@@ -309,17 +309,7 @@ def predict_files(
         for path, reason in files:
             n += 1
             progress.update()
-            row = dict.fromkeys(ROW_FIELDS, "") | {"path": str(path), "error": reason or ""}
-            row["true_label"] = CLASS_ALIASES.get(Path(path).parent.name.lower(), "")
-            arr = None
-            if reason is None:
-                data = read_crop(path)  # regular files only: a FIFO or device is listed unread
-                if isinstance(data, str):
-                    row["error"] = data
-                else:
-                    arr, problem = decode_bytes(data, str(path), opts)
-                    if arr is None:
-                        row["error"] = problem.reason if problem else "unreadable"
+            row, arr = _read_row(path, reason, opts)
             pending.append((row, arr))
             n_arrays += arr is not None
             if n_arrays >= batch_size:
@@ -337,3 +327,22 @@ def predict_files(
         "rows": kept if keep_rows else None,
         "queued": queue.kept if queue is not None else None,
     }
+
+
+def _read_row(path: Path, reason: str | None, opts) -> tuple[dict, np.ndarray | None]:
+    """A file's prediction row so far (its true label where its folder names a class, or its
+    error) and its decoded crop, or None where it cannot be read."""
+    from pitguard.data.load import decode_bytes, read_crop
+
+    row = dict.fromkeys(ROW_FIELDS, "") | {"path": str(path), "error": reason or ""}
+    row["true_label"] = CLASS_ALIASES.get(Path(path).parent.name.lower(), "")
+    if reason is not None:
+        return row, None
+    data = read_crop(path)  # regular files only: a FIFO or device is listed unread
+    if isinstance(data, str):
+        row["error"] = data
+        return row, None
+    arr, problem = decode_bytes(data, str(path), opts)
+    if arr is None:
+        row["error"] = problem.reason if problem else "unreadable"
+    return row, arr
