@@ -71,12 +71,29 @@ def _crc_needed(max_rate: float) -> int:
     return max(1, math.ceil(1 / max_rate - 1 - 1e-9))
 
 
-def _refuse_too_few_for_expected(guarantee: str, n: int, rate: float, what: str, crops: str):
+# What each threshold is certified on: (crops, failures, bound, the flag that sets it)
+_CERTIFIED_ON = {
+    "t_low": ("pits", "misses", "pit-miss", "--max-pit-miss"),
+    "t_high": ("clean crops", "false rejects", "false-reject", "--max-false-reject"),
+}
+
+
+def _refuse_too_few(guarantee: str, n: int, rate: float, confidence: float, what: str) -> None:
+    """Refuse, saying what would do, when ``n`` calibration crops cannot certify ``rate`` for
+    threshold ``what`` even with no failure."""
+    crops, failures, bound, flag = _CERTIFIED_ON[what]
     if guarantee == "expected" and n < _crc_needed(rate):
         raise PitguardError(
             f"cannot certify {what}: an expected rate of {_pct(rate)} needs at least "
             f"{_crc_needed(rate)} {crops} (conformal risk control bounds it by (failures + 1) / "
             f"({crops} + 1)); the calibration data has {n} {crops}"
+        )
+    need = min_pits_needed(rate, confidence)
+    if guarantee == "exact" and n < need:
+        raise PitguardError(
+            f"cannot certify {what}: needs at least {need} {crops} with zero {failures} for a "
+            f"{_pct(rate)} {bound} bound at {_pct(confidence)} confidence; the calibration data "
+            f"has {n} {crops}" + _best_supported(n, confidence, flag, crops)
         )
 
 
@@ -207,15 +224,7 @@ def _lowest_certified_t_high(
     clean_below: np.ndarray, n_clean: int, max_false_reject: float, confidence, guarantee
 ) -> int:
     """Index of the lowest t_high whose false-reject bound is certified, scanning downward."""
-    _refuse_too_few_for_expected(guarantee, n_clean, max_false_reject, "t_high", "clean crops")
-    need_clean = min_pits_needed(max_false_reject, confidence)
-    if guarantee == "exact" and n_clean < need_clean:
-        raise PitguardError(
-            f"cannot certify t_high: needs at least {need_clean} clean crops with zero "
-            f"false rejects for a {_pct(max_false_reject)} false-reject bound at "
-            f"{_pct(confidence)} confidence; the calibration data has {n_clean} clean crops"
-            + _best_supported(n_clean, confidence, "--max-false-reject", "clean crops")
-        )
+    _refuse_too_few(guarantee, n_clean, max_false_reject, confidence, "t_high")
     false_rejects = n_clean - clean_below  # never increases with t
     kf_max = _allowed_failures(n_clean, max_false_reject, confidence, guarantee)
     # The certified t_high form a suffix; the top candidate (above 1) rejects nothing, so the
@@ -254,15 +263,7 @@ def choose_thresholds(
 
     if guarantee not in GUARANTEE_KINDS:
         raise PitguardError(f"guarantee {guarantee!r}: choose {' or '.join(GUARANTEE_KINDS)}")
-    _refuse_too_few_for_expected(guarantee, n_pits, max_pit_miss, "t_low", "pits")
-    need = min_pits_needed(max_pit_miss, confidence)
-    if guarantee == "exact" and n_pits < need:
-        raise PitguardError(
-            f"cannot certify t_low: needs at least {need} pits with zero misses for a "
-            f"{_pct(max_pit_miss)} pit-miss bound at {_pct(confidence)} confidence; the "
-            f"calibration data has {n_pits} pits"
-            + _best_supported(n_pits, confidence, "--max-pit-miss", "pits")
-        )
+    _refuse_too_few(guarantee, n_pits, max_pit_miss, confidence, "t_low")
 
     t, pits_below, clean_below = _candidates(p, y)
     below = pits_below + clean_below
