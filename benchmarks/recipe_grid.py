@@ -214,7 +214,7 @@ def main() -> int:
     out_json = Path(args.json or Path(args.out) / "grid.json")
     seeds = [int(s) for s in args.split_seeds.split(",")]
     deadline = time.time() + 60 * args.deadline_minutes if args.deadline_minutes else float("inf")
-    jobs = [(n, s, seed) for n, s in variants.items() for seed in seeds]
+    jobs = [(n, s, seed) for seed in seeds for n, s in variants.items()]  # paired seed by seed
     records: list[dict] = []
 
     def save() -> None:

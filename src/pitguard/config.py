@@ -51,6 +51,7 @@ Weights = Literal["none", "imagenet"]
 Optimizer = Literal["adamw", "adam", "sgd"]
 Schedule = Literal["cosine", "step", "constant"]
 Balance = Literal["none", "loss", "sampler"]
+Loss = Literal["ce", "focal"]
 SelectMetric = Literal["val_accuracy", "val_balanced_accuracy", "val_loss", "last"]
 Device = Literal["auto", "cpu", "cuda"]
 Tracking = Literal["tensorboard", "mlflow"]
@@ -122,6 +123,9 @@ class TrainConfig:
     step_gamma: PositiveFloat = 0.1  # step schedule: decay factor
     label_smoothing: Fraction = 0.0  # share of the target spread over the other classes
     balance: Balance = "none"  # none, loss (class-weighted loss) or sampler (balanced sampling)
+    loss: Loss = "ce"  # ce (cross-entropy) or focal: each crop's loss scaled by (1 - p_true)^gamma
+    focal_gamma: NonNegative = 2.0  # focal loss only: how much crops already scored right count less
+    pit_weight: PositiveFloat = 1.0  # the pit class's weight in the loss, times balance's weight
     ema_decay: Fraction = 0.0  # weight EMA decay per step; 0 disables; the EMA is what is selected
     amp: bool = True  # bf16 autocast on GPU and on CPUs with native bf16 (AVX512-BF16/AMX)
     teacher: str | None = None  # a trained run folder whose soft labels the model also learns

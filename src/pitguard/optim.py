@@ -10,6 +10,7 @@ import torch
 from timm.scheduler import CosineLRScheduler, StepLRScheduler
 
 from pitguard.config import Config
+from pitguard.losses import class_weights
 from pitguard.models import PitguardNet, classifier_params
 
 
@@ -67,11 +68,6 @@ def make_scheduler(cfg: Config, optimizer, steps_per_epoch: int, epochs: int | N
             t_in_epochs=False,
         )
     return StepLRScheduler(optimizer, decay_t=total + 1, decay_rate=1.0, t_in_epochs=False)
-
-
-def class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
-    counts = torch.bincount(labels, minlength=n_classes).float().clamp_min(1)
-    return counts.sum() / (n_classes * counts)
 
 
 def epoch_order(labels: torch.Tensor, balance: str, generator: torch.Generator) -> torch.Tensor:

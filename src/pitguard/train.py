@@ -35,8 +35,9 @@ from pitguard.epoch import (
 from pitguard.errors import PitguardError
 from pitguard.files import clear_stale_temps, hold_lock, write_json
 from pitguard.log import quiet
+from pitguard.losses import make_loss
 from pitguard.models import PitguardNet
-from pitguard.optim import class_weights, epoch_order, make_optimizer, make_scheduler
+from pitguard.optim import epoch_order, make_optimizer, make_scheduler
 from pitguard.plots import plot_history
 from pitguard.progress import describe_counts, eta_text, over_budget, say_estimate
 from pitguard.runfolder import (
@@ -157,8 +158,7 @@ def _train(cfg, run: Path, dist, resume, stop_after, clock, plan_only, on_epoch)
     images = train_part.images.to(device) if device.type == "cuda" else train_part.images
     labels = train_part.labels.to(device) if device.type == "cuda" else train_part.labels
     steps_per_epoch = max(1, len(train_part) // cfg.train.batch_size)
-    weight = class_weights(train_part.labels, n_classes) if cfg.train.balance == "loss" else None
-    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.train.label_smoothing)
+    loss_fn = make_loss(cfg.train, train_part.labels, n_classes, crops.classes.index("pit"))
     loss_fn.to(device)  # the class weights, a buffer
 
     def make_stepper(model: PitguardNet, epochs: int, probe: bool = False) -> Stepper:
