@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pitguard.evaluate import evaluate_run
-from pitguard.files import read_json, write_json
-from pitguard.runfolder import RunPaths, load_part, load_policy, load_run
+from pitguard.core.files import read_json, write_json
+from pitguard.evaluate.run import evaluate_run
+from pitguard.models.runfolder import RunPaths, load_part, load_policy, load_run
 from pitguard.runtime.backends import BACKENDS
 from pitguard.runtime.classifier import Classifier
 from pitguard.runtime.routes import ROUTES, route

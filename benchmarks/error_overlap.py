@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pitguard.errors import PitguardError
-from pitguard.files import write_json
-from pitguard.metrics import classification_report
-from pitguard.runfolder import load_part, load_run, run_logits
+from pitguard.core.errors import PitguardError
+from pitguard.core.files import write_json
+from pitguard.evaluate.metrics import classification_report
+from pitguard.models.runfolder import load_part, load_run, run_logits
 
 
 def part_probs(run: Path, part: str) -> tuple[list[str], np.ndarray, np.ndarray, tuple[str, ...]]:

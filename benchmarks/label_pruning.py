@@ -9,7 +9,7 @@ test; writes JSON, prints a short table.
 2. The train part alone is dealt into two stratified folds, duplicate groups whole. A model of
    the recipe (`--fold-epochs` epochs, its last epoch kept) trains on each fold and scores the
    other, so every train crop gets a score from a model that never saw it.
-3. Train crops whose score contradicts their label are dropped (`pitguard.review.rank_suspects`:
+3. Train crops whose score contradicts their label are dropped (`pitguard.decision.review.rank_suspects`:
    each class has its own threshold, the mean score of its own crops). Val, calib and test keep
    every crop and label, so the figures compare with a run of the recipe on the whole train part,
    and the calibration's promise still holds for the labels as given.
@@ -34,14 +34,14 @@ import numpy as np
 import torch
 
 from pitguard.config import Config, load_config
-from pitguard.crossfit import deal_folds, fixed_run, fold_split, split_rows
+from pitguard.core.errors import PitguardError
+from pitguard.core.files import write_json
 from pitguard.data.manifest import ManifestRow, write_manifest
-from pitguard.errors import PitguardError
-from pitguard.evaluate import evaluate_run
-from pitguard.files import write_json
-from pitguard.review import rank_suspects
-from pitguard.runfolder import RunPaths, load_part, load_run, run_logits
-from pitguard.train import train
+from pitguard.decision.review import rank_suspects
+from pitguard.evaluate.run import evaluate_run
+from pitguard.models.runfolder import RunPaths, load_part, load_run, run_logits
+from pitguard.train.crossfit import deal_folds, fixed_run, fold_split, split_rows
+from pitguard.train.loop import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data/cherry_classification/train"
 PARTS = ("val", "calib", "test")

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 from scipy import special, stats
 
-from pitguard.certify import choose_thresholds
-from pitguard.errors import PitguardError
-from pitguard.files import read_json, write_json
-from pitguard.oof import read_oof
-from pitguard.policy import pit_probability
-from pitguard.runfolder import RunPaths, load_part, load_run, run_logits
+from pitguard.core.errors import PitguardError
+from pitguard.core.files import read_json, write_json
+from pitguard.decision.certify import choose_thresholds
+from pitguard.evaluate.oof import read_oof
+from pitguard.models.runfolder import RunPaths, load_part, load_run, run_logits
+from pitguard.runtime.policy import pit_probability
 
 # Calibration sizes of the shared crops: the default split's calib part, and the pool of a
 # cross-fitted run (everything outside the same test part).

@@ -23,14 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pitguard.calibrate import calibrate_run
+from pitguard.core.errors import PitguardError
+from pitguard.core.files import read_json, write_json
 from pitguard.data.manifest import read_manifest, write_manifest
-from pitguard.errors import PitguardError
-from pitguard.evaluate import evaluate_run
-from pitguard.files import read_json, write_json
-from pitguard.policy import DecisionPolicy
-from pitguard.runfolder import INNER_FOLDERS, RunPaths, is_run
-from pitguard.views import TTA_MODES
+from pitguard.decision.calibrate import calibrate_run
+from pitguard.evaluate.run import evaluate_run
+from pitguard.models.runfolder import INNER_FOLDERS, RunPaths, is_run
+from pitguard.models.views import TEST_TIME_VIEWS
+from pitguard.runtime.policy import DecisionPolicy
 
 PARTS = ("val", "calib", "test")
 # A copy keeps what evaluating it needs. Checkpoints, plots, folds and everything scored or
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("runs", nargs="+", type=Path, metavar="RUN")
-    ap.add_argument("--views", default="none,hflip,d8", help=f"from {', '.join(TTA_MODES)}")
+    ap.add_argument("--views", default="none,hflip,d8", help=f"from {', '.join(TEST_TIME_VIEWS)}")
     ap.add_argument("--out", type=Path, default=Path("runs/test-time-views"))
     ap.add_argument("--json", type=Path, help="default OUT/test_time_views.json")
     ap.add_argument("--n-boot", type=int, default=1000)
@@ -132,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-false-reject", type=float, default=0.05)
     args = ap.parse_args(argv)
     views = [v.strip() for v in args.views.split(",") if v.strip()]
-    bad = [v for v in views if v not in TTA_MODES]
+    bad = [v for v in views if v not in TEST_TIME_VIEWS]
     if bad or not views:
-        raise PitguardError(f"--views {args.views}: choose from {', '.join(TTA_MODES)}")
+        raise PitguardError(f"--views {args.views}: choose from {', '.join(TEST_TIME_VIEWS)}")
     not_runs = [str(r) for r in args.runs if not is_run(r)]
     if not_runs:
         raise PitguardError(

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from pitguard.config import load_config
-from pitguard.evaluate import evaluate_run
-from pitguard.train import train
+from pitguard.evaluate.run import evaluate_run
+from pitguard.train.loop import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data/cherry_classification/train"
 

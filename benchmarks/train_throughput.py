@@ -9,7 +9,7 @@ left out of both because torchvision has none). The baseline cuts the recipe's c
 before augmenting, as pitguard does; it augments all three channels where pitguard augments the
 ones the model reads. Measured in one run on this machine:
 
-- pitguard: ``pitguard.train.train_one_epoch``, the loop ``pitguard train`` runs (uint8 crops in
+- pitguard: ``pitguard.train.loop.train_one_epoch``, the loop ``pitguard train`` runs (uint8 crops in
   memory, batched kornia augmentation, bf16 autocast and channels-last where the device has them,
   EMA as the recipe sets it);
 - baseline: torchvision ImageFolder + PIL transforms + DataLoader, and the plain float32 step a
@@ -34,13 +34,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pitguard.augment import build_augment
 from pitguard.config import load_config
+from pitguard.data.augment import build_augment
 from pitguard.data.layout import find_dataset
 from pitguard.data.load import load_crops
-from pitguard.epoch import Stepper, train_one_epoch, use_bf16
-from pitguard.models import build_model, live_channels, make_contract
-from pitguard.optim import make_optimizer, make_scheduler
+from pitguard.models.nets import build_model, live_channels, make_contract
+from pitguard.train.epoch import Stepper, train_one_epoch, use_bf16
+from pitguard.train.optim import make_optimizer, make_scheduler
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data/cherry_classification/train"
 

@@ -103,7 +103,7 @@ def train_tiny(
     """Train pitguard_tiny on synthetic crops in ROOT/crops (made on first use); the run folder."""
     from pitguard.config import load_config
     from pitguard.data.synth import synthesize
-    from pitguard.train import train
+    from pitguard.train.loop import train
 
     crops = root / "crops"
     if not crops.exists():
@@ -134,7 +134,7 @@ def trained_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def calibrated_run(trained_run, tmp_path_factory) -> Path:
     """A copy of ``trained_run`` with a calibrated decision (5% bound at 90%). Do not modify."""
-    from pitguard.calibrate import calibrate_run
+    from pitguard.decision.calibrate import calibrate_run
 
     run = copy_run(trained_run, tmp_path_factory.mktemp("calibrated") / "run")
     calibrate_run(run, max_pit_miss=SESSION_MAX_PIT_MISS, confidence=SESSION_CONFIDENCE)
@@ -175,7 +175,7 @@ def crossfit_crops(tmp_path_factory) -> Path:
 def crossfit_run(crossfit_crops, tmp_path_factory) -> Path:
     """A 3-fold cross-fitted run of pitguard_tiny (oof.csv, folds/, a final model). Do not modify."""
     from pitguard.config import load_config
-    from pitguard.crossfit import crossfit
+    from pitguard.train.crossfit import crossfit
 
     cfg = load_config(
         "small-fast", sets=list(CROSSFIT_SETS), extra={"data.path": str(crossfit_crops)}
@@ -189,7 +189,7 @@ def copy_run(run: Path, dest: Path) -> Path:
     """A run folder copied for a test that changes it; its split still points at the same crops."""
     shutil.copytree(run, dest)
     from pitguard.data.manifest import read_manifest, write_manifest
-    from pitguard.runfolder import RunPaths
+    from pitguard.models.runfolder import RunPaths
 
     manifest = RunPaths(dest).split
     if manifest.is_file():  # its paths are relative to the run folder: rewrite them

@@ -4,7 +4,7 @@ import pytest
 
 from pitguard.cli import main
 from pitguard.config import build_config, config_from_dict, load_config, parse_set
-from pitguard.errors import ConfigError, PitguardError
+from pitguard.core.errors import ConfigError, PitguardError
 from pitguard.recipes import recipe_names
 
 ALL_RECIPES = {

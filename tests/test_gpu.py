@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from pitguard.config import load_config
-from pitguard.files import read_json
-from pitguard.train import train
+from pitguard.core.files import read_json
+from pitguard.train.loop import train
 
 pytestmark = [
     pytest.mark.gpu,

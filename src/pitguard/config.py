@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pitguard.errors import ConfigError, PitguardError
-from pitguard.recipes import flatten, read_overrides, recipe_text
+from pitguard.core.errors import ConfigError, PitguardError
+from pitguard.recipes import flatten, parse_set, read_overrides, recipe_text
 
 
 @dataclass(frozen=True)
@@ -81,9 +81,8 @@ class ModelConfig:
     downsample_mode: DownsampleMode = "average"  # learned: the first conv reads every pixel
     crop: CropSide = 0  # centre square (px) the model reads before pooling; 0 = the whole crop
     upsample: PositiveInt = 1  # enlarge the crop this many times inside the model (bilinear)
-    # logits averaged over the crop's views, flipped (hflip), quarter turns (rot4) or both (d8)
-    # at inference (eval, calibration, the exported graph); training reads one view
-    tta: TestTimeViews = "none"
+    # test-time views: logits averaged over flips (hflip), quarter turns (rot4) or both (d8)
+    tta: TestTimeViews = "none"  # at inference (eval, calibration, the exported graph) only
     drop_rate: Fraction = 0.0  # dropout before the classifier
     drop_path_rate: Fraction = 0.0  # stochastic depth, where the architecture has it
     freeze_backbone: bool = False  # train the classifier head only (the production recipe)
@@ -124,7 +123,9 @@ class TrainConfig:
     label_smoothing: Fraction = 0.0  # share of the target spread over the other classes
     balance: Balance = "none"  # none, loss (class-weighted loss) or sampler (balanced sampling)
     loss: Loss = "ce"  # ce (cross-entropy) or focal: each crop's loss scaled by (1 - p_true)^gamma
-    focal_gamma: NonNegative = 2.0  # focal loss only: how much crops already scored right count less
+    focal_gamma: NonNegative = (
+        2.0  # focal loss only: how much crops already scored right count less
+    )
     pit_weight: PositiveFloat = 1.0  # the pit class's weight in the loss, times balance's weight
     ema_decay: Fraction = 0.0  # weight EMA decay per step; 0 disables; the EMA is what is selected
     amp: bool = True  # bf16 autocast on GPU and on CPUs with native bf16 (AVX512-BF16/AMX)
@@ -162,8 +163,7 @@ def _sections() -> dict[str, type]:
     return {k: v for k, v in typing.get_type_hints(Config).items() if k != "recipe"}
 
 
-def field_types(section_cls: type) -> dict[str, Any]:
-    """Each field's type with its ``Annotated`` range and ``Literal`` choices kept."""
+def field_types(section_cls: type) -> dict[str, Any]:  # with ranges and choices kept
     return typing.get_type_hints(section_cls, include_extras=True)
 
 
@@ -210,8 +210,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        words = {"true": True, "yes": True, "1": True, "on": True}
-        words.update({"false": False, "no": False, "0": False, "off": False})
+        words = dict.fromkeys(("true", "yes", "1", "on"), True) | dict.fromkeys(
+            ("false", "no", "0", "off"), False
+        )
         if isinstance(value, str) and value.lower() in words:
             return words[value.lower()]
         raise ValueError(f"expected true or false, got {value!r}")
@@ -341,21 +342,6 @@ def build_config(
     if related := _check_relations(cfg, source) if relations else []:
         raise ConfigError(related)
     return cfg
-
-
-def parse_set(items: list[str] | None) -> dict[str, str]:
-    """``--set section.key=value`` strings into overrides (values are parsed by the field's type)."""
-    out: dict[str, str] = {}
-    problems = []
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or "." not in key:
-            problems.append(f"--set {item!r}: write section.key=value, e.g. train.lr=3e-4")
-            continue
-        out[key.strip()] = value.strip()
-    if problems:
-        raise ConfigError(problems)
-    return out
 
 
 def load_config(

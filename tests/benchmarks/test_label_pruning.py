@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pitguard.crossfit import deal_folds
+from pitguard.core.errors import PitguardError
 from pitguard.data.manifest import ManifestRow, read_manifest
-from pitguard.errors import PitguardError
+from pitguard.train.crossfit import deal_folds
 from tests.conftest import load_benchmark
 
 

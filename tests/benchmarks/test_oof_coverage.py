@@ -4,7 +4,7 @@ the simulation does catch a final model that scores unlike its fold models."""
 import numpy as np
 import pytest
 
-from pitguard.errors import PitguardError
+from pitguard.core.errors import PitguardError
 from tests.conftest import load_benchmark
 
 coverage = load_benchmark("oof_coverage")

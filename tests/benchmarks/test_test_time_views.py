@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from pitguard.errors import PitguardError
-from pitguard.runfolder import RunPaths, load_part, load_run
+from pitguard.core.errors import PitguardError
+from pitguard.models.runfolder import RunPaths, load_part, load_run
 from tests.conftest import load_benchmark, train_tiny
 
 

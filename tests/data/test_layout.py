@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
+from pitguard.core.errors import PitguardError
 from pitguard.data.layout import find_dataset, parse_class_mapping
-from pitguard.errors import PitguardError
 from tests.conftest import random_crop, write_png
 
 

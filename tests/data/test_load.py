@@ -3,9 +3,9 @@ import pytest
 import torch
 from PIL import Image
 
+from pitguard.core.errors import PitguardError
 from pitguard.data.layout import find_dataset
 from pitguard.data.load import DecodeOptions, load_crops
-from pitguard.errors import PitguardError
 from tests.conftest import random_crop, write_png
 
 

@@ -4,8 +4,8 @@ import codecs
 
 import pytest
 
+from pitguard.core.errors import PitguardError
 from pitguard.data.manifest import ManifestRow, read_manifest, write_manifest
-from pitguard.errors import PitguardError
 
 
 def test_round_trip_keeps_rows_and_writes_paths_relative_to_the_manifest(tmp_path):

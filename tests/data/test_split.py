@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from pitguard.cli import main
+from pitguard.core.errors import PitguardError
 from pitguard.data.audit import duplicate_groups
 from pitguard.data.layout import find_dataset
 from pitguard.data.load import load_crops
 from pitguard.data.split import assign_splits, parse_fractions, split_dataset
-from pitguard.errors import PitguardError
 from tests.conftest import random_crop, write_png
 
 

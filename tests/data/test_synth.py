@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pitguard.core.errors import PitguardError
 from pitguard.data.synth import CLASS_FOLDERS, make_crop, make_crops, synthesize
-from pitguard.errors import PitguardError
 
 
 def _red_peak(crop: np.ndarray) -> float:

@@ -9,9 +9,9 @@ import shutil
 import pytest
 
 from pitguard.cli import main
+from pitguard.core.errors import PitguardError
 from pitguard.deploy.bench import bench, format_table
 from pitguard.deploy.timing import parse_backends, parse_batch_sizes
-from pitguard.errors import PitguardError
 
 FAST = {"warmup": 1, "min_runs": 3, "min_seconds": 0, "threads": 1}
 RECORD_KEYS = {

@@ -8,7 +8,7 @@ import sys
 
 # Run in a fresh interpreter: in the test session, other tests have already imported everything.
 # The bundle is loaded with ONNX Runtime, the backend `serve` picks for a bundle with a graph; only
-# the eager backend needs pitguard.models (imported lazily in pitguard.deploy.bundle).
+# the eager backend needs pitguard.models.nets (imported lazily in pitguard.deploy.bundle).
 PROBE = """
 import json, sys
 import numpy as np
@@ -24,16 +24,16 @@ print(json.dumps(sorted(sys.modules)))
 """
 
 FORBIDDEN = (
-    "pitguard.train",
-    "pitguard.augment",
-    "pitguard.optim",
-    "pitguard.calibrate",
-    "pitguard.certify",
-    "pitguard.evaluate",
-    "pitguard.metrics",
-    "pitguard.runfolder",
+    "pitguard.train.loop",
+    "pitguard.data.augment",
+    "pitguard.train.optim",
+    "pitguard.decision.calibrate",
+    "pitguard.decision.certify",
+    "pitguard.evaluate.run",
+    "pitguard.evaluate.metrics",
+    "pitguard.models.runfolder",
     "pitguard.config",
-    "pitguard.models",
+    "pitguard.models.nets",
     "pitguard.data.split",
     "pitguard.data.audit",
     "pitguard.data.synth",
@@ -45,7 +45,7 @@ FORBIDDEN = (
     "kornia",
 )  # each with everything under it
 
-# What stays, and why: pitguard.policy holds the route names and the decision the bundle carries;
+# What stays, and why: pitguard.runtime.policy holds the route names and the decision the bundle carries;
 # pitguard.data.layout names the image suffixes predict_files accepts (with pitguard.data.manifest,
 # which imports only errors and files). pitguard.data.load, the one image decoder, is shared with
 # training but imported only where paths are decoded, since it reads pitguard.config.

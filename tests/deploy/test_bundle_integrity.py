@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import pitguard
-from pitguard.errors import PitguardError
+from pitguard.core.errors import PitguardError
 
 
 @pytest.fixture

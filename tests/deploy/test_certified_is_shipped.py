@@ -16,12 +16,12 @@ import pytest
 import torch
 
 import pitguard
-from pitguard.calibrate import calibrate_run
+from pitguard.core.errors import PitguardError
+from pitguard.decision.calibrate import calibrate_run
 from pitguard.deploy.bundle import DeployModule
 from pitguard.deploy.export import export_run
-from pitguard.errors import PitguardError
-from pitguard.evaluate import evaluate_run
-from pitguard.runfolder import load_policy, load_run
+from pitguard.evaluate.run import evaluate_run
+from pitguard.models.runfolder import load_policy, load_run
 from tests.conftest import (
     SESSION_CONFIDENCE,
     SESSION_MAX_PIT_MISS,
@@ -155,7 +155,7 @@ def unfinished_run(tmp_path_factory) -> Path:
     """pitguard_tiny stopped after 1 of 2 planned epochs, as an interrupted run is."""
     from pitguard.config import load_config
     from pitguard.data.synth import synthesize
-    from pitguard.train import train
+    from pitguard.train.loop import train
 
     root = tmp_path_factory.mktemp("unfinished")
     synthesize(root / "crops", count=600, seed=5, difficulty=0.2)

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from pitguard.cli import main
+from pitguard.core.errors import PitguardError
 from pitguard.deploy import export as export_mod
 from pitguard.deploy.bundle import sanitize_denormals
 from pitguard.deploy.export import export_run
-from pitguard.errors import PitguardError
-from pitguard.runfolder import load_run
+from pitguard.models.runfolder import load_run
 from tests.conftest import SESSION_MAX_PIT_MISS, copy_run
 
 
@@ -124,7 +124,7 @@ def _predicts_as_the_run(net, bundle) -> None:
 
 def test_a_run_with_learned_downsampling_exports_and_predicts_alike(tmp_path):
     """The stacked pixel blocks survive the bundle: ONNX and the rebuilt eager module agree."""
-    from pitguard.runfolder import load_run
+    from pitguard.models.runfolder import load_run
     from tests.conftest import train_tiny
 
     sets = ["model.crop=96", "model.downsample=2", "model.downsample_mode=learned"]
@@ -142,7 +142,7 @@ def test_a_run_that_upsamples_exports_and_predicts_alike(tmp_path):
     """The enlargement inside the model is one graph node: ONNX and eager agree."""
     import onnx
 
-    from pitguard.runfolder import load_run
+    from pitguard.models.runfolder import load_run
     from tests.conftest import train_tiny
 
     run = train_tiny(tmp_path, sets=["model.crop=48", "model.upsample=2", "model.normalize=data"])
@@ -163,7 +163,7 @@ def test_a_run_with_test_time_views_exports_them_into_the_graph(tmp_path):
     import numpy as np
 
     from pitguard.deploy.predict import Predictor
-    from pitguard.runfolder import load_run
+    from pitguard.models.runfolder import load_run
     from tests.conftest import random_crop, train_tiny
 
     run = train_tiny(tmp_path, sets=["model.tta=d8", "model.normalize=data"])

@@ -10,8 +10,8 @@ from PIL import Image
 
 import pitguard
 from pitguard.cli import main
+from pitguard.core.errors import PitguardError
 from pitguard.data.synth import make_crops, synthesize
-from pitguard.errors import PitguardError
 
 
 def test_predictor_backends_agree_on_routes(bundle):

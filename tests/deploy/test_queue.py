@@ -11,13 +11,13 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from pitguard.core.errors import PitguardError
 from pitguard.data.layout import find_dataset
 from pitguard.data.manifest import read_manifest
+from pitguard.decision.review import apply_relabel, review_run
 from pitguard.deploy.predict import Predictor, predict_files
-from pitguard.deploy.queue import ReviewQueue, parse_routes
 from pitguard.deploy.serve import create_app
-from pitguard.errors import PitguardError
-from pitguard.review import apply_relabel, review_run
+from pitguard.runtime.queue import ReviewQueue, parse_routes
 
 
 @pytest.fixture(scope="module")

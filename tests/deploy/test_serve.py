@@ -20,7 +20,7 @@ from PIL import Image
 
 from pitguard.deploy.predict import Predictor
 from pitguard.deploy.serve import create_app
-from pitguard.policy import ROUTES
+from pitguard.runtime.policy import ROUTES
 
 # `bundle` (tests/conftest.py) is the session's calibrated pitguard_tiny exported with ONNX and
 # INT8; its crops are the 600 synthetic ones `trained_run` was trained on.

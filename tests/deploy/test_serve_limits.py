@@ -207,7 +207,7 @@ def test_a_request_that_would_wait_too_long_gets_503(bundle, png):
 
 
 def test_the_defaults_keep_cpu_model_calls_and_in_flight_work_small(bundle):
-    from pitguard.devices import usable_cores
+    from pitguard.core.devices import usable_cores
 
     app = create_app(bundle)
     if app.state.predictor.device == "cuda":

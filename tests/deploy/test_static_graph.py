@@ -6,8 +6,8 @@ from timm.layers import Conv2dSame
 
 from pitguard.deploy.bundle import DeployModule
 from pitguard.deploy.static_graph import for_fixed_size
-from pitguard.models import InputContract, build_model
-from pitguard.policy import DecisionPolicy
+from pitguard.models.nets import InputContract, build_model
+from pitguard.runtime.policy import DecisionPolicy
 
 
 def _module(name: str, contract: InputContract) -> DeployModule:

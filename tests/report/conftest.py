@@ -24,9 +24,9 @@ def _make_runs(root: Path, calibrated_run: Path, trained_run: Path) -> None:
     from pitguard.config import load_config
     from pitguard.deploy.bench import bench
     from pitguard.deploy.export import export_run
-    from pitguard.evaluate import evaluate_run
-    from pitguard.runfolder import load_policy
-    from pitguard.train import train
+    from pitguard.evaluate.run import evaluate_run
+    from pitguard.models.runfolder import load_policy
+    from pitguard.train.loop import train
 
     a = copy_run(calibrated_run, root / "runs" / "a")
     evaluate_run(a, policy=load_policy(a), n_boot=200)

@@ -101,11 +101,11 @@ def test_results_measured_under_another_policy_or_other_weights_are_flagged(
 ):
     from safetensors.torch import load_file, save_file
 
-    from pitguard.calibrate import calibrate_run
-    from pitguard.evaluate import evaluate_run
-    from pitguard.files import read_json
+    from pitguard.core.files import read_json
+    from pitguard.decision.calibrate import calibrate_run
+    from pitguard.evaluate.run import evaluate_run
+    from pitguard.models.runfolder import RunPaths, load_policy
     from pitguard.report.collect import run_record
-    from pitguard.runfolder import RunPaths, load_policy
     from tests.conftest import copy_run
 
     run = copy_run(calibrated_run, tmp_path / "run")
@@ -126,10 +126,10 @@ def test_results_measured_under_another_policy_or_other_weights_are_flagged(
 def test_export_refuses_a_policy_calibrated_for_other_weights(calibrated_run, tmp_path):
     import pytest
 
+    from pitguard.core.errors import PitguardError
+    from pitguard.core.files import read_json, write_json
     from pitguard.deploy.export import export_run
-    from pitguard.errors import PitguardError
-    from pitguard.files import read_json, write_json
-    from pitguard.runfolder import RunPaths
+    from pitguard.models.runfolder import RunPaths
     from tests.conftest import copy_run
 
     run = copy_run(calibrated_run, tmp_path / "run")

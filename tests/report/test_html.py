@@ -85,10 +85,10 @@ def test_report_renders_in_headless_chromium(request):
 
 
 def test_a_crossfitted_run_shows_its_label_review_and_plain_summary(crossfit_run, tmp_path):
-    from pitguard.calibrate import calibrate_run
-    from pitguard.evaluate import evaluate_run
+    from pitguard.decision.calibrate import calibrate_run
+    from pitguard.evaluate.run import evaluate_run
+    from pitguard.models.runfolder import load_policy
     from pitguard.report import write_report
-    from pitguard.runfolder import load_policy
     from tests.conftest import copy_run
 
     run = copy_run(crossfit_run, tmp_path / "cf")

@@ -4,7 +4,7 @@ import shutil
 import pytest
 
 from pitguard.cli import main
-from pitguard.errors import PitguardError
+from pitguard.core.errors import PitguardError
 from pitguard.report import write_report
 from pitguard.report.html import section_id
 

@@ -18,7 +18,7 @@ import numpy as np
 
 def main(out: Path) -> None:
     import pitguard
-    from pitguard.calibrate import calibrate_run
+    from pitguard.decision.calibrate import calibrate_run
     from pitguard.deploy.export import export_run
     from tests.conftest import (
         SESSION_CONFIDENCE,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pitguard.errors import PitguardError
+from pitguard.core.errors import PitguardError
 from pitguard.runtime import Classifier
 from tests.runtime.conftest import RUNTIME_ONLY
 

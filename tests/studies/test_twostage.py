@@ -2,7 +2,7 @@ import json
 
 from pitguard.cli import main
 from pitguard.data.manifest import read_manifest
-from pitguard.runfolder import load_run
+from pitguard.models.runfolder import load_run
 
 
 def test_twostage_mines_only_train_val_and_reports_on_original_labels(synth_dir, tmp_path, capsys):

@@ -10,8 +10,8 @@ import threading
 import traceback
 
 from pitguard import __version__
-from pitguard.errors import PitguardError
-from pitguard.log import configure
+from pitguard.core.errors import PitguardError
+from pitguard.core.log import configure
 
 try:
     from pitguard.cli import check_verbs, data_verbs, deploy_verbs, study_verbs, train_verbs
@@ -114,7 +114,7 @@ def _resume_hint(args: argparse.Namespace) -> str:
     run = getattr(args, "resume", None) or getattr(args, "out", None)
     if getattr(args, "verb", None) != "train" or not run:
         return ""
-    from pitguard.runfolder import RunPaths  # only once interrupted: help stays light
+    from pitguard.models.runfolder import RunPaths  # only once interrupted: help stays light
 
     if RunPaths(run).last_checkpoint.is_file():
         return f"; continue with: pitguard train --resume {run}"

@@ -13,9 +13,9 @@ if TYPE_CHECKING:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from pitguard.evaluate import evaluate_run, format_report
-    from pitguard.files import read_json
-    from pitguard.runfolder import RunPaths, load_policy
+    from pitguard.core.files import read_json
+    from pitguard.evaluate.run import evaluate_run, format_report
+    from pitguard.models.runfolder import RunPaths, load_policy
 
     check_out(args.json, "--json", [args.data])
     policy = load_policy(args.run)
@@ -62,7 +62,7 @@ def add_eval(sub: Verbs) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from pitguard.calibrate import calibrate_run
+    from pitguard.decision.calibrate import calibrate_run
 
     rec = calibrate_run(
         args.run,
@@ -98,7 +98,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"guarantee ({rec['mode']}): {rec['guarantee']['statement']}")
     print(format_operating_table(rec["operating_table"], args.confidence))
     print(format_review_cost(rec["review_cost"]))
-    from pitguard.runfolder import RunPaths
+    from pitguard.models.runfolder import RunPaths
 
     paths = RunPaths(Path(args.run))
     print(f"wrote {paths.policy} and {paths.calibration}/")
@@ -191,7 +191,7 @@ def add_calibrate(sub: Verbs) -> None:
 
 
 def cmd_thresholds(args: argparse.Namespace) -> int:
-    from pitguard.calibrate import sweep_run
+    from pitguard.decision.calibrate import sweep_run
 
     sweep = sweep_run(args.run, args.data, args.split, args.min_recall)
     print(f"{sweep['data']}  n={sweep['n']}  (pit when p_pit >= threshold)")

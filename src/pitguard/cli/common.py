@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pitguard.config import ModeRule, SizeRule, choices  # no torch: help stays light
-from pitguard.errors import PitguardError
+from pitguard.core.errors import PitguardError
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -99,7 +99,7 @@ def check_out(
     itself may not be a bundle either."""
     if not out:
         return
-    from pitguard.files import check_output_path
+    from pitguard.core.files import check_output_path
 
     target = Path(os.path.realpath(out))
     around = [target, *target.parents] if folder else list(target.parents)
@@ -116,7 +116,7 @@ def _bundles(folders: list[Path]) -> list[tuple[Path, str]]:
 def _run_files(folders: list[Path]) -> list[tuple[Path, str]]:
     """The files and folders of each run among ``folders`` that only pitguard writes (its
     bench.json excepted: ``pitguard bench --json RUN/bench.json`` is how a run gets one)."""
-    from pitguard.runfolder import RunPaths, is_run
+    from pitguard.models.runfolder import RunPaths, is_run
 
     out: list[tuple[Path, str]] = []
     for folder in folders:
@@ -132,8 +132,8 @@ def _run_files(folders: list[Path]) -> list[tuple[Path, str]]:
 
 def run_data(run: str | Path) -> str | None:
     """The data a run was trained on (its config's data.path), when it is still there."""
-    from pitguard.files import read_json
-    from pitguard.runfolder import RunPaths
+    from pitguard.core.files import read_json
+    from pitguard.models.runfolder import RunPaths
 
     try:
         config = read_json(RunPaths(Path(run)).config) or {}
@@ -146,7 +146,7 @@ def run_data(run: str | Path) -> str | None:
 def write_json_out(obj: dict, path: str | None) -> None:
     """Write ``obj`` to the ``--json`` path when one was given, and say so."""
     if path:
-        from pitguard.files import write_json
+        from pitguard.core.files import write_json
 
         write_json(path, obj)
         print(f"wrote {path}")

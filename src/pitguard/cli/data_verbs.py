@@ -138,7 +138,7 @@ def add_synth(sub: Verbs) -> None:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    from pitguard.review import apply_relabel, review_run
+    from pitguard.decision.review import apply_relabel, review_run
 
     check_out(args.out, "--out", [args.relabel], folder=True)
     check_out(args.json, "--json", [args.relabel])

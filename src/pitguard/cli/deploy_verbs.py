@@ -115,7 +115,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     queue = review_queue(args)
     import csv
 
-    from pitguard.policy import PREDICTION_COLUMNS
+    from pitguard.runtime.policy import PREDICTION_COLUMNS
 
     stdout = csv.DictWriter(sys.stdout, fieldnames=list(PREDICTION_COLUMNS))
     if not args.out:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pitguard.cli.common import COUNT, SHARE, THREADS, number, verb
-from pitguard.errors import PitguardError
+from pitguard.core.errors import PitguardError
 from pitguard.runtime.backends import ALIASES, SERVING  # no torch: help stays light
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ def review_queue(args: argparse.Namespace):
     """The review queue asked for with --queue, or None."""
     if not args.queue:
         return None
-    from pitguard.deploy.queue import ReviewQueue, parse_routes
+    from pitguard.runtime.queue import ReviewQueue, parse_routes
 
     return ReviewQueue(args.queue, parse_routes(args.queue_routes), args.queue_sample)
 

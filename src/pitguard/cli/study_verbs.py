@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pitguard.cli.common import COUNT, check_out, verb, write_json_out
-from pitguard.errors import PitguardError
+from pitguard.core.errors import PitguardError
 
 if TYPE_CHECKING:
     from pitguard.cli.common import Verbs
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pitguard.studies.compare import compare_runs, format_comparison
+    from pitguard.evaluate.compare import compare_runs, format_comparison
 
     check_out(args.json, "--json", [args.data])
     result = compare_runs(args.runs, args.data, args.split)
@@ -48,7 +48,7 @@ def cmd_twostage(args: argparse.Namespace) -> int:
     data = args.data
     if data is None and args.compare:
         # The calibrated run's own split, so both methods are scored on the same test part.
-        from pitguard.runfolder import RunPaths
+        from pitguard.models.runfolder import RunPaths
 
         data = str(RunPaths(Path(args.compare)).split)
     if data is None:
@@ -130,7 +130,7 @@ def add_routing(sub: Verbs) -> None:
 
 
 def cmd_import_torchvision(args: argparse.Namespace) -> int:
-    from pitguard.studies.importer import import_torchvision
+    from pitguard.models.importer import import_torchvision
 
     check_out(args.out, "--out", [args.state_dict], folder=True)
     info = import_torchvision(args.state_dict, args.arch, args.classes, args.out, args.channels)
@@ -200,7 +200,7 @@ def add_report(sub: Verbs) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pitguard.demo import run_demo
+    from pitguard.cli.demo import run_demo
 
     check_out(args.out, "--out", [args.data], folder=True)
     return run_demo(Path(args.out), data=args.data, fast=args.fast)

@@ -7,19 +7,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pitguard.cli.common import COUNT, check_out, verb
-from pitguard.errors import PitguardError
+from pitguard.core.errors import PitguardError
 
 if TYPE_CHECKING:
     from pitguard.cli.common import Verbs
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pitguard.distributed import from_env
+    from pitguard.train.distributed import from_env
 
     if args.nproc is not None:
         return _launch(args)
     if not from_env().main:
-        from pitguard.log import quiet
+        from pitguard.core.log import quiet
 
         quiet()  # one voice per job, rank 0's: the others log warnings only
     return _train(args)
@@ -59,12 +59,12 @@ def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
 
 def _train(args: argparse.Namespace) -> int:
     from pitguard.config import load_config
-    from pitguard.distributed import from_env
-    from pitguard.runfolder import RunPaths
-    from pitguard.train import train
+    from pitguard.models.runfolder import RunPaths
+    from pitguard.train.distributed import from_env
+    from pitguard.train.loop import train
 
     def crossfit(*a, **kw):  # imported when asked for
-        from pitguard.crossfit import crossfit as run_folds
+        from pitguard.train.crossfit import crossfit as run_folds
 
         return run_folds(*a, **kw)
 
@@ -99,7 +99,7 @@ def _train(args: argparse.Namespace) -> int:
             return _report_crossfit(crossfit(cfg, args.out, args.folds, workers=args.workers))
         summary = train(cfg, args.out, stop_after=args.stop_after)
     from_env().stop()
-    from pitguard.distributed import from_env
+    from pitguard.train.distributed import from_env
 
     if from_env().main:
         print(_describe_summary(summary))
@@ -109,7 +109,7 @@ def _train(args: argparse.Namespace) -> int:
 def _check_run_out(out: str, data: str | None) -> None:
     """A new run goes to a new or empty folder, or one a run of pitguard started, never into
     its data (a run folder among the class folders is taken for a class by every verb)."""
-    from pitguard.runfolder import RunPaths
+    from pitguard.models.runfolder import RunPaths
 
     check_out(out, "--out", [data], folder=True)
     path, paths = Path(out), RunPaths(Path(out))
@@ -130,7 +130,7 @@ def _check_run_out(out: str, data: str | None) -> None:
 
 def _free_out(out: str) -> str:
     """OUT, or OUT-2, OUT-3 ... when OUT already holds a run (said, with how to continue it)."""
-    from pitguard.runfolder import RunPaths
+    from pitguard.models.runfolder import RunPaths
 
     def taken(path: str) -> bool:
         paths = RunPaths(Path(path))
@@ -151,7 +151,7 @@ def _dry_run(cfg, folds: int | None) -> int:
 
     import yaml
 
-    from pitguard.train import train
+    from pitguard.train.loop import train
 
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
     with tempfile.TemporaryDirectory(prefix="pitguard-dry-run-") as tmp:
@@ -287,7 +287,7 @@ def add_train(sub: Verbs) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from pitguard.config import load_config
-    from pitguard.sweep import read_space, sweep
+    from pitguard.train.sweep import read_space, sweep
 
     if args.trials < 1:
         raise PitguardError(f"--trials {args.trials}: give 1 or more")
@@ -331,7 +331,7 @@ def _sweep_workers(args: argparse.Namespace, storage: str, study: str) -> int:
     import subprocess
     import sys
 
-    from pitguard.devices import usable_cores
+    from pitguard.core.devices import usable_cores
 
     rest = _without(args.argv, ("--workers", "--storage", "--study", "--seed"))
     rest += ["--storage", storage, "--study", study]

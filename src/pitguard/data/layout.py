@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pitguard.core.errors import PitguardError
 from pitguard.data.manifest import ManifestRow, read_manifest
-from pitguard.errors import PitguardError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 

@@ -17,10 +17,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from pitguard.config import ModeRule, SizeRule, choices
+from pitguard.core.errors import PitguardError
+from pitguard.core.files import atomic_path
+from pitguard.core.progress import Progress
 from pitguard.data.layout import DatasetIndex, Item
-from pitguard.errors import PitguardError
-from pitguard.files import atomic_path
-from pitguard.progress import Progress
 
 CACHE_VERSION = 1
 # Pixels an image may declare before it is refused unread: a decompression bomb's header says

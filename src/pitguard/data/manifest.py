@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pitguard.errors import PitguardError
-from pitguard.files import atomic_write
+from pitguard.core.errors import PitguardError
+from pitguard.core.files import atomic_write
 
 COLUMNS = ("path", "label", "split", "group")
 

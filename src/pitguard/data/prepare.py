@@ -7,11 +7,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from pitguard.config import Config
+from pitguard.core.errors import PitguardError
 from pitguard.data.layout import CANONICAL_ORDER, DatasetIndex, find_dataset, parse_class_mapping
 from pitguard.data.load import Crops, DecodeOptions, load_crops
 from pitguard.data.manifest import write_manifest
 from pitguard.data.split import parse_fractions, split_dataset
-from pitguard.errors import PitguardError
 
 REQUIRED_PARTS = ("train", "val")
 

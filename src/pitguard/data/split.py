@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pitguard.core.errors import PitguardError
 from pitguard.data.audit import duplicate_groups
 from pitguard.data.layout import DatasetIndex, find_dataset
 from pitguard.data.load import Crops, DecodeOptions, load_crops
 from pitguard.data.manifest import ManifestRow, write_manifest
-from pitguard.errors import PitguardError
 
 # Default parts: calib holds ~340 pits of the shared crops, enough for a 1% pit-miss bound at 95%
 # (299 pits with zero misses are the minimum); test is never used for any choice.

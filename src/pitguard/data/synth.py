@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
-from pitguard.errors import PitguardError
+from pitguard.core.errors import PitguardError
 
 CLASS_FOLDERS = ("cherry_clean", "cherry_pit")
 

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pitguard.core.devices import pick_device
+from pitguard.core.errors import PitguardError
 from pitguard.deploy.bundle import DeployModule, save_weights
 from pitguard.deploy.timing import (
     check_backends,
@@ -29,11 +31,9 @@ from pitguard.deploy.timing import (
     loadavg,
     measure,
 )
-from pitguard.devices import pick_device
-from pitguard.errors import PitguardError
-from pitguard.policy import DecisionPolicy
 from pitguard.runtime.backends import BACKENDS
 from pitguard.runtime.bundle import guard_stamp, is_bundle, read_bundle_json, write_bundle_json
+from pitguard.runtime.policy import DecisionPolicy
 
 _log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def resolve_target(target: str) -> str:
         )
     import timm
 
-    import pitguard.models  # noqa: F401  (registers pitguard_tiny and pitguard_small with timm)
+    import pitguard.models.nets  # noqa: F401  (registers pitguard_tiny and pitguard_small with timm)
 
     if timm.is_model(target):
         return "timm"
@@ -78,7 +78,7 @@ def resolve_target(target: str) -> str:
 
 def random_module(name: str, size: int) -> DeployModule:
     """``name`` with random weights (2 classes, default input contract) and a neutral policy."""
-    from pitguard.models import InputContract, build_model
+    from pitguard.models.nets import InputContract, build_model
 
     net = build_model(name, 2, InputContract(size=size))
     return DeployModule(net, DecisionPolicy(1.0, 0.5, 0.5, pit_index=1)).eval()

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from pitguard.policy import DecisionPolicy
 from pitguard.runtime.backends import WEIGHTS_FILE
 from pitguard.runtime.bundle import open_bundle
+from pitguard.runtime.policy import DecisionPolicy
 
 if TYPE_CHECKING:
-    from pitguard.models import PitguardNet
+    from pitguard.models.nets import PitguardNet
 
 # Below the smallest normal float32 (1.18e-38): such weights only cost CPU time as denormals.
 DENORMAL_LIMIT = 1e-30
@@ -38,7 +38,7 @@ class DeployModule(nn.Module):
 
 
 def build_deploy_module(meta: dict) -> DeployModule:
-    from pitguard.models import InputContract, build_model  # the eager backend only
+    from pitguard.models.nets import InputContract, build_model  # the eager backend only
 
     contract = InputContract.from_dict(meta["input"])
     kwargs = meta["model_kwargs"]

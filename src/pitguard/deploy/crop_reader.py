@@ -14,8 +14,8 @@ from fastapi import Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
+from pitguard.core.errors import PitguardError
 from pitguard.deploy.predict import Predictor
-from pitguard.errors import PitguardError
 
 NPY_CONTENT_TYPES = ("application/octet-stream", "application/x-npy")
 NPY_MAGIC = b"\x93NUMPY"

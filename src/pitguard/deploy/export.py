@@ -28,7 +28,9 @@ import numpy as np
 import torch
 
 from pitguard import __version__
-from pitguard.certify import choose_thresholds
+from pitguard.core.errors import PitguardError
+from pitguard.core.files import atomic_path, file_sha256, read_json
+from pitguard.decision.certify import choose_thresholds
 from pitguard.deploy.bundle import DeployModule, sanitize_denormals, save_weights
 from pitguard.deploy.graphs import (
     OPSET,
@@ -41,10 +43,7 @@ from pitguard.deploy.graphs import (
     set_thresholds,
     stamp_graph,
 )
-from pitguard.errors import PitguardError
-from pitguard.files import atomic_path, file_sha256, read_json
-from pitguard.policy import DecisionPolicy, Route, maybe_index, route
-from pitguard.runfolder import (
+from pitguard.models.runfolder import (
     EvalData,
     RunModel,
     RunPaths,
@@ -60,6 +59,7 @@ from pitguard.runtime.bundle import (
     make_bundle_readable,
     write_bundle_json,
 )
+from pitguard.runtime.policy import DecisionPolicy, Route, maybe_index, route
 
 MAX_PROB_DIFF = 1e-4  # fp32 ONNX against the calibrated model on the calib crops
 INT8_MAX_ACCURACY_DROP = 0.01  # argmax accuracy on calib may drop by at most 1 point
@@ -100,7 +100,7 @@ def _train_crops(run: RunModel) -> torch.Tensor | None:
 def _input_guard(run: RunModel, crops: torch.Tensor) -> dict:
     """The guard fitted on the crops the run trained on, or, for a run trained elsewhere (an
     imported one), on the crops it is calibrated on."""
-    from pitguard.guard import InputGuard
+    from pitguard.runtime.guard import InputGuard
 
     return InputGuard.fit(crops.numpy(), run.net.contract.channels).to_dict()
 

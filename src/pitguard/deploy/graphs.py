@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pitguard.core.errors import PitguardError
 from pitguard.deploy.bundle import DeployModule
 from pitguard.deploy.static_graph import for_fixed_size
-from pitguard.errors import PitguardError
 from pitguard.runtime.bundle import (
     INPUT_NAME,
     OUTPUT_NAMES,
@@ -204,7 +204,7 @@ def set_thresholds(path: Path, t_low: float, t_high: float) -> None:
             raise PitguardError(f"{path}: the graph holds no policy.{key}; export it again")
         node, index = uses[key]
         array = numpy_helper.to_array(inits[node.input[index]])
-        name = f"pitguard.policy.{key}"
+        name = f"pitguard.runtime.policy.{key}"
         held = _at_least(value, array.dtype).reshape(array.shape)
         model.graph.initializer.append(numpy_helper.from_array(held, name))
         node.input[index] = name

@@ -13,18 +13,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pitguard.core.devices import pick_device
+from pitguard.core.errors import PitguardError
+from pitguard.core.files import atomic_path, naming_errors
+from pitguard.core.progress import Progress
 from pitguard.data.layout import CLASS_ALIASES, IMAGE_SUFFIXES
 from pitguard.deploy.bundle import load_deploy_module
-from pitguard.deploy.queue import ReviewQueue
-from pitguard.devices import pick_device
-from pitguard.errors import PitguardError
-from pitguard.files import atomic_path, naming_errors
-from pitguard.guard import InputGuard
-from pitguard.policy import PREDICTION_COLUMNS, ROUTES, Route
-from pitguard.progress import Progress
 from pitguard.runtime.backends import auto_backend, get_backend
 from pitguard.runtime.bundle import open_bundle
 from pitguard.runtime.classifier import Classifier
+from pitguard.runtime.guard import InputGuard
+from pitguard.runtime.policy import PREDICTION_COLUMNS, ROUTES, Route
+from pitguard.runtime.queue import ReviewQueue
 
 MAYBE = Route.MAYBE.label
 FLOATS = (np.float32, np.float64, np.float16, torch.float32, torch.float64, torch.float16)

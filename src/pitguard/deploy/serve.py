@@ -28,13 +28,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pitguard.core.devices import usable_cores
+from pitguard.core.errors import PitguardError
 from pitguard.deploy.batching import MicroBatcher
 from pitguard.deploy.crop_reader import CropReader, RequestError
 from pitguard.deploy.predict import Prediction, Predictor
-from pitguard.deploy.queue import ReviewQueue
 from pitguard.deploy.server_metrics import METRICS_CONTENT_TYPE, Metrics
-from pitguard.devices import usable_cores
-from pitguard.errors import PitguardError
+from pitguard.runtime.queue import ReviewQueue
 
 log = logging.getLogger("pitguard.serve")  # one logger for the whole server
 

@@ -8,7 +8,7 @@ import resource
 import sys
 from collections.abc import Callable
 
-from pitguard.policy import ROUTES
+from pitguard.runtime.policy import ROUTES
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

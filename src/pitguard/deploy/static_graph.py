@@ -26,7 +26,7 @@ from timm.layers.padding import pad_same_arg
 from torch import nn
 
 from pitguard.deploy.bundle import DeployModule
-from pitguard.models import PitguardNet, first_conv, first_conv_name
+from pitguard.models.nets import PitguardNet, first_conv, first_conv_name
 
 
 def for_fixed_size(module: DeployModule) -> DeployModule:

@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from pitguard.devices import usable_cores
-from pitguard.errors import PitguardError
+from pitguard.core.devices import usable_cores
+from pitguard.core.errors import PitguardError
 from pitguard.runtime.backends import get_backend
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from pitguard.errors import PitguardError
+from pitguard.core.errors import ConfigError, PitguardError
 
 __all__ = ["flatten", "read_overrides", "recipe_names", "recipe_summary", "recipe_text"]
 
@@ -80,3 +80,18 @@ def read_overrides(text: str, source: str) -> tuple[dict[str, Any], dict[str, in
     if isinstance(root, yaml.MappingNode):
         walk(root, "")
     return flatten(loaded), lines
+
+
+def parse_set(items: list[str] | None) -> dict[str, str]:
+    """``--set section.key=value`` strings into overrides (values are parsed by the field's type)."""
+    out: dict[str, str] = {}
+    problems = []
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            problems.append(f"--set {item!r}: write section.key=value, e.g. train.lr=3e-4")
+            continue
+        out[key.strip()] = value.strip()
+    if problems:
+        raise ConfigError(problems)
+    return out

@@ -18,7 +18,7 @@ def write_report(paths, out_dir: str | Path = "report", baseline: str | Path | N
     The baseline (default: the first run) is compared with every other run on their shared test
     part when their split manifests are identical.
     """
-    from pitguard.files import atomic_write_text, write_json
+    from pitguard.core.files import atomic_write_text, write_json
     from pitguard.report.baseline import records_with_baseline
     from pitguard.report.html import render_html
     from pitguard.report.tables import COLUMNS, format_markdown

@@ -1,6 +1,6 @@
 """Pick the baseline among the reported runs and pair every run's test predictions with it.
 
-The comparison itself is ``pitguard.studies.compare``'s, on the test part the runs share; it is
+The comparison itself is ``pitguard.evaluate.compare``'s, on the test part the runs share; it is
 the one number of the report measured anew rather than read from the runs' files.
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pitguard.errors import PitguardError
+from pitguard.core.errors import PitguardError
+from pitguard.models.runfolder import is_run
 from pitguard.report.collect import run_dirs, run_names, run_record, same_file
-from pitguard.runfolder import is_run
 
 
 def _resolve_baseline(baseline, runs: list[Path], names: list[str]) -> int | list[Path]:
@@ -31,7 +31,7 @@ def _resolve_baseline(baseline, runs: list[Path], names: list[str]) -> int | lis
 
 def compare_with_baseline(base: dict, rec: dict) -> dict:
     """REC against BASE on their shared test part, or why they were not paired."""
-    from pitguard.studies.compare import compare_runs, same_split
+    from pitguard.evaluate.compare import compare_runs, same_split
 
     out: dict = {"baseline": base["run"]}
     if rec is base:

@@ -10,9 +10,9 @@ import math
 import os
 from pathlib import Path
 
-from pitguard.errors import PitguardError
-from pitguard.files import file_sha256, read_json
-from pitguard.runfolder import (
+from pitguard.core.errors import PitguardError
+from pitguard.core.files import file_sha256, read_json
+from pitguard.models.runfolder import (
     BENCH_FILE,
     CALIB_OPERATING_CURVE,
     CALIB_RELIABILITY,

@@ -1,6 +1,6 @@
 """The figures the report draws itself: the most-wrong crops grid and latency against accuracy.
 
-Drawn on ``pitguard.plots``' Agg set-up and returned as PNG bytes, for the page to embed.
+Drawn on ``pitguard.evaluate.plots``' Agg set-up and returned as PNG bytes, for the page to embed.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import csv
 import math
 from pathlib import Path
 
-from pitguard.plots import new_figure, png_bytes
+from pitguard.evaluate.plots import new_figure, png_bytes
 
 WRONG_PER_CLASS = 8  # crops of each class in the "most wrong" grid
 

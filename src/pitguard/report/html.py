@@ -7,10 +7,10 @@ import html
 import re
 from pathlib import Path
 
+from pitguard.models.runfolder import BENCH_FILE
 from pitguard.report.collect import crop_roots
 from pitguard.report.figures import crops_grid_png, latency_accuracy_png, wrong_crops
 from pitguard.report.tables import COLUMNS, table_cells, verdict_cell
-from pitguard.runfolder import BENCH_FILE
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2rem;color:#1d1d1f;
@@ -138,10 +138,10 @@ def _label_review(run: Path, top: int = 16) -> str | None:
     import torch
     from scipy.special import softmax
 
-    from pitguard.oof import read_oof
-    from pitguard.policy import DecisionPolicy, maybe_index
-    from pitguard.review import rank_suspects
-    from pitguard.runfolder import RunPaths, load_policy
+    from pitguard.decision.review import rank_suspects
+    from pitguard.evaluate.oof import read_oof
+    from pitguard.models.runfolder import RunPaths, load_policy
+    from pitguard.runtime.policy import DecisionPolicy, maybe_index
 
     if not RunPaths(run).oof.is_file():
         return None

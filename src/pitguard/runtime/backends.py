@@ -6,7 +6,7 @@ import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
-from pitguard.errors import PitguardError
+from pitguard.core.errors import PitguardError
 
 WEIGHTS_FILE = "model.safetensors"  # the bundle's weights, read by the eager backends
 

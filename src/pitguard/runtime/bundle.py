@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pitguard.errors import PitguardError
-from pitguard.files import file_sha256, read_json, write_json
+from pitguard.core.errors import PitguardError
+from pitguard.core.files import file_sha256, read_json, write_json
 from pitguard.runtime.routes import Route
 
 # 2: the input contract may hold a centre crop; 3: a sha256 per file; 4: unfolded normalization,
@@ -30,7 +30,9 @@ READABLE_BUNDLE_SCHEMAS = (1, 2, 3, 4)
 HASHED_SCHEMA = 3  # from this schema on, every file's sha256 is recorded and checked
 STAMPED_SCHEMA = 4  # from this schema on, every file holds the input guard it ships with
 GUARD_METADATA_KEY = "pitguard.input_guard"  # in safetensors metadata and ONNX metadata_props
-POLICY_METADATA_KEY = "pitguard.policy"  # in ONNX metadata_props: the policy the graph holds
+POLICY_METADATA_KEY = (
+    "pitguard.runtime.policy"  # in ONNX metadata_props: the policy the graph holds
+)
 BUNDLE_JSON = "bundle.json"
 INPUT_NAME = "crops"  # the graph's input and outputs, as ONNX names them
 OUTPUT_NAMES = ("logits", "p_pit", "route")

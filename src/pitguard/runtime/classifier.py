@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pitguard.errors import PitguardError
-from pitguard.guard import InputGuard
+from pitguard.core.errors import PitguardError
 from pitguard.runtime.backends import BACKENDS, PROVIDERS, ort_session, resolve_device
 from pitguard.runtime.bundle import INPUT_NAME, open_bundle, prove_graph
+from pitguard.runtime.guard import InputGuard
 from pitguard.runtime.routes import ROUTES, Route
 
 GRAPHS = tuple(name for name, b in BACKENDS.items() if b.runtime == "onnx")

@@ -7,7 +7,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from pitguard.errors import PitguardError
+from pitguard.core.errors import PitguardError
 
 
 class Route(IntEnum):

@@ -17,15 +17,15 @@ import numpy as np
 import torch
 
 from pitguard.config import Config
+from pitguard.core.errors import PitguardError
+from pitguard.core.files import write_json
 from pitguard.data.layout import find_dataset
 from pitguard.data.load import DecodeOptions, load_crops
 from pitguard.data.manifest import read_manifest, write_manifest
-from pitguard.errors import PitguardError
-from pitguard.files import write_json
-from pitguard.metrics import routed_metrics
-from pitguard.policy import Route
-from pitguard.runfolder import RunPaths, is_run, load_part, load_policy, load_run, run_logits
-from pitguard.train import train
+from pitguard.evaluate.metrics import routed_metrics
+from pitguard.models.runfolder import RunPaths, is_run, load_part, load_policy, load_run, run_logits
+from pitguard.runtime.policy import Route
+from pitguard.train.loop import train
 
 _log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Shared ground: errors, logging, files, seeds, devices, statistics and progress."""

@@ -1,0 +1,233 @@
+"""Atomic writes: a file or folder appears whole under its name, or not at all."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import socket
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pitguard.core.errors import PitguardError
+
+_UMASK = os.umask(0)  # read once: os.umask can only be read by setting it
+os.umask(_UMASK)
+
+
+def temp_name(path: Path) -> Path:
+    """The hidden sibling a write goes to before it is renamed into place."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path to write; on success it is renamed to ``path``.
+
+    Works for a file or a whole folder; on failure the temporary is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    _remove(tmp)  # left by a killed process that had the same pid
+    try:
+        yield tmp
+        if tmp.is_file():  # some writers (safetensors) create 0600 files: a service user must read
+            os.chmod(tmp, 0o666 & ~_UMASK)
+        _fsync_tree(tmp)  # the data reaches the disk before the name points at it
+        os.replace(tmp, path)
+        _fsync(path.parent)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def clear_stale_temps(folder: str | Path) -> list[Path]:
+    """Remove the temporaries a killed process left in ``folder`` (``.NAME.tmpPID`` whose
+    process is gone); returns what was removed."""
+    removed: list[Path] = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for path in folder.glob(".*.tmp*"):
+        pid = path.name.rsplit(".tmp", 1)[1]
+        if not pid.isdigit() or (int(pid) != os.getpid() and process_alive(int(pid))):
+            continue
+        _remove(path)
+        removed.append(path)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # a file system that cannot open folders for reading: nothing more to do
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on folders
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    if path.is_dir():
+        for child in path.rglob("*"):
+            if child.is_file():
+                _fsync(child)
+    _fsync(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
+    """Call ``write(tmp)`` and rename the result to ``path``; an error names ``path``."""
+    with naming_errors(path), atomic_path(path) as tmp:
+        write(tmp)
+
+
+@contextmanager
+def naming_errors(path: str | Path) -> Iterator[None]:
+    """An OSError raised in the block without a file name (a full disk raises ENOSPC from a
+    write, naming nothing) is raised again naming ``path``, so the message says what failed."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+
+
+def check_output_path(
+    out: str | Path,
+    *,
+    inputs: Iterable[str | Path] = (),
+    forbidden_dirs: Iterable[tuple[str | Path, str]] = (),
+    flag: str = "--out",
+) -> Path:
+    """Refuse, before any work, an output that would destroy what a command reads.
+
+    ``out`` may not be any of ``inputs`` (symlinks and hard links followed) nor lie inside an
+    input folder (the data a verb reads), nor be or lie inside a ``forbidden_dirs`` entry,
+    given as ``(path, what it is)``: a bundle folder, a run's own files. Returns ``out``.
+    """
+    out = Path(out)
+    target = _resolved(out)
+    sources = [Path(given) for given in inputs]
+    for given in sources:
+        if target == _resolved(given) or _same_file(out, given):
+            raise PitguardError(
+                f"{flag} {out}: is also an input of this command ({given}); writing it would "
+                f"destroy that input. Give {flag} a new path"
+            )
+    for folder, what in forbidden_dirs:
+        if _resolved(Path(folder)) in (target, *target.parents):
+            raise PitguardError(
+                f"{flag} {out}: lies inside {what} ({folder}); writing there would damage it. "
+                f"Give {flag} a path outside {folder}"
+            )
+    for given in sources:
+        if given.is_dir() and _resolved(given) in target.parents:
+            raise PitguardError(
+                f"{flag} {out}: lies inside the data folder {given}, which this command reads; "
+                f"writing there would change the data. Give {flag} a path outside {given}"
+            )
+    return out
+
+
+def _resolved(path: Path) -> Path:
+    """The absolute path with every symbolic link that exists followed."""
+    return Path(os.path.realpath(path))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # a hard link to an input is that input too
+    except OSError:
+        return False  # one of them does not exist (yet)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def file_sha256(path: str | Path) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: str | Path) -> dict | None:
+    """The JSON object in ``path``, or None when there is no such file.
+
+    A file that exists but cannot be read or is not a JSON object is an error, never taken
+    for a missing one (a damaged policy.json must not read as "not calibrated").
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PitguardError(
+            f"{path}: unreadable JSON ({exc}); rerun the step that wrote it"
+        ) from exc
+    if not isinstance(value, dict):
+        raise PitguardError(f"{path}: not a JSON object; rerun the step that wrote it")
+    return value
+
+
+class Busy(PitguardError):
+    """A lock another process holds."""
+
+
+@contextmanager
+def hold_lock(path: str | Path, what: str, wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` for the block; a second holder is refused
+    with who holds it (or, with ``wait``, waits its turn). The kernel frees the lock when its
+    process ends, even by kill -9."""
+    path = Path(path)
+    with path.open("a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise Busy(
+                f"{what} is in use by {holder}; wait for it to end or stop it, then run again"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -1,0 +1,1 @@
+"""Evaluation: metrics with intervals, figures, out-of-fold scores and run comparisons."""

@@ -1,0 +1,1 @@
+"""Models: the networks, their weights, imported weight files and the run folders that hold them."""
