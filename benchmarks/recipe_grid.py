@@ -54,9 +54,11 @@ def run_job(name: str, spec: dict, seed: int, args, deadline: float, finished: d
     record: dict = {"variant": name, "split_seed": seed}
     if spec.get("after"):
         finished[(spec["after"], seed)].wait()
+    run = Path(args.out) / f"{name}-s{seed}"
+    if args.reuse and (run / "test.json").is_file():  # a finished job: read what it wrote
+        return collect(run, record)
     if time.time() > deadline:
         return {**record, "status": "not started: deadline"}
-    run = Path(args.out) / f"{name}-s{seed}"
     own = [s.format(seed=seed, out=args.out) for s in spec.get("set", [])]
     sets = [f"data.split_seed={seed}", f"train.threads={args.threads}", *own]
     flags = [x for s in sets for x in ("--set", s)]
@@ -69,28 +71,29 @@ def run_job(name: str, spec: dict, seed: int, args, deadline: float, finished: d
         if code:
             return {**record, "status": f"train exit {code}", "log": f"{run}.log"}
         record["wall_seconds"] = time.time() - start
-        summary = json.loads((run / "train_summary.json").read_text())
-        record |= {
-            k: summary.get(k)
-            for k in ("epochs_run", "best_epoch", "best_value", "train_seconds", "device")
-        }
-        record["val_accuracy"] = _kept_val_accuracy(summary)
-        calibrated = not _pitguard(
+        _pitguard(
             "calibrate", str(run), "--max-pit-miss", "0.01", "--max-false-reject", "0.05", log=log
         )  # too few calib pits for the bound: no maybe rate, the rest still scored
-        out_json = run / "test.json"
-        code = _pitguard("eval", str(run), "--json", str(out_json), log=log)
+        code = _pitguard("eval", str(run), "--json", str(run / "test.json"), log=log)
         if code:
             return {**record, "status": f"eval exit {code}", "log": f"{run}.log"}
-        calib_json = run / "calib.json"  # a part no variant trains or chooses epochs on
-        split = str(run / "split.csv")
-        calib_code = _pitguard(
-            "eval", str(run), "--data", split, "--split", "calib", "--json", str(calib_json),
-            log=log,
+        _pitguard(  # the calib part: one no variant trains or chooses epochs on
+            "eval", str(run), "--data", str(run / "split.csv"), "--split", "calib",
+            "--json", str(run / "calib.json"), log=log,
         )  # fmt: skip
-    test = json.loads(out_json.read_text())
-    if not calib_code:
-        calib = json.loads(calib_json.read_text())
+    return collect(run, record)
+
+
+def collect(run: Path, record: dict) -> dict:
+    """One job's record from the files its run folder holds."""
+    summary = json.loads((run / "train_summary.json").read_text())
+    record |= {
+        k: summary.get(k)
+        for k in ("epochs_run", "best_epoch", "best_value", "train_seconds", "device")
+    }
+    record["val_accuracy"] = _kept_val_accuracy(summary)
+    if (run / "calib.json").is_file():
+        calib = json.loads((run / "calib.json").read_text())
         record |= {
             "n_calib": calib["n"],
             "calib_accuracy": calib["accuracy"],
@@ -98,18 +101,21 @@ def run_job(name: str, spec: dict, seed: int, args, deadline: float, finished: d
             "calib_log_loss": calib.get("log_loss"),
         }
     report = run / "calibration" / "policy_report.json"
-    if calibrated and report.is_file():  # the review rate on the calib scores, never on test
+    calibrated = report.is_file()
+    if calibrated:  # the review rate on the calib scores, never on test
         cost = json.loads(report.read_text()).get("review_cost") or {}
         record |= {
             "calib_review_rate": cost.get("review_rate"),
             "calib_review_rate_ci": cost.get("review_rate_ci"),
             "calib_specificity_at_99_recall": cost.get("specificity_at_recall"),
         }
+    test = json.loads((run / "test.json").read_text())
     policy = (test.get("policy") or {}) if calibrated else {}
     record |= {
         "status": "done",
         "n_val": summary.get("n_val"),
         "n_test": test["n"],
+        "test_n_pits": test.get("n_pit"),
         "test_accuracy": test["accuracy"],
         "test_accuracy_ci": test["accuracy_ci"],
         "test_pit_recall": test["pit_recall"],
@@ -123,10 +129,29 @@ def run_job(name: str, spec: dict, seed: int, args, deadline: float, finished: d
     return record
 
 
+def machine(threads: int) -> str:
+    """The CPU named (and the GPU, where one trains), for the figures' record."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {threads} threads per job{gpu}"
+
+
 def _kept_val_accuracy(summary: dict) -> float | None:
     """Val accuracy of the epoch the run kept: its best, or its last under select_metric=last.
 
-    Summaries written before they recorded it hold it as ``best_value`` when selected on it.
+    Summaries written before ``val_accuracy`` hold it only as ``best_value`` (the selection
+    metric's value) of a run selected on it.
     """
     if "val_accuracy" in summary:
         return summary["val_accuracy"]
@@ -191,6 +216,11 @@ def main() -> int:
     parser.add_argument("--out", default="runs/grid")
     parser.add_argument("--json", default=None, help="default OUT/grid.json")
     parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="read jobs whose run folder under OUT is finished instead of training them again",
+    )
+    parser.add_argument(
         "--choose-on",
         choices=("val", "calib", "review"),
         default="val",
@@ -219,7 +249,14 @@ def main() -> int:
 
     def save() -> None:
         out_json.write_text(
-            json.dumps({"records": records, "table": table(records, args.choose_on)}, indent=1)
+            json.dumps(
+                {
+                    "machine": machine(args.threads),
+                    "records": records,
+                    "table": table(records, args.choose_on),
+                },
+                indent=1,
+            )
             + "\n"
         )
 

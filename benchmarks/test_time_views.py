@@ -25,6 +25,7 @@ import numpy as np
 
 from pitguard.core.errors import PitguardError
 from pitguard.core.files import read_json, write_json
+from pitguard.core.fmt import pct
 from pitguard.data.manifest import read_manifest, write_manifest
 from pitguard.decision.calibrate import calibrate_run
 from pitguard.evaluate.run import evaluate_run
@@ -114,10 +115,6 @@ def summarize(rows: list[dict], views: list[str]) -> list[dict]:
     return out
 
 
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.2f}"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -155,10 +152,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{'gain':>7}{'test AUC':>9}{'maybe %':>8}{'missed':>7}")  # fmt: skip
     for s in summary:
         print(
-            f"{s['views']:>6}{_pct(s['val_accuracy']):>8}{_pct(s['calib_accuracy']):>9}"
-            f"{s['calib_roc_auc']:>10.4f}{_pct(s['test_accuracy']):>8}"
+            f"{s['views']:>6}{pct(s['val_accuracy'], sign=''):>8}"
+            f"{pct(s['calib_accuracy'], sign=''):>9}"
+            f"{s['calib_roc_auc']:>10.4f}{pct(s['test_accuracy'], sign=''):>8}"
             f"{100 * s['test_accuracy_gain']:>+7.2f}{s['test_roc_auc']:>9.4f}"
-            f"{_pct(s['test_maybe_rate']):>8}{s['test_pits_routed_clean']:>7}"
+            f"{pct(s['test_maybe_rate'], sign=''):>8}{s['test_pits_routed_clean']:>7}"
         )
     print(f"means over {len(args.runs)} run(s); gain: test accuracy paired against {views[0]}")
     return 0

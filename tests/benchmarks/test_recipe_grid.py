@@ -68,10 +68,12 @@ def test_a_grid_whose_after_names_no_variant_is_refused(synth_dir, tmp_path):
 
 def test_variants_rank_by_the_val_accuracy_of_the_epoch_each_run_kept():
     grid = load_benchmark("recipe_grid")
-    kept_last = {"selected_on": "last", "best_epoch": 48, "best_value": 48.0, "val_accuracy": 0.93}
+    kept_last = {"selected_on": "last", "kept_epoch": 48, "best_value": None, "val_accuracy": 0.93}
+    kept_last_old = {"selected_on": "last", "best_epoch": 48, "best_value": 48.0}
     on_val_old = {"selected_on": "val_accuracy", "best_epoch": 30, "best_value": 0.91}
     on_loss_old = {"selected_on": "val_loss", "best_epoch": 30, "best_value": 0.2}
-    assert grid._kept_val_accuracy(kept_last) == 0.93  # not the epoch number it selected on
+    assert grid._kept_val_accuracy(kept_last) == 0.93
+    assert grid._kept_val_accuracy(kept_last_old) is None  # its best_value was the epoch number
     assert grid._kept_val_accuracy(on_val_old) == 0.91  # written before the field existed
     assert grid._kept_val_accuracy(on_loss_old) is None  # a loss is no accuracy
     records = [

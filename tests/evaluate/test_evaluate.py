@@ -54,6 +54,27 @@ def test_the_plain_summary_counts_per_ten_thousand_crops():
         "false_reject_rate": 0.02,
     }
     text = plain_summary(pol)
-    assert text.startswith("Of 10,000 crops like these (40% pits): 2,500 go to review")
+    assert text.startswith(
+        "Of 10,000 crops like these (pit share 40.0%, the test part's): 2,500 go to review;"
+    )
     assert "about 20 pits pass as clean (at most 48 with 95% confidence)" in text
     assert "about 120 clean cherries are rejected" in text
+
+
+def test_the_plain_summary_counts_at_a_given_pit_share_and_says_so():
+    from pitguard.evaluate.run import plain_summary
+
+    pol = {
+        "n": 1000,
+        "n_pits": 400,
+        "maybe_rate": 0.25,
+        "pit_miss_rate": 0.005,
+        "pit_miss_upper": 0.012,
+        "false_reject_rate": 0.02,
+    }
+    text = plain_summary(pol, pit_share=0.04)
+    assert text.startswith("Of 10,000 crops like these (pit share 4.0%, given): 2,500 go to review")
+    # 400 pits on the line: 0.5% of them pass as clean, at most 1.2%; 9,600 clean at 2%
+    assert "about 2 pits pass as clean (at most 5 with 95% confidence)" in text
+    assert "about 192 clean cherries are rejected" in text
+    assert "(pit share 40.0%, the val part's)" in plain_summary(pol, part="val")

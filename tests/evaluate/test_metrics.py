@@ -12,6 +12,7 @@ from sklearn import metrics as skm
 
 from pitguard.core import stats as S
 from pitguard.evaluate import metrics as M
+from pitguard.evaluate import resampled as R
 from tests.scores import CLASSES, dirichlet_probs, sample_labels
 
 HAND_LABELS = np.array([0, 0, 0, 1, 2, 2, 2, 2])
@@ -159,7 +160,7 @@ def test_vectorised_statistics_match_sklearn():
         is_pit = labels == c - 1
         conf = probs.max(axis=1)
         one_hot = np.eye(c)[labels]
-        rows = M._report_rows(
+        rows = R.report_rows(
             labels[None],
             preds[None],
             -np.log(probs[np.arange(n), labels])[None],

@@ -137,3 +137,33 @@ def test_export_refuses_a_policy_calibrated_for_other_weights(calibrated_run, tm
     write_json(RunPaths(run).policy, {**record, "model_sha256": "0" * 64})
     with pytest.raises(PitguardError, match="calibrated for other weights"):
         export_run(run, tmp_path / "bundle")
+
+
+def test_a_bench_file_reads_and_writes_back_and_older_ones_read(runs):
+    from pitguard.deploy.bench_result import BenchResult
+
+    written = json.loads((runs / "a" / "bench.json").read_text())
+    bench = BenchResult.from_dict(written)
+    assert json.dumps(bench.to_dict()) == json.dumps(written)  # same keys, values and order
+    assert all(r.on_cpu and r.ms_per_crop > 0 for r in bench.results)
+    # an older file: records without device or p50, no baseline nor ratios
+    old = {k: v for k, v in written.items() if k not in ("baseline", "ratios")}
+    old["results"] = [
+        {k: v for k, v in r.items() if k not in ("device", "p50_ms")} for r in written["results"]
+    ]
+    older = BenchResult.from_dict(old)
+    assert older.baseline is None and older.ratios == []
+    assert [r.to_dict() for r in older.results] == old["results"]
+    pick = pick_latency(old, "a")
+    assert (pick["backend"], pick["batch_size"], pick["p50_ms"]) == ("eager", 32, None)
+    assert pick["ms_per_crop"] == pick_latency(written, "a")["ms_per_crop"]
+
+
+def test_the_plain_summary_counts_at_the_given_pit_share(runs):
+    default = run_record(runs / "a", "a")["test"]["plain_summary"]
+    metrics = _metrics(runs / "a")
+    share = metrics["policy"]["n_pits"] / metrics["policy"]["n"]
+    assert f"(pit share {100 * share:.1f}%, the test part's)" in default
+    given = run_record(runs / "a", "a", pit_share=0.05)["test"]["plain_summary"]
+    assert "(pit share 5.0%, given)" in given and given != default
+    assert run_record(runs / "b", "b", pit_share=0.05)["test"]["plain_summary"] is None

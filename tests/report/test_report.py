@@ -45,3 +45,19 @@ def test_cli_prints_table_and_honours_baseline(runs, tmp_path, capsys):
     data = json.loads((out / "experiments.json").read_text())
     assert data["baseline"] == "b"
     assert data["runs"][1]["vs_baseline"]["verdict"] == "baseline"
+
+
+def test_the_pit_share_reaches_the_page_and_is_range_checked(runs, tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert main(["report", str(runs / "a"), "--out", str(out), "--pit-share", "0.05"]) == 0
+    capsys.readouterr()
+    assert "(pit share 5.0%, given)" in (out / "report.html").read_text()
+    data = json.loads((out / "experiments.json").read_text())
+    assert "(pit share 5.0%, given)" in data["runs"][0]["test"]["plain_summary"]
+    for bad in ("0", "1", "1.5", "nan"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["report", str(runs / "a"), "--out", str(tmp_path / "x"), "--pit-share", bad])
+        assert exit_.value.code == 2
+        assert "--pit-share" in capsys.readouterr().err
+    with pytest.raises(PitguardError, match="strictly between 0 and 1"):
+        write_report([runs / "a"], tmp_path / "y", pit_share=1.0)

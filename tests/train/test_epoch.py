@@ -1,4 +1,4 @@
-"""Tests for pitguard.train.epoch: the distillation loss and a student trained from a teacher run."""
+"""Tests for train.epoch and train.distill: the distillation loss, a student taught by a teacher."""
 
 import hashlib
 
@@ -9,7 +9,7 @@ from torch.nn import functional as F
 from pitguard.config import load_config
 from pitguard.core.errors import PitguardError
 from pitguard.models.runfolder import RunPaths
-from pitguard.train.epoch import distillation_loss, load_teacher
+from pitguard.train.distill import distillation_loss, load_teacher
 from pitguard.train.loop import train
 
 

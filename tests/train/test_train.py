@@ -101,17 +101,37 @@ def test_run_folder_contents_and_split_never_trains_on_test(synth_dir, tmp_path)
 
 
 def test_summary_gives_the_val_accuracy_of_the_epoch_it_kept(synth_dir, tmp_path):
-    """Selected on val loss or kept last, the summary's val_accuracy is the kept epoch's."""
+    """Selected on val loss or kept last, the summary's val_accuracy is the kept epoch's; its
+    best_value is the selection metric's value, or None when the last epoch is kept."""
     for select in ("val_loss", "last"):
         run = tmp_path / select
         summary = train(tiny_config(synth_dir, f"train.select_metric={select}"), run)
         rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
-        kept = next(r for r in rows if r["epoch"] == summary["best_epoch"])
+        kept = next(r for r in rows if r["epoch"] == summary["kept_epoch"])
         assert summary["val_accuracy"] == kept["val_accuracy"]
+        assert summary["best_epoch"] == summary["kept_epoch"]  # the old name, for older readers
         if select == "last":
-            assert summary["best_epoch"] == 3 and summary["best_value"] == 3.0
+            assert summary["kept_epoch"] == 3 and summary["best_value"] is None
         else:
             assert summary["best_value"] == min(r["val_loss"] for r in rows)
+        saved = json.loads((run / "train_summary.json").read_text())
+        assert saved["kept_epoch"] == summary["kept_epoch"]
+        assert saved["best_value"] == summary["best_value"]
+
+
+def test_a_checkpoint_from_before_kept_epochs_resumes_keeping_the_last(synth_dir, tmp_path):
+    """Old checkpoints kept last held the epoch number as their best value: still resumed."""
+    run = tmp_path / "run"
+    cfg = tiny_config(synth_dir, "train.select_metric=last")
+    train(cfg, run, stop_after=1)
+    last = run / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(last)
+    assert ckpt["best"] is None and ckpt["best_epoch"] == 1
+    torch.save({**ckpt, "best": 1.0}, last)  # what the code before wrote
+    summary = train(None, run, resume=True)
+    assert summary["epochs_run"] == 3 and summary["kept_epoch"] == summary["best_epoch"] == 3
+    assert summary["best_value"] is None
+    assert load_checkpoint(last)["best"] is None
 
 
 def test_fit_val_trains_on_the_val_crops_and_the_split_lists_them_as_train(synth_dir, tmp_path):
@@ -195,7 +215,7 @@ def test_a_run_that_keeps_a_collapsed_last_epoch_says_so(synth_dir, tmp_path, mo
 
     monkeypatch.setattr(train_module, "validate", scripted)
     summary = train(tiny_config(synth_dir, "train.select_metric=last"), tmp_path / "run")
-    assert summary["best_epoch"] == 3 and summary["val_accuracy"] == 0.5
+    assert summary["kept_epoch"] == 3 and summary["val_accuracy"] == 0.5
     assert summary["warning"].startswith("the kept epoch 3 scored 50.0% on val, 40.0 points below")
     assert "warning: the kept epoch 3" in capsys.readouterr().out
     saved = json.loads((tmp_path / "run" / "train_summary.json").read_text())

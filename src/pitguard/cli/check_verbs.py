@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pitguard.cli.common import COUNT, OPEN_SHARE, SHARE, check_out, verb, write_json_out
+from pitguard.cli.common import COUNT, OPEN_SHARE, SHARE, check_out, verb
 
 if TYPE_CHECKING:
     from pitguard.cli.common import Verbs
 
+log = logging.getLogger(__name__)
+
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from pitguard.core.files import read_json
+    from pitguard.core.files import read_json, write_json
     from pitguard.evaluate.run import evaluate_run, format_report
-    from pitguard.models.runfolder import RunPaths, load_policy
+    from pitguard.models.runfolder import (
+        EVAL_CONFUSION,
+        EVAL_METRICS,
+        EVAL_PREDICTIONS,
+        EVAL_ROC_PR,
+        RunPaths,
+        load_policy,
+    )
 
     check_out(args.json, "--json", [args.data])
     policy = load_policy(args.run)
@@ -29,9 +40,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
         calibration=read_json(RunPaths(Path(args.run)).policy),
     )
     print(format_report(result))
-    print(f"outputs in {result['outputs']}")
-    write_json_out(result, args.json)
+    files = (EVAL_METRICS, EVAL_PREDICTIONS, EVAL_CONFUSION, EVAL_ROC_PR)
+    wrote = f"{result['outputs']}/ ({', '.join(_existing(Path(result['outputs']), files))})"
+    if args.json:
+        write_json(args.json, result)
+        wrote += f", {args.json}"
+    log.info("wrote: %s", wrote)
+    if policy is None:  # export ships a calibrated decision
+        log.info("next: %s", shlex.join(["pitguard", "calibrate", args.run]))
+    else:
+        bundle = str(Path("bundles") / (Path(args.run).resolve().name or "bundle"))
+        log.info(
+            "next: %s", shlex.join(["pitguard", "export", args.run, "--out", bundle, "--onnx"])
+        )
     return 0
+
+
+def _existing(folder: Path, names: tuple[str, ...], prefix: str = "") -> list[str]:
+    """Those of ``names`` that are files in ``folder``, each after ``prefix``."""
+    return [prefix + name for name in names if (folder / name).is_file()]
 
 
 def add_eval(sub: Verbs) -> None:
@@ -98,10 +125,22 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"guarantee ({rec['mode']}): {rec['guarantee']['statement']}")
     print(format_operating_table(rec["operating_table"], args.confidence))
     print(format_review_cost(rec["review_cost"]))
-    from pitguard.models.runfolder import RunPaths
+    from pitguard.models.runfolder import (
+        CALIB_OPERATING_CURVE,
+        CALIB_RELIABILITY,
+        CALIB_REPORT,
+        RunPaths,
+    )
 
     paths = RunPaths(Path(args.run))
-    print(f"wrote {paths.policy} and {paths.calibration}/")
+    files = (CALIB_REPORT, CALIB_OPERATING_CURVE, CALIB_RELIABILITY)
+    figures = _existing(paths.calibration, files, f"{paths.calibration.name}/")
+    log.info("wrote: %s/ (%s)", paths.root, ", ".join([paths.policy.name, *figures]))
+    # eval reads the run's own test part; a run without a split (imported) needs crops named
+    evaluate = ["pitguard", "eval", args.run] + (
+        [] if paths.split.is_file() else ["--data", "TEST_CROPS"]
+    )
+    log.info("next: %s", shlex.join(evaluate))
     return 0
 
 

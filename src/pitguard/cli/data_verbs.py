@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import shlex
 from typing import TYPE_CHECKING
 
 from pitguard.cli.common import (
@@ -21,15 +23,33 @@ from pitguard.cli.common import (
 if TYPE_CHECKING:
     from pitguard.cli.common import Verbs
 
+log = logging.getLogger(__name__)
+
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from pitguard.data.audit import audit, format_audit
 
     check_out(args.json, "--json", [args.data])
-    report = audit(dataset_index(args), decode_options(args))
+    index = dataset_index(args)
+    report = audit(index, decode_options(args))
     print(format_audit(report))
-    write_json_out(report, args.json)
+    if args.json:
+        from pitguard.core.files import write_json
+
+        write_json(args.json, report)
+        log.info("wrote: %s", args.json)
+    if index.splits():  # its parts are given: train keeps them
+        log.info("next: %s", shlex.join(_train_command(args.data)))
+    else:
+        log.info(
+            "next: %s", shlex.join(["pitguard", "data", "split", args.data, "--out", "split.csv"])
+        )
     return 0
+
+
+def _train_command(data: str) -> list[str]:
+    """The first training of split crops: the CPU recipe, its run folder named after it."""
+    return ["pitguard", "train", "--recipe", "cpu-fast", "--data", data, "--out", "runs/cpu-fast"]
 
 
 def add_audit(sub: Verbs) -> None:
@@ -66,7 +86,8 @@ def cmd_split(args: argparse.Namespace) -> int:
     print(f"duplicate groups kept whole: {result['groups_kept_whole']}")
     if result["skipped"]:
         print(f"skipped {len(result['skipped'])} unusable file(s), e.g. {result['skipped'][0]}")
-    print(f"wrote {result['manifest']}")
+    log.info("wrote: %s", result["manifest"])
+    log.info("next: %s", shlex.join(_train_command(str(args.out))))
     return 0
 
 

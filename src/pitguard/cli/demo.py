@@ -7,7 +7,9 @@ synthesize -> audit -> split -> train -> eval -> calibrate -> export (+ parity) 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from pitguard.core.errors import PitguardError
 
@@ -42,53 +44,83 @@ def prepare_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _step(title: str) -> float:
+T = TypeVar("T")  # what a step returns
+
+
+def _timed(timings: dict[str, float], key: str, title: str, step: Callable[..., T], *args) -> T:
+    """Run one step of the demo under its heading; its seconds go into ``timings[key]``."""
     print(f"\n== {title}", flush=True)
-    return time.perf_counter()
+    t = time.perf_counter()
+    result = step(*args)
+    timings[key] = time.perf_counter() - t
+    return result
 
 
 def run_demo(out: Path, data: str | None = None, fast: bool = False) -> int:
-    from pitguard.config import load_config
-    from pitguard.core.files import write_json
-    from pitguard.data.audit import audit, format_audit
-    from pitguard.data.manifest import read_manifest
-    from pitguard.data.synth import synthesize
-    from pitguard.decision.calibrate import calibrate_run
-    from pitguard.deploy.bench import bench, format_table
-    from pitguard.deploy.export import export_run
-    from pitguard.deploy.predict import load, predict_files
-    from pitguard.evaluate.run import evaluate_run, format_report
-    from pitguard.models.runfolder import RunPaths, load_policy
+    """Run the pipeline into ``out`` on ``data`` (synthetic crops when None), then print the
+    test part's routing table; ``fast`` trains a tiny model for two epochs on fewer crops."""
     from pitguard.report import write_report
-    from pitguard.train.loop import train
 
     started = time.perf_counter()
     prepare_out(out)
-    run = out / "run"
+    run, bundle = out / "run", out / "bundle"
     timings: dict[str, float] = {}
-
     if data is None:
-        t = _step("synthesize crops")
         data_dir = out / "crops"
-        info = synthesize(data_dir, count=800 if fast else 1200, seed=0)
-        print(f"{info['count']} synthetic crops in {data_dir}")
-        timings["synth"] = time.perf_counter() - t
+        _timed(timings, "synth", "synthesize crops", _synthesize, data_dir, fast)
     else:
         data_dir = Path(data)
+    _timed(timings, "audit", f"audit {data_dir}", _audit, data_dir, out)
+    title = "train (small-fast recipe; split seeded and duplicate-aware)"
+    _timed(timings, "train", title, _train, data_dir, run, fast)
+    title = "calibrate the clean/maybe/pit decision on the calib part"
+    _timed(timings, "calibrate", title, _calibrate, run)
+    result = _timed(timings, "eval", "evaluate on the untouched test part", _evaluate, run)
+    title = "export the bundle (ONNX, parity checked on the calib part)"
+    _timed(timings, "export", title, _export, run, bundle)
+    title = "benchmark the bundle (CPU, end to end from uint8 crops)"
+    _timed(timings, "bench", title, _bench, run, bundle, fast)
+    title = "predict a few crops through the bundle"
+    _timed(timings, "predict", title, _predict, run, bundle, out / "predictions.csv")
+    written = _timed(timings, "report", "report", write_report, [run], out / "report")
+    _print_table(result)
+    print(
+        "timings (s): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+        + f"; total {time.perf_counter() - started:.0f}"
+    )
+    print(f"report: {written['files']['html']}")
+    return 0
 
-    t = _step(f"audit {data_dir}")
+
+def _synthesize(data_dir: Path, fast: bool) -> None:
+    from pitguard.data.synth import synthesize
+
+    info = synthesize(data_dir, count=800 if fast else 1200, seed=0)
+    print(f"{info['count']} synthetic crops in {data_dir}")
+
+
+def _audit(data_dir: Path, out: Path) -> None:
+    from pitguard.core.files import write_json
+    from pitguard.data.audit import audit, format_audit
+
     report = audit(data_dir)
     print(format_audit(report))
     write_json(out / "audit.json", report)
-    timings["audit"] = time.perf_counter() - t
 
-    t = _step("train (small-fast recipe; split seeded and duplicate-aware)")
+
+def _train(data_dir: Path, run: Path, fast: bool) -> None:
+    from pitguard.config import load_config
+    from pitguard.train.loop import train
+
     sets = ["train.epochs=2", "model.name=pitguard_tiny"] if fast else ["train.epochs=12"]
     cfg = load_config("small-fast", sets=sets, extra={"data.path": str(data_dir)})
     train(cfg, run)
-    timings["train"] = time.perf_counter() - t
 
-    t = _step("calibrate the clean/maybe/pit decision on the calib part")
+
+def _calibrate(run: Path) -> None:
+    from pitguard.decision.calibrate import calibrate_run
+
     rec = calibrate_run(run, max_pit_miss=DEMO_MAX_PIT_MISS, confidence=DEMO_CONFIDENCE)
     th = rec["thresholds"]
     print(
@@ -96,23 +128,32 @@ def run_demo(out: Path, data: str | None = None, fast: bool = False) -> int:
         f"pit-miss bound {100 * th['pit_miss_bound']:.2f}% at {100 * DEMO_CONFIDENCE:.0f}% confidence "
         f"on {rec['calibration_data']['n_pits']} calib pits"
     )
-    timings["calibrate"] = time.perf_counter() - t
 
-    t = _step("evaluate on the untouched test part")
+
+def _evaluate(run: Path) -> dict:
+    from pitguard.evaluate.run import evaluate_run, format_report
+    from pitguard.models.runfolder import load_policy
+
     result = evaluate_run(run, policy=load_policy(run))
     print(format_report(result))
-    timings["eval"] = time.perf_counter() - t
+    return result
 
-    t = _step("export the bundle (ONNX, parity checked on the calib part)")
-    bundle = out / "bundle"
+
+def _export(run: Path, bundle: Path) -> None:
+    from pitguard.deploy.export import export_run
+
     meta = export_run(run, bundle, onnx=True)
     parity = meta["onnx"]["parity"]
     print(
         f"{bundle}: max p(pit) difference {parity['max_prob_diff']:.2e}, {parity['route_mismatches']} route mismatches"
     )
-    timings["export"] = time.perf_counter() - t
 
-    t = _step("benchmark the bundle (CPU, end to end from uint8 crops)")
+
+def _bench(run: Path, bundle: Path, fast: bool) -> None:
+    from pitguard.core.files import write_json
+    from pitguard.deploy.bench import bench, format_table
+    from pitguard.models.runfolder import RunPaths
+
     bench_result = bench(
         [str(bundle)],
         batch_sizes=(1, 32),
@@ -121,26 +162,27 @@ def run_demo(out: Path, data: str | None = None, fast: bool = False) -> int:
     )
     print(format_table(bench_result))
     write_json(RunPaths(run).bench, bench_result)
-    timings["bench"] = time.perf_counter() - t
 
-    t = _step("predict a few crops through the bundle")
+
+def _predict(run: Path, bundle: Path, csv: Path) -> None:
+    """Three clean and three pit crops of the test part, through the bundle."""
+    from pitguard.data.manifest import read_manifest
+    from pitguard.deploy.predict import load, predict_files
+    from pitguard.models.runfolder import RunPaths
+
     test = [r for r in read_manifest(RunPaths(run).split) if r.split == "test"]
     sample = [r for r in test if r.label == "clean"][:3] + [r for r in test if r.label == "pit"][:3]
     truth = {str(r.path): r.label for r in sample}
-    predicted = predict_files(
-        load(bundle), [r.path for r in sample], out / "predictions.csv", keep_rows=True
-    )
+    predicted = predict_files(load(bundle), [r.path for r in sample], csv, keep_rows=True)
     for row in predicted["rows"]:
         print(
             f"  {Path(row['path']).name:<22} true {truth[row['path']]:<5} -> route "
             f"{row['route']:<6} p(pit) {row['p_pit']}"
         )
-    timings["predict"] = time.perf_counter() - t
 
-    t = _step("report")
-    written = write_report([run], out / "report")
-    timings["report"] = time.perf_counter() - t
 
+def _print_table(result: dict) -> None:
+    """The routing table and the headline on the test part."""
     pol = result["policy"]
     print("\n== routing table on the test part (n={}, exact 95% intervals)".format(result["n"]))
     for key, label in (
@@ -156,10 +198,3 @@ def run_demo(out: Path, data: str | None = None, fast: bool = False) -> int:
         f"\nheadline: test accuracy {100 * result['accuracy']:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}] (n={result['n']}), "
         f"pit-miss {100 * pol['pit_miss_rate']:.2f}%, maybe {100 * pol['maybe_rate']:.2f}%"
     )
-    print(
-        "timings (s): "
-        + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
-        + f"; total {time.perf_counter() - started:.0f}"
-    )
-    print(f"report: {written['files']['html']}")
-    return 0

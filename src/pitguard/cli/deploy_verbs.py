@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,13 +17,14 @@ from pitguard.cli.common import (
     number,
     run_data,
     verb,
-    write_json_out,
 )
 from pitguard.cli.serve_verbs import add_queue_args, add_serve, review_queue, serving_backends
 from pitguard.runtime.backends import BACKENDS  # no torch: help stays light
 
 if TYPE_CHECKING:
     from pitguard.cli.common import Verbs
+
+log = logging.getLogger(__name__)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -39,7 +42,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         args.force,
         args.allow_unfinished,
     )
-    print(f"wrote bundle {args.out}: " + ", ".join(meta["files"].values()))
     for key, label in (("onnx", "ONNX parity"), ("int8", "INT8 gate"), ("fp16", "FP16 gate")):
         if key in meta:
             g = meta[key].get("parity") or meta[key]["gate"]
@@ -61,6 +63,14 @@ def cmd_export(args: argparse.Namespace) -> int:
                 f"accuracy {100 * g['accuracy']:.2f}% (fp32 {100 * g['accuracy_ref']:.2f}%), "
                 f"pits routed clean {g['pit_misses']} (fp32 {g['pit_misses_ref']}) on n={g['n']}"
             )
+    from pitguard.runtime.bundle import BUNDLE_JSON
+
+    log.info("wrote: %s/ (%s)", Path(args.out), ", ".join([BUNDLE_JSON, *meta["files"].values()]))
+    log.info(
+        "next: %s (or %s)",
+        shlex.join(["pitguard", "bench", args.out]),
+        shlex.join(["pitguard", "predict", args.out, "CROPS", "--out", "predictions.csv"]),
+    )
     return 0
 
 
@@ -144,14 +154,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"  labelled {true} ({n}): " + ", ".join(f"{k} {v}" for k, v in routes.items()),
             file=sys.stderr,
         )
-    if args.out:
-        print(f"wrote {args.out}", file=sys.stderr)
+    if not args.out:  # stdout carries the predictions: the rest goes to stderr
+        if queue is not None:
+            print(
+                f"queued {queue.kept} crop(s) for review in {queue.root} "
+                f"(label them: pitguard data review {queue.root} --out DIR)",
+                file=sys.stderr,
+            )
+        return 1 if result["failed"] else 0
     if queue is not None:
-        print(
-            f"queued {queue.kept} crop(s) for review in {queue.root} "
-            f"(label them: pitguard data review {queue.root} --out DIR)",
-            file=sys.stderr,
-        )
+        print(f"queued {queue.kept} crop(s) for review in {queue.root}", file=sys.stderr)
+    log.info("wrote: %s", ", ".join([args.out] + ([str(queue.root)] if queue is not None else [])))
+    if queue is not None and queue.kept:
+        review = ["pitguard", "data", "review", str(queue.root), "--out", "REVIEW_DIR"]
+        log.info("next: %s (label the queued crops)", shlex.join(review))
+    else:
+        log.info("next: %s", shlex.join(["pitguard", "serve", args.bundle]))
     return 1 if result["failed"] else 0
 
 
@@ -198,7 +216,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
         size=args.size,
     )
     print(format_table(result))
-    write_json_out(result, args.json)
+    if args.json:
+        from pitguard.core.files import write_json
+
+        write_json(args.json, result)
+        log.info("wrote: %s", args.json)
+    from pitguard.runtime.bundle import BUNDLE_JSON
+
+    bundles = [t for t in args.targets if (Path(t) / BUNDLE_JSON).is_file()]
+    if bundles:  # timm names have nothing to predict with
+        log.info(
+            "next: %s",
+            shlex.join(["pitguard", "predict", bundles[0], "CROPS", "--out", "predictions.csv"]),
+        )
     return 0
 
 

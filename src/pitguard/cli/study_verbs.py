@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pitguard.cli.common import COUNT, check_out, verb, write_json_out
+from pitguard.cli.common import COUNT, OPEN_SHARE, check_out, verb, write_json_out
 from pitguard.core.errors import PitguardError
 
 if TYPE_CHECKING:
     from pitguard.cli.common import Verbs
+
+log = logging.getLogger(__name__)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -134,10 +138,11 @@ def cmd_import_torchvision(args: argparse.Namespace) -> int:
 
     check_out(args.out, "--out", [args.state_dict], folder=True)
     info = import_torchvision(args.state_dict, args.arch, args.classes, args.out, args.channels)
-    print(
-        f"wrote run {info['run']} ({info['arch']}, classes {', '.join(info['classes'])}); try: pitguard eval {info['run']} --data DIR"
-    )
+    print(f"run {info['run']}: {info['arch']}, classes {', '.join(info['classes'])}")
     print(f"note: {info['note']}")
+    log.info("wrote: %s", info["run"])
+    # no split of its own: eval on labelled crops shows whether the class order is right
+    log.info("next: %s", shlex.join(["pitguard", "eval", info["run"], "--data", "CROPS"]))
     return 0
 
 
@@ -171,11 +176,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pitguard.report import write_report
 
     check_out(args.out, "--out", folder=True)
-    result = write_report(args.paths, args.out, args.baseline)
+    result = write_report(args.paths, args.out, args.baseline, args.pit_share)
     print(result["table"])
     files = result["files"]
-    print(f"baseline {result['baseline']}; wrote {files['markdown']}, {files['json']}")
-    print(f"open {files['html']} in a browser (one self-contained file)")
+    print(f"baseline {result['baseline']}")
+    log.info("wrote: %s", ", ".join(str(files[k]) for k in ("markdown", "json", "html")))
+    log.info("next: open %s in a browser (one self-contained file)", files["html"])
     return 0
 
 
@@ -196,6 +202,13 @@ def add_report(sub: Verbs) -> None:
     p.add_argument("--out", default="report", help="output folder (default report/)")
     p.add_argument(
         "--baseline", metavar="RUN", help="run folder or run name to compare with (default: first)"
+    )
+    p.add_argument(
+        "--pit-share",
+        type=OPEN_SHARE,
+        metavar="X",
+        help="share of pits on the line, strictly between 0 and 1, for the plain-words summary "
+        "(default: each run's test part's share)",
     )
 
 

@@ -1,16 +1,22 @@
-"""The training verbs: train (one model, cross-fitted folds, or data-parallel) and sweep."""
+"""The train verb: one model, cross-fitted folds, or data-parallel; it registers the sweep verb
+(sweep_verbs) beside it."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pitguard.cli.common import COUNT, check_out, verb
+from pitguard.cli.sweep_verbs import add_sweep, without
 from pitguard.core.errors import PitguardError
 
 if TYPE_CHECKING:
     from pitguard.cli.common import Verbs
+
+log = logging.getLogger(__name__)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -34,7 +40,7 @@ def _launch(args: argparse.Namespace) -> int:
         raise PitguardError(f"--nproc {args.nproc}: give 1 or more processes")
     if args.folds is not None:
         raise PitguardError("--nproc trains one model data-parallel; drop --folds (or --nproc)")
-    rest = _without(args.argv, ("--nproc",))
+    rest = without(args.argv, ("--nproc",))
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command = [*launcher, "--nproc-per-node", str(args.nproc), "-m", "pitguard", *rest]
     print(
@@ -43,18 +49,6 @@ def _launch(args: argparse.Namespace) -> int:
         + " ".join(rest)
     )
     return subprocess.run(command).returncode
-
-
-def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
-    """The command line with these options and their values taken out (to relaunch it)."""
-    rest, args = [], list(argv)
-    while args:
-        arg = args.pop(0)
-        if arg in options:
-            args.pop(0)
-        elif not arg.startswith(tuple(f"{o}=" for o in options)):
-            rest.append(arg)
-    return rest
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -103,7 +97,30 @@ def _train(args: argparse.Namespace) -> int:
 
     if from_env().main:
         print(_describe_summary(summary))
+        _say_wrote_and_next(summary["run"])
     return 0
+
+
+def _say_wrote_and_next(run: str, scores: str | None = None) -> None:
+    """The run's main files, and the command that goes on from them: resume an unfinished
+    run, calibrate a finished one (on its calib part, its out-of-fold scores, or other crops)."""
+    from pitguard.data.manifest import read_manifest
+    from pitguard.models.runfolder import RunPaths, unfinished_training
+
+    paths = RunPaths(Path(run))
+    files = [paths.weights, paths.summary, paths.history_csv, paths.curves, paths.last_checkpoint]
+    files += [paths.oof]  # a cross-fitted run's out-of-fold scores
+    names = [f.relative_to(paths.root).as_posix() for f in files if f.is_file()]
+    log.info("wrote: %s/ (%s)", paths.root, ", ".join(names))
+    if unfinished_training(run):
+        command = ["pitguard", "train", "--resume", run]
+    elif scores:
+        command = ["pitguard", "calibrate", run, "--scores", scores]
+    elif paths.split.is_file() and any(r.split == "calib" for r in read_manifest(paths.split)):
+        command = ["pitguard", "calibrate", run]
+    else:  # no calib part of its own: calibrate needs crops it never trained on
+        command = ["pitguard", "calibrate", run, "--data", "CALIB_CROPS"]
+    log.info("next: %s", shlex.join(command))
 
 
 def _check_run_out(out: str, data: str | None) -> None:
@@ -176,10 +193,7 @@ def _report_crossfit(record: dict) -> int:
         f"[{100 * lo:.2f}, {100 * hi:.2f}] on {oof['n']:,} crops, ROC-AUC {oof['roc_auc']:.4f}"
     )
     print(_describe_summary(record["summary"]) + " (the final model, trained on every fold)")
-    print(
-        f"next: pitguard calibrate {record['summary']['run']} --scores oof, "
-        "then pitguard eval and export as for any run"
-    )
+    _say_wrote_and_next(record["summary"]["run"], scores="oof")
     return 0
 
 
@@ -283,114 +297,6 @@ def add_train(sub: Verbs) -> None:
         metavar="EPOCHS",
         help="stop after this many epochs, 1 or more (resume later)",
     )
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from pitguard.config import load_config
-    from pitguard.train.sweep import read_space, sweep
-
-    if args.trials < 1:
-        raise PitguardError(f"--trials {args.trials}: give 1 or more")
-    if args.workers < 1:
-        raise PitguardError(f"--workers {args.workers}: give 1 or more")
-    space = read_space(args.space)  # a bad space stops before any worker starts
-    recipe = args.recipe or (None if args.config else "cpu-fast")
-    cfg = load_config(recipe, args.config, args.set, {"data.path": args.data})
-    check_out(args.out, "--out", [cfg.data.path], folder=True)
-    storage = args.storage or f"sqlite:///{Path(args.out).absolute() / 'study.db'}"
-    study = args.study or Path(args.out).name
-    if args.workers > 1:
-        failed = _sweep_workers(args, storage, study)
-        if failed:
-            return failed
-    record = sweep(
-        cfg,
-        args.out,
-        args.trials,
-        storage,
-        study,
-        space,
-        args.set or [],
-        recipe,
-        args.config,
-        args.seed,
-    )
-    states = ", ".join(f"{n} {s}" for s, n in record["states"].items() if n)
-    print(f"study {record['study']} in {storage}: {states}")
-    best = record["best"]
-    if best:
-        print(
-            f"best: trial {best['number']}, {record['metric']} {best['value']:.4f} on val; "
-            f"recipe written to {best['recipe']} (pitguard train --recipe {best['recipe']} ...)"
-        )
-    return 0
-
-
-def _sweep_workers(args: argparse.Namespace, storage: str, study: str) -> int:
-    """--workers W: W processes of this sweep on one storage, the cores shared among them."""
-    import subprocess
-    import sys
-
-    from pitguard.core.devices import usable_cores
-
-    rest = _without(args.argv, ("--workers", "--storage", "--study", "--seed"))
-    rest += ["--storage", storage, "--study", study]
-    if not any("train.threads=" in s for s in args.set or []):
-        rest += ["--set", f"train.threads={max(1, usable_cores() // args.workers)}"]
-    seeds = [None if args.seed is None else args.seed + w for w in range(args.workers)]
-    jobs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "pitguard", *rest, *([] if s is None else ["--seed", str(s)])]
-        )
-        for s in seeds
-    ]
-    codes = [job.wait() for job in jobs]
-    bad = [c for c in codes if c]
-    if bad:
-        print(f"{len(bad)} of {args.workers} sweep workers failed (exit {bad[0]}); see above")
-    return bad[0] if bad else 0
-
-
-def add_sweep(sub: Verbs) -> None:
-    p = verb(
-        sub,
-        "sweep",
-        "Tune a recipe with an Optuna study: TPE sampling, median pruning on val, trials as runs.",
-        [
-            "pitguard sweep --recipe cpu-fast --data crops/ --out runs/sweep --trials 20",
-            "pitguard sweep --recipe cpu-fast --data crops/ --out runs/sweep --trials 8 --workers 2",
-            "pitguard sweep --recipe cpu-fast --data crops/ --out runs/sweep --trials 40 "
-            "--space space.yaml --storage postgresql://pg@db/pitguard",
-        ],
-        cmd_sweep,
-    )
-    p.add_argument("--recipe", help="the recipe to tune (default cpu-fast)")
-    p.add_argument("--config", help="a YAML file of overrides (applied after the recipe)")
-    p.add_argument("--data", required=True, help="dataset (its val part scores every trial)")
-    p.add_argument(
-        "--out", required=True, help="sweep folder: trials/, sweep.json, best-recipe.yaml"
-    )
-    p.add_argument(
-        "--set", action="append", metavar="SECTION.KEY=VALUE", help="fixed override (repeatable)"
-    )
-    p.add_argument(
-        "--space",
-        metavar="FILE",
-        help="YAML search space: section.key: {type: float|int, low, high, log} or "
-        "{type: categorical, choices: [...]}; default: lr, weight decay, label smoothing, brightness",
-    )
-    p.add_argument(
-        "--trials", type=int, required=True, help="trials the study holds when done (all workers)"
-    )
-    p.add_argument(
-        "--storage",
-        metavar="URL",
-        help="Optuna storage every worker shares: sqlite:///PATH (one machine, default "
-        "OUT/study.db) or postgresql://... (several machines)",
-    )
-    p.add_argument("--study", help="study name in the storage (default: OUT's folder name)")
-    p.add_argument("--workers", type=int, default=1, help="processes on this machine (default 1)")
-    p.add_argument("--seed", type=int, help="sampler seed (worker k uses seed + k)")
 
 
 def add_verbs(sub: Verbs) -> None:

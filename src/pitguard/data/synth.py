@@ -26,6 +26,7 @@ CLASS_FOLDERS = ("cherry_clean", "cherry_pit")
 _SYNTH_NAME = re.compile(r"synth_\d{5,}\.png")
 # Low-resolution grid for smooth noise fields: upsampling it is far cheaper than wide blurs.
 _LOWRES = 16
+_Rng = np.random.Generator
 
 
 def _check_size(size: int) -> None:
@@ -156,92 +157,82 @@ def _frame_mask(
     return mask, ((y0 + y1) / 2, (x0 + x1) / 2)
 
 
-def make_crop(
-    rng: np.random.Generator, is_pit: bool, size: int = 128, difficulty: float = 0.5
-) -> np.ndarray:
-    """One synthetic crop, uint8 array (size, size, 3), green channel 0, background exactly 0."""
-    _check_size(size)
-    _check_difficulty(difficulty)
-    d = float(difficulty)
-    sc = size / 128.0
-    mid = (size - 1) / 2.0
+class _Cherry:
+    """A crop being drawn: make_crop calls the steps in order, each taking its draws from ``rng``
+    in turn and keeping on the instance what later steps use."""
 
-    # --- body: one lumpy ellipse, sometimes a second touching cherry --------------------------
-    radius = rng.uniform(24.0, 37.0) * sc
-    aspect = rng.uniform(0.75, 1.0) if rng.random() < 0.85 else rng.uniform(0.55, 0.75)
-    theta = rng.uniform(0, np.pi)
-    cy, cx = mid, mid
-    wobble = rng.uniform(0.03, 0.12)
-    twin = None
-    if rng.random() < 0.08:
-        r2 = radius * rng.uniform(0.6, 0.95)
-        ang = rng.uniform(0, 2 * np.pi)
-        dist = (radius + r2) * rng.uniform(0.55, 0.75)
-        # Shift both so the pair stays in frame; the final re-centring does the rest.
-        share = r2 / (radius + r2)
-        oy, ox = dist * math.sin(ang), dist * math.cos(ang)
-        cy, cx = cy - oy * share, cx - ox * share
-        twin = (cy + oy, cx + ox, r2, rng.uniform(0.75, 1.0), rng.uniform(0, np.pi))
-    depth, u, _ = _blob(rng, size, cy, cx, radius, aspect, theta, wobble)
-    if twin is not None:
-        depth = np.maximum(depth, _blob(rng, size, *twin, wobble)[0])
+    def __init__(self, rng: _Rng, size: int, difficulty: float) -> None:
+        self.rng, self.size, self.d, self.sc = rng, size, float(difficulty), size / 128.0
 
-    # --- shading: rim fall-off, bright blue rim ring, uneven light, flesh speckle -------------
-    depth_c = np.clip(depth, 0, None)
-    # Brightness falls off towards the rim and leaves a faint glow just outside it.
-    fade = np.where(
-        depth > 0,
-        1.0 - 0.8 * np.exp(-depth_c / (rng.uniform(2.5, 4.0) * sc)),
-        0.2 * np.exp(np.clip(depth, -30, 0) / (2.5 * sc)),
-    )
-    ring = np.exp(-(((depth_c - 7.0 * sc) / (5.0 * sc)) ** 2))
-    light = 1.0 + rng.uniform(0.0, 0.2) * (u / radius)
-    r0 = float(np.clip(rng.normal(112, 22), 60, 190))
-    b0 = float(np.clip(r0 * rng.normal(1.45, 0.2) + rng.normal(0, 20), 70, 245))
-    smooth = _smooth_noise(rng, size, 3)
-    # Unit-variance white noise; the optical blur at the end turns it into fine speckle. Uniform
-    # draws are several times cheaper than normal ones and look the same once blurred.
-    speckle = (rng.random((2, size, size), dtype=np.float32) - 0.5) * math.sqrt(12.0)
-    # The pitting hole darkens the blue exposure towards the centre even in clean cherries.
-    centre = np.clip(depth_c / (radius * 0.8), 0, 1) ** 1.5
-    red = r0 * light * (1.0 + 0.12 * smooth[0] + 0.12 * speckle[0])
-    blue = (
-        b0
-        * light
-        * (
-            1.0
-            + rng.uniform(0.15, 0.6) * ring
-            - rng.uniform(0.0, 0.3) * centre
-            + 0.12 * smooth[1]
-            + 0.15 * speckle[1]
-        )
-    )
+    def body(self) -> None:
+        """One lumpy ellipse, sometimes a second touching cherry."""
+        rng, size, sc = self.rng, self.size, self.sc
+        mid = (size - 1) / 2.0
+        radius = rng.uniform(24.0, 37.0) * sc
+        aspect = rng.uniform(0.75, 1.0) if rng.random() < 0.85 else rng.uniform(0.55, 0.75)
+        theta = rng.uniform(0, np.pi)
+        cy, cx = mid, mid
+        wobble = rng.uniform(0.03, 0.12)
+        twin = None
+        if rng.random() < 0.08:
+            r2 = radius * rng.uniform(0.6, 0.95)
+            ang = rng.uniform(0, 2 * np.pi)
+            dist = (radius + r2) * rng.uniform(0.55, 0.75)
+            # Shift both so the pair stays in frame; the final re-centring does the rest.
+            share = r2 / (radius + r2)
+            oy, ox = dist * math.sin(ang), dist * math.cos(ang)
+            cy, cx = cy - oy * share, cx - ox * share
+            twin = (cy + oy, cx + ox, r2, rng.uniform(0.75, 1.0), rng.uniform(0, np.pi))
+        depth, self.u, _ = _blob(rng, size, cy, cx, radius, aspect, theta, wobble)
+        if twin is not None:
+            depth = np.maximum(depth, _blob(rng, size, *twin, wobble)[0])
+        self.depth, self.depth_c = depth, np.clip(depth, 0, None)  # px inside the rim
+        self.radius, self.aspect, self.cy, self.cx = radius, aspect, cy, cx
 
-    # --- confounders: diffuse, low-compactness reddish flesh (both classes, stronger if clean) --
-    conf_amp = rng.uniform(0.1, 0.35 + 0.55 * d) * (1.0 if not is_pit else 0.6)
-    patch = np.clip(smooth[2], 0, None) ** 1.3
-    patch /= patch.max() + 1e-6
-    red += 90.0 * conf_amp * patch
-    blue *= 1.0 - 0.35 * conf_amp * patch * rng.uniform(0.3, 1.0)
-    if not is_pit and rng.random() < 0.1 + 0.45 * d:
-        # A broad red centre that only a careful look tells apart from a pit: wide, soft edges.
-        pr = radius * rng.uniform(0.35, 0.6)
-        ang, off = rng.uniform(0, 2 * np.pi), radius * rng.uniform(0, 0.35)
-        spot = _spot(
-            size,
-            cy + off * math.sin(ang),
-            cx + off * math.cos(ang),
-            pr * rng.uniform(0.6, 1.0),
-            pr,
-            rng.uniform(0, np.pi),
-            rng.uniform(1.2, 2.0),
-        )
-        amp = rng.uniform(20, 45 + 60 * d)
-        red += amp * spot
-        blue *= 1.0 - amp / 130.0 * rng.uniform(0.2, 0.6) * spot
+    def shade(self) -> None:
+        """Rim fall-off, bright blue rim ring, uneven light, flesh speckle."""
+        rng, depth, depth_c, sc = self.rng, self.depth, self.depth_c, self.sc
+        # Brightness falls off towards the rim and leaves a faint glow just outside it.
+        inside = 1.0 - 0.8 * np.exp(-depth_c / (rng.uniform(2.5, 4.0) * sc))
+        outside = 0.2 * np.exp(np.clip(depth, -30, 0) / (2.5 * sc))
+        self.fade = np.where(depth > 0, inside, outside)
+        ring = np.exp(-(((depth_c - 7.0 * sc) / (5.0 * sc)) ** 2))
+        light = 1.0 + rng.uniform(0.0, 0.2) * (self.u / self.radius)
+        self.r0 = r0 = float(np.clip(rng.normal(112, 22), 60, 190))
+        self.b0 = b0 = float(np.clip(r0 * rng.normal(1.45, 0.2) + rng.normal(0, 20), 70, 245))
+        self.smooth = smooth = _smooth_noise(rng, self.size, 3)
+        # Unit-variance white noise; the optical blur at the end turns it into fine speckle.
+        # Uniform draws are several times cheaper than normal ones and look the same once blurred.
+        speckle = (rng.random((2, self.size, self.size), dtype=np.float32) - 0.5) * math.sqrt(12.0)
+        # The pitting hole darkens the blue exposure towards the centre even in clean cherries.
+        centre = np.clip(depth_c / (self.radius * 0.8), 0, 1) ** 1.5
+        self.red = r0 * light * (1.0 + 0.12 * smooth[0] + 0.12 * speckle[0])
+        glow, hole = rng.uniform(0.15, 0.6), rng.uniform(0.0, 0.3)
+        wash = 1.0 + glow * ring - hole * centre + 0.12 * smooth[1] + 0.15 * speckle[1]
+        self.blue = b0 * light * wash
 
-    # --- pit: compact, brighter red, darker blue; sometimes faint, small or near the rim -------
-    if is_pit:
+    def confounders(self, is_pit: bool) -> None:
+        """Diffuse, low-compactness reddish flesh (both classes, stronger if clean)."""
+        rng, d, radius = self.rng, self.d, self.radius
+        conf_amp = rng.uniform(0.1, 0.35 + 0.55 * d) * (1.0 if not is_pit else 0.6)
+        patch = np.clip(self.smooth[2], 0, None) ** 1.3
+        patch /= patch.max() + 1e-6
+        self.red += 90.0 * conf_amp * patch
+        self.blue *= 1.0 - 0.35 * conf_amp * patch * rng.uniform(0.3, 1.0)
+        if not is_pit and rng.random() < 0.1 + 0.45 * d:
+            # A broad red centre that only a careful look tells apart from a pit: wide, soft edges.
+            pr = radius * rng.uniform(0.35, 0.6)
+            ang, off = rng.uniform(0, 2 * np.pi), radius * rng.uniform(0, 0.35)
+            sy, sx = self.cy + off * math.sin(ang), self.cx + off * math.cos(ang)
+            ry, theta = pr * rng.uniform(0.6, 1.0), rng.uniform(0, np.pi)
+            spot = _spot(self.size, sy, sx, ry, pr, theta, rng.uniform(1.2, 2.0))
+            amp = rng.uniform(20, 45 + 60 * d)
+            self.red += amp * spot
+            self.blue *= 1.0 - amp / 130.0 * rng.uniform(0.2, 0.6) * spot
+
+    def pit(self) -> None:
+        """Compact, brighter red, darker blue; sometimes faint, small or near the rim."""
+        rng, d, radius, size = self.rng, self.d, self.radius, self.size
         strength = rng.uniform(0.5, 1.0) * (1.0 - 0.5 * d)
         if rng.random() < 0.03 + 0.4 * d:
             strength *= rng.uniform(0.25, 0.6)  # faint
@@ -249,61 +240,79 @@ def make_crop(
         near_rim = rng.random() < 0.05 + 0.3 * d
         frac = rng.uniform(0.45, 0.75) if near_rim else rng.uniform(0.0, 0.4)
         ang = rng.uniform(0, 2 * np.pi)
-        py = cy + frac * radius * aspect * math.sin(ang)
-        px = cx + frac * radius * math.cos(ang)
+        py = self.cy + frac * radius * self.aspect * math.sin(ang)
+        px = self.cx + frac * radius * math.cos(ang)
         # Pits are stones seen from above: often elongated, with a flat-topped profile.
         ry, rx = pr * rng.uniform(0.5, 0.95), pr * rng.uniform(1.0, 1.4)
         spot = _spot(size, py, px, ry, rx, rng.uniform(0, np.pi), rng.uniform(2, 4))
         halo = _spot(size, py, px, pr * 2.2, pr * 2.2, 0.0, 2.0)
         # Flesh partly covers the pit: lumpy visibility, and less of it close to the rim.
-        cover = np.clip(1.0 + 0.3 * smooth[2], 0.3, 1.3) * np.clip(depth_c / (6.0 * sc), 0, 1)
+        lumps = np.clip(1.0 + 0.3 * self.smooth[2], 0.3, 1.3)
+        cover = lumps * np.clip(self.depth_c / (6.0 * self.sc), 0, 1)
         amp = 130.0 * strength
-        red += amp * (spot + 0.25 * halo) * cover
+        self.red += amp * (spot + 0.25 * halo) * cover
         # Blue drops by a fraction, never to zero: the pit absorbs the blue exposure.
-        blue *= 1.0 - np.clip(
-            strength * rng.uniform(0.5, 0.9) * (spot + 0.2 * halo) * cover, 0, 0.75
-        )
+        drop = strength * rng.uniform(0.5, 0.9) * (spot + 0.2 * halo) * cover
+        self.blue *= 1.0 - np.clip(drop, 0, 0.75)
 
-    img = np.stack([red * fade, blue * fade])
-    # The segmenter's box sits a little inside the rim, so the cherry fills it edge to edge.
-    visible = depth > rng.uniform(1.0, 6.0) * sc
-
-    # --- stem: a thin dark line leaving the rim ---------------------------------------------
-    if rng.random() < 0.12:
-        yy, xx = _grid(size)
+    def stem(self, img: np.ndarray, visible: np.ndarray) -> None:
+        """A thin dark line leaving the rim, drawn into ``img`` and ``visible``."""
+        rng, sc = self.rng, self.sc
+        yy, xx = _grid(self.size)
         ang = rng.uniform(0, 2 * np.pi)
-        sy = cy + radius * aspect * 0.9 * math.sin(ang)
-        sx = cx + radius * 0.9 * math.cos(ang)
+        sy = self.cy + self.radius * self.aspect * 0.9 * math.sin(ang)
+        sx = self.cx + self.radius * 0.9 * math.cos(ang)
         out_ang = ang + rng.normal(0, 0.4)
         length = rng.uniform(8, 18) * sc
         ey, ex = sy + length * math.sin(out_ang), sx + length * math.cos(out_ang)
         vy, vx = ey - sy, ex - sx
         t = np.clip(((yy - sy) * vy + (xx - sx) * vx) / (vy * vy + vx * vx), 0, 1)
         stem = np.hypot(yy - (sy + t * vy), xx - (sx + t * vx)) < rng.uniform(0.8, 1.6) * sc
-        stem &= depth < 2
-        img[:, stem] = np.array([[r0 * 0.5], [b0 * 0.45]], np.float32)
+        stem &= self.depth < 2
+        img[:, stem] = np.array([[self.r0 * 0.5], [self.b0 * 0.45]], np.float32)
         visible |= stem
 
-    # --- optics and sensor: slight blur and noise; the mask makes the background exact --------
-    blur = rng.uniform(0.6, 1.0) * sc
-    img = ndi.gaussian_filter(img, (0, blur, blur))
-    # Shot-like noise: dim pixels stay dim, so R/B ratios near the rim are not dominated by it.
-    noise = rng.random((2, *img.shape), dtype=np.float32).sum(axis=0) - 1.0  # triangular
-    noise *= math.sqrt(6.0)
-    img += noise * (0.4 + rng.uniform(0.15, 0.3) * np.sqrt(np.clip(img, 0, None)))
-    mask, (by, bx) = _frame_mask(rng, visible)
-    img = np.clip(np.rint(img), 0, 255)
-    # Real crops never hold B == 0 inside the mask, which keeps the mask recoverable from pixels.
-    img[1] = np.maximum(img[1], 1)
-    img *= mask
-    # Centre the box in the crop, as the detector does (real box centres sit within ~1 px).
-    dy = round(mid - by + rng.normal(0, 0.7))
-    dx = round(mid - bx + rng.normal(0, 0.7))
-    img = _shift(img, dy, dx)
-    out = np.zeros((size, size, 3), np.uint8)
-    out[..., 0] = img[0]
-    out[..., 2] = img[1]
-    return out
+    def camera(self, img: np.ndarray, visible: np.ndarray) -> np.ndarray:
+        """Slight blur and noise; the mask makes the background exact; the box is centred."""
+        rng, size = self.rng, self.size
+        blur = rng.uniform(0.6, 1.0) * self.sc
+        img = ndi.gaussian_filter(img, (0, blur, blur))
+        # Shot-like noise: dim pixels stay dim, so R/B ratios near the rim are not dominated by it.
+        noise = rng.random((2, *img.shape), dtype=np.float32).sum(axis=0) - 1.0  # triangular
+        noise *= math.sqrt(6.0)
+        img += noise * (0.4 + rng.uniform(0.15, 0.3) * np.sqrt(np.clip(img, 0, None)))
+        mask, (by, bx) = _frame_mask(rng, visible)
+        img = np.clip(np.rint(img), 0, 255)
+        # Real crops never hold B == 0 inside the mask, which keeps the mask recoverable.
+        img[1] = np.maximum(img[1], 1)
+        img *= mask
+        # Centre the box in the crop, as the detector does (real box centres sit within ~1 px).
+        mid = (size - 1) / 2.0
+        dy = round(mid - by + rng.normal(0, 0.7))
+        dx = round(mid - bx + rng.normal(0, 0.7))
+        img = _shift(img, dy, dx)
+        out = np.zeros((size, size, 3), np.uint8)
+        out[..., 0] = img[0]
+        out[..., 2] = img[1]
+        return out
+
+
+def make_crop(rng: _Rng, is_pit: bool, size: int = 128, difficulty: float = 0.5) -> np.ndarray:
+    """One synthetic crop, uint8 array (size, size, 3), green channel 0, background exactly 0."""
+    _check_size(size)
+    _check_difficulty(difficulty)
+    cherry = _Cherry(rng, size, difficulty)
+    cherry.body()
+    cherry.shade()
+    cherry.confounders(is_pit)
+    if is_pit:
+        cherry.pit()
+    img = np.stack([cherry.red * cherry.fade, cherry.blue * cherry.fade])
+    # The segmenter's box sits a little inside the rim, so the cherry fills it edge to edge.
+    visible = cherry.depth > rng.uniform(1.0, 6.0) * cherry.sc
+    if rng.random() < 0.12:
+        cherry.stem(img, visible)
+    return cherry.camera(img, visible)
 
 
 def make_crops(

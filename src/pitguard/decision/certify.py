@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pitguard.core.errors import PitguardError
+from pitguard.core.fmt import pct
 from pitguard.core.stats import cp_upper
 
 # Smallest float32 above 1: as t_high it routes nothing to pit even when p == 1.0 exactly,
@@ -24,10 +25,6 @@ from pitguard.core.stats import cp_upper
 _ABOVE_ONE = float(np.nextafter(np.float32(1.0), np.float32(2.0)))
 # Cells of the (t_low x t_high) accuracy table held in memory at once.
 _TABLE_CELLS = 4_000_000
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:g}%"
 
 
 def _check_fraction(name: str, value: float) -> None:
@@ -57,7 +54,7 @@ def _best_supported(n: int, confidence: float, flag: str, what: str) -> str:
         else f"calibrate on more {what}"
     )
     return (
-        f", which support a bound of {100 * best:.2f}% at {_pct(confidence)} confidence at "
+        f", which support a bound of {100 * best:.2f}% at {pct(confidence, -1)} confidence at "
         f"best: {ask} (or lower --confidence)"
     )
 
@@ -84,7 +81,7 @@ def _refuse_too_few(guarantee: str, n: int, rate: float, confidence: float, what
     crops, failures, bound, flag = _CERTIFIED_ON[what]
     if guarantee == "expected" and n < _crc_needed(rate):
         raise PitguardError(
-            f"cannot certify {what}: an expected rate of {_pct(rate)} needs at least "
+            f"cannot certify {what}: an expected rate of {pct(rate, -1)} needs at least "
             f"{_crc_needed(rate)} {crops} (conformal risk control bounds it by (failures + 1) / "
             f"({crops} + 1)); the calibration data has {n} {crops}"
         )
@@ -92,7 +89,7 @@ def _refuse_too_few(guarantee: str, n: int, rate: float, confidence: float, what
     if guarantee == "exact" and n < need:
         raise PitguardError(
             f"cannot certify {what}: needs at least {need} {crops} with zero {failures} for a "
-            f"{_pct(rate)} {bound} bound at {_pct(confidence)} confidence; the calibration data "
+            f"{pct(rate, -1)} {bound} bound at {pct(confidence, -1)} confidence; the calibration data "
             f"has {n} {crops}" + _best_supported(n, confidence, flag, crops)
         )
 

@@ -20,6 +20,7 @@ import torch
 
 from pitguard.core.devices import pick_device
 from pitguard.core.errors import PitguardError
+from pitguard.deploy.bench_result import BenchRecord, BenchResult
 from pitguard.deploy.bundle import DeployModule, save_weights
 from pitguard.deploy.timing import (
     check_backends,
@@ -269,7 +270,8 @@ def bench(
 
     Each batch is timed ``warmup`` times untimed, then until both ``min_runs`` runs and
     ``min_seconds`` have passed. The baseline is timed as ``eager`` in the same run; on CUDA
-    ``eager`` also brings ``eager-fp16`` and ``eager-bf16`` (autocast).
+    ``eager`` also brings ``eager-fp16`` and ``eager-bf16`` (autocast). Returns what bench.json
+    holds (``BenchResult.to_dict()``).
     """
     targets = list(dict.fromkeys(str(t) for t in targets))
     if not targets:
@@ -316,15 +318,15 @@ def bench(
     finally:
         torch.set_num_threads(previous_threads)
     info["loadavg_end"] = loadavg()
-    return {
-        "hardware": info,
-        "threads": threads,
-        "settings": {**timing, "device": device, "size": size, "batch_sizes": list(sizes)},
-        "results": records,
-        "skipped": skipped,
-        "baseline": baseline,
-        "ratios": compute_ratios(records, baseline),
-    }
+    return BenchResult(
+        hardware=info,
+        threads=threads,
+        settings={**timing, "device": device, "size": size, "batch_sizes": list(sizes)},
+        results=[BenchRecord.from_dict(r) for r in records],
+        skipped=skipped,
+        baseline=baseline,
+        ratios=compute_ratios(records, baseline),
+    ).to_dict()
 
 
 def format_table(result: dict) -> str:

@@ -20,11 +20,11 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from pitguard import __version__
@@ -32,6 +32,15 @@ from pitguard.core.errors import PitguardError
 from pitguard.core.files import atomic_path, file_sha256, read_json
 from pitguard.decision.certify import choose_thresholds
 from pitguard.deploy.bundle import DeployModule, sanitize_denormals, save_weights
+from pitguard.deploy.export_checks import (
+    MAX_PROB_DIFF,
+    Reference,
+    Scores,
+    accuracy_gate,
+    check_own_routes,
+    gate_stats,
+    require_same_routes,
+)
 from pitguard.deploy.graphs import (
     OPSET,
     convert_fp16,
@@ -44,7 +53,6 @@ from pitguard.deploy.graphs import (
     stamp_graph,
 )
 from pitguard.models.runfolder import (
-    EvalData,
     RunModel,
     RunPaths,
     evaluated_part,
@@ -59,9 +67,10 @@ from pitguard.runtime.bundle import (
     make_bundle_readable,
     write_bundle_json,
 )
-from pitguard.runtime.policy import DecisionPolicy, Route, maybe_index, route
+from pitguard.runtime.policy import DecisionPolicy, maybe_index
 
-MAX_PROB_DIFF = 1e-4  # fp32 ONNX against the calibrated model on the calib crops
+__all__ = ["MAX_PROB_DIFF", "export_run"]
+
 INT8_MAX_ACCURACY_DROP = 0.01  # argmax accuracy on calib may drop by at most 1 point
 FP16_MAX_ACCURACY_DROP = 0.005
 INT8_CALIBRATION_CROPS = 512  # train crops that set the INT8 activation ranges
@@ -72,22 +81,6 @@ VARIANTS = {  # key: (backend, extra bundle.json facts)
     ),
     "fp16": ("onnx-fp16", {"input_dtype": "float16"}),
 }
-
-
-def _gate_stats(labels: np.ndarray, pit_index: int, ref, new) -> dict:
-    ref_logits, ref_p, ref_route = ref
-    logits, p, route_ids = new
-    is_pit = labels == pit_index
-    return {
-        "n": len(labels),
-        "max_prob_diff": float(np.abs(ref_p - p).max()),
-        "route_mismatches": int((ref_route != route_ids).sum()),
-        "accuracy_ref": float((ref_logits.argmax(1) == labels).mean()),
-        "accuracy": float((logits.argmax(1) == labels).mean()),
-        "pit_misses_ref": int((is_pit & (ref_route == Route.CLEAN)).sum()),
-        "pit_misses": int((is_pit & (route_ids == Route.CLEAN)).sum()),
-        "n_pits": int(is_pit.sum()),
-    }
 
 
 def _train_crops(run: RunModel) -> torch.Tensor | None:
@@ -176,38 +169,65 @@ def export_run(
     out = Path(out)
     _prepare_out(out, replace)
     unfinished = refuse_unfinished(run.run, allow_unfinished, "export")
+    ref = _reference(run, calib_data, allow_uncalibrated)
+    module, denormals = _shipped_module(ref)
+    meta = _bundle_meta(ref, module, unfinished, denormals)
+    variants = [key for key, wanted in (("int8", int8), ("fp16", fp16)) if wanted]
+    graphs = onnx or bool(variants)
+    _write_bundle(out, lambda tmp: _write_files(tmp, ref, module, meta, graphs, variants))
+    return meta
+
+
+def _reference(run: RunModel, calib_data: str | Path | None, allow_uncalibrated: bool) -> Reference:
+    """The calibrated model (what calibrate certified, eval measures) and its scores of the
+    crops the bundle is checked on."""
     policy, record = _policy_record(run, allow_uncalibrated)
-    calibrated = DeployModule(run.net, policy).eval()  # what calibrate certified, eval measures
-    module = copy.deepcopy(calibrated)
-    denormals = sanitize_denormals(module)
+    calibrated = DeployModule(run.net, policy).eval()
     ev = load_part(run, calib_data, None if calib_data else _check_part(run))
     train = _train_crops(run)
     guard = _input_guard(run, train if train is not None else ev.crops.images)
-    ref = run_torch(calibrated, ev.crops.images)
+    scores = run_torch(calibrated, ev.crops.images)
+    return Reference(run, policy, record, calibrated, ev, scores, train, guard)
+
+
+def _shipped_module(ref: Reference) -> tuple[DeployModule, int]:
+    """The weights that ship: the calibrated model's, denormals zeroed; the count zeroed."""
+    module = copy.deepcopy(ref.model)
+    denormals = sanitize_denormals(module)
     if denormals:  # weights changed by zeroing: they must still route as the calibrated model
-        eager = run_torch(module, ev.crops.images)
-        _require_same_routes("the bundle's weights differ", ev, run.pit_index, ref, eager)
-    meta = _bundle_meta(run, module, policy, record, unfinished, denormals, guard)
+        eager = run_torch(module, ref.ev.crops.images)
+        require_same_routes("the bundle's weights differ", ref, eager)
+    return module, denormals
+
+
+def _write_files(
+    tmp: Path, ref: Reference, module: DeployModule, meta: dict, graphs: bool, variants: list
+) -> None:
+    """The bundle's files in ``tmp``, each past its gate, and bundle.json naming them."""
+    meta["files"] = {"weights": save_weights(module, tmp, guard_stamp(ref.guard))}
+    if graphs:
+        meta.update(_fp32_graph(module, tmp, ref))
+        meta["files"]["onnx"] = BACKENDS["onnx"].file_name
+    for key in variants:
+        meta[key] = _variant(key, tmp, ref)
+        meta["files"][BACKENDS[VARIANTS[key][0]].file_key] = meta[key].pop("file")
+    for name in meta["files"].values():
+        if name.endswith(".onnx"):
+            stamp_graph(tmp / name, ref.guard)
+    write_bundle_json(tmp, meta)
+    make_bundle_readable(tmp)
+
+
+def _write_bundle(out: Path, write: Callable[[Path], None]) -> None:
+    """The bundle ``write`` makes in a new folder, put at ``out`` once complete; the bundle
+    ``--force`` replaces is moved aside only at that last step."""
     old = out.with_name(f".{out.name}.replaced{os.getpid()}")
     try:
         with atomic_path(out) as tmp:
             tmp.mkdir()
-            meta["files"] = {"weights": save_weights(module, tmp, guard_stamp(guard))}
-            if onnx or int8 or fp16:
-                meta.update(_fp32_graph(module, tmp, ev, ref, run.pit_index))
-                meta["files"]["onnx"] = BACKENDS["onnx"].file_name
-            for key, wanted in (("int8", int8), ("fp16", fp16)):
-                if wanted:
-                    quant = train if train is not None else ev.crops.images
-                    meta[key] = _variant(key, tmp, ev, ref, run, record, quant)
-                    meta["files"][BACKENDS[VARIANTS[key][0]].file_key] = meta[key].pop("file")
-            for name in meta["files"].values():
-                if name.endswith(".onnx"):
-                    stamp_graph(tmp / name, guard)
-            write_bundle_json(tmp, meta)
-            make_bundle_readable(tmp)
+            write(tmp)
             if out.exists():
-                if any(out.iterdir()):  # the bundle --force replaces, moved aside at the last step
+                if any(out.iterdir()):
                     os.replace(out, old)
                 else:
                     out.rmdir()  # an empty folder given as --out
@@ -217,10 +237,12 @@ def export_run(
         raise
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
-    return meta
 
 
-def _bundle_meta(run, module, policy, record, unfinished, denormals, guard) -> dict[str, Any]:
+def _bundle_meta(
+    ref: Reference, module: DeployModule, unfinished: str | None, denormals: int
+) -> dict[str, Any]:
+    run, record = ref.run, ref.record
     return {
         "model_name": run.model_name,
         "model_kwargs": run.model_kwargs,
@@ -228,7 +250,7 @@ def _bundle_meta(run, module, policy, record, unfinished, denormals, guard) -> d
         "input": module.net.contract.to_dict(),
         "input_note": "float32 crops scaled to [0, 1], (N, 3, H, W), all three channels as the "
         "line sends them; channel selection, normalization and pooling are inside the graph",
-        "policy": policy.to_dict(),
+        "policy": ref.policy.to_dict(),
         "guarantee": record["guarantee"] if record else None,
         "calibration": record["thresholds"] if record else None,
         "training": {"finished": unfinished is None, "unfinished": unfinished},
@@ -244,75 +266,68 @@ def _bundle_meta(run, module, policy, record, unfinished, denormals, guard) -> d
             "torch_version": torch.__version__,
         },
         "denormals_zeroed": denormals,
-        "input_guard": guard,
+        "input_guard": ref.guard,
     }
 
 
-def _require_same_routes(what: str, ev: EvalData, pit_index: int, ref, new) -> dict:
-    """Refuse ``new`` unless it routes every crop as the calibrated model, p(pit) within
-    ``MAX_PROB_DIFF``; returns the comparison."""
-    stats = {**_gate_stats(ev.labels, pit_index, ref, new), "data": ev.description}
-    if stats["max_prob_diff"] > MAX_PROB_DIFF or stats["route_mismatches"]:
-        raise PitguardError(
-            f"{what} on {ev.description}: max p(pit) difference {stats['max_prob_diff']:.2e} "
-            f"(limit {MAX_PROB_DIFF:.0e}), {stats['route_mismatches']} of {stats['n']} routes "
-            "differ from the calibrated model's; no bundle written"
-        )
-    return stats
-
-
-def _fp32_graph(module: DeployModule, tmp: Path, ev: EvalData, ref, pit_index) -> dict:
+def _fp32_graph(module: DeployModule, tmp: Path, ref: Reference) -> dict:
     fp32 = tmp / BACKENDS["onnx"].file_name
     export_onnx(module, fp32, module.net.contract.size)
-    scores = run_onnx(ort_session(fp32), ev.crops.images)
-    stats = _require_same_routes("ONNX parity failed", ev, pit_index, ref, scores)
+    scores = run_onnx(ort_session(fp32), ref.ev.crops.images)
+    stats = require_same_routes("ONNX parity failed", ref, scores)
     limits = {"max_prob_diff": MAX_PROB_DIFF, "route_mismatches": 0}
     return {"onnx": {"opset": OPSET, "parity": stats, "tolerances": limits}}
 
 
-def _variant(key, tmp, ev, ref, run, record, quant_crops) -> dict:
+def _variant(key: str, tmp: Path, ref: Reference) -> dict:
     """An INT8 or FP16 graph with a guarantee established on its own scores (see the module)."""
     backend, info = VARIANTS[key]
     max_drop = INT8_MAX_ACCURACY_DROP if key == "int8" else FP16_MAX_ACCURACY_DROP
     path = tmp / BACKENDS[backend].file_name
     fp32 = tmp / BACKENDS["onnx"].file_name
     if key == "int8":
-        step = max(1, len(quant_crops) // INT8_CALIBRATION_CROPS)
-        quantize_int8(fp32, path, quant_crops[::step][:INT8_CALIBRATION_CROPS])
+        step = max(1, len(ref.fit_crops) // INT8_CALIBRATION_CROPS)
+        quantize_int8(fp32, path, ref.fit_crops[::step][:INT8_CALIBRATION_CROPS])
     else:
         convert_fp16(fp32, path)
-    scores = run_onnx(ort_session(path), ev.crops.images)
-    own = _recertify(path, ev, scores, run, record)
+    scores = run_onnx(ort_session(path), ref.ev.crops.images)
+    own = _recertify(path, ref, scores)
     if own is not None:
-        scores = run_onnx(ort_session(path), ev.crops.images)
-    stats = _gate_stats(ev.labels, run.pit_index, ref, scores)
-    stats["data"] = ev.description
-    _accuracy_gate(key.upper(), stats, max_drop, ev.description)
+        scores = run_onnx(ort_session(path), ref.ev.crops.images)
+    stats = gate_stats(ref, scores)
+    accuracy_gate(key.upper(), stats, max_drop, ref.ev.description)
     held = held_policy(path)
+    return {
+        **info,
+        "file": path.name,
+        "gate": stats,
+        "policy": {**_policy_dict(ref), **held},
+        "guarantee": _variant_guarantee(key, path, ref, scores, stats, held, own),
+        "tolerances": {"max_accuracy_drop": max_drop},
+    }
+
+
+def _variant_guarantee(
+    key: str, path: Path, ref: Reference, scores: Scores, stats: dict, held: dict, own: dict | None
+) -> dict:
+    """Where the graph's guarantee comes from: its own certified thresholds, or, where those
+    cannot be certified here, routes identical to the calibrated model's."""
     if own is None:
         if stats["route_mismatches"]:
             raise PitguardError(
-                f"{key.upper()} refused on {ev.description}: {stats['route_mismatches']} of "
+                f"{key.upper()} refused on {ref.ev.description}: {stats['route_mismatches']} of "
                 f"{stats['n']} routes differ from the calibrated model's, and its guarantee "
                 "cannot be certified again here (the run was calibrated on other scores than "
                 "these crops'); export without it, or calibrate on held-out crops and pass them "
                 "with --calib-data; no bundle written"
             )
-        guarantee = {"established_on": "routes identical to the calibrated model's", **stats}
-    else:
-        _check_own_routes(key, ev.labels == run.pit_index, scores, held, own)
-        guarantee = {"established_on": f"{path.name}'s own scores of {ev.description}", **own}
-    return {
-        **info,
-        "file": path.name,
-        "gate": stats,
-        "policy": {**_policy_dict(record, run), **held},
-        "guarantee": guarantee,
-        "tolerances": {"max_accuracy_drop": max_drop},
-    }
+        return {"established_on": "routes identical to the calibrated model's", **stats}
+    check_own_routes(key, ref.is_pit, scores, held, own)
+    return {"established_on": f"{path.name}'s own scores of {ref.ev.description}", **own}
 
 
-def _policy_dict(record: dict | None, run: RunModel) -> dict:
+def _policy_dict(ref: Reference) -> dict:
+    record, run = ref.record, ref.run
     return (
         dict(record["policy"])
         if record
@@ -320,18 +335,18 @@ def _policy_dict(record: dict | None, run: RunModel) -> dict:
     )
 
 
-def _recertify(path: Path, ev: EvalData, scores, run: RunModel, record: dict | None):
+def _recertify(path: Path, ref: Reference, scores: Scores) -> dict | None:
     """Thresholds certified on the graph's own scores and written into it; None where the
     guarantee was not established on these crops (oof, other data, or no calibration)."""
+    record = ref.record
     if not record or record.get("mode", "holdout") != "holdout":
         return None
-    if (record.get("calibration_data") or {}).get("data") != ev.description:
+    if (record.get("calibration_data") or {}).get("data") != ref.ev.description:
         return None
     g = record["guarantee"]
-    is_pit = ev.labels == run.pit_index
     chosen = choose_thresholds(
         scores[1],
-        is_pit,
+        ref.is_pit,
         g["max_pit_miss"],
         g["confidence"],
         g.get("max_false_reject"),
@@ -339,25 +354,3 @@ def _recertify(path: Path, ev: EvalData, scores, run: RunModel, record: dict | N
     )
     set_thresholds(path, chosen.t_low, chosen.t_high)
     return asdict(chosen)
-
-
-def _check_own_routes(key: str, is_pit: np.ndarray, scores, held: dict, own: dict) -> None:
-    """The graph routes by the thresholds it holds and misses no more calib pits than certified."""
-    misses = int((is_pit & (scores[2] == Route.CLEAN)).sum())
-    if (route(scores[1], held["t_low"], held["t_high"]) != scores[2]).any() or misses > own[
-        "calib_pit_misses"
-    ]:
-        raise PitguardError(
-            f"{key.upper()} refused: its graph routes {misses} calibration pits clean where its "
-            f"thresholds were certified with {own['calib_pit_misses']}; no bundle written"
-        )
-
-
-def _accuracy_gate(name: str, stats: dict, max_drop: float, where: str) -> None:
-    drop = stats["accuracy_ref"] - stats["accuracy"]
-    if drop > max_drop:
-        raise PitguardError(
-            f"{name} refused on {where}: accuracy {100 * stats['accuracy']:.2f}% vs fp32 "
-            f"{100 * stats['accuracy_ref']:.2f}% (max drop {100 * max_drop:.1f} points), pits "
-            f"routed clean {stats['pit_misses']} vs fp32 {stats['pit_misses_ref']}; no bundle written"
-        )

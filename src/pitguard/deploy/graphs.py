@@ -106,6 +106,7 @@ class _CalibReader:
 
 
 def quantize_int8(fp32: Path, out: Path, crops_u8: torch.Tensor) -> None:
+    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -116,6 +117,9 @@ def quantize_int8(fp32: Path, out: Path, crops_u8: torch.Tensor) -> None:
 
     prep = out.with_name("prep.onnx")
     quant_pre_process(str(fp32), str(prep), skip_symbolic_shape=True)
+    # The first convolution stays in float: quantized, it cost cpu-fast 3.5 points of calib
+    # accuracy (87.89% against 91.43%, n=735); kept in float, 0.4 (decision log, INT8 entry).
+    stem = next(n.name for n in onnx.load(str(prep)).graph.node if n.op_type == "Conv")
     reader = _CalibReader(crops_u8)
     CalibrationDataReader.register(_CalibReader)
     quantize_static(
@@ -127,6 +131,7 @@ def quantize_int8(fp32: Path, out: Path, crops_u8: torch.Tensor) -> None:
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         op_types_to_quantize=["Conv", "Gemm", "MatMul"],  # the decision stays in float
+        nodes_to_exclude=[stem],
     )
     prep.unlink(missing_ok=True)
 

@@ -42,65 +42,67 @@ def compare_runs(
             "pass --data with crops none of them trained on"
         )
     ev = load_part(runs[0], data, part)
-    per_run = []
     for run in runs:
         if run.classes != runs[0].classes:
             raise PitguardError(
                 f"{run.run}: classes {run.classes} differ from {runs[0].run}: {runs[0].classes}"
             )
-        logits = run_logits(run, ev.crops)
-        correct = (logits.argmax(1).numpy() == ev.labels).astype(float)
-        policy = load_policy(run.run)
-        entry = {
-            "run": str(run.run),
-            "accuracy": float(correct.mean()),
-            "correct": correct,
-            "maybe": None,
-            "guarantee": None,
-        }
-        if policy is not None:
-            with torch.no_grad():
-                routes = policy(logits)[1].numpy()
-            entry["maybe"] = (routes == Route.MAYBE).astype(float)
-            entry["maybe_rate"] = float(entry["maybe"].mean())
-            entry["guarantee"] = (read_json(RunPaths(run.run).policy) or {}).get("guarantee")
-        per_run.append(entry)
-    base = per_run[0]
-    rows = []
-    for other in per_run[1:]:
-        row = {
-            "baseline": base["run"],
-            "run": other["run"],
-            "accuracy_baseline": base["accuracy"],
-            "accuracy_run": other["accuracy"],
-            "mcnemar": mcnemar_exact(other["correct"].astype(bool), base["correct"].astype(bool)),
-            "accuracy_diff": paired_bootstrap_diff(
-                other["correct"], base["correct"], n_boot=n_boot
-            ),
-        }
-        same_guarantee = (
-            base["guarantee"] is not None
-            and other["guarantee"] is not None
-            and base["guarantee"]["max_pit_miss"] == other["guarantee"]["max_pit_miss"]
-            and base["guarantee"]["confidence"] == other["guarantee"]["confidence"]
-        )
-        if same_guarantee:
-            row["maybe_rate_diff"] = paired_bootstrap_diff(
-                other["maybe"], base["maybe"], n_boot=n_boot
-            )
-        else:
-            row["maybe_rate_diff"] = None
-            row["maybe_note"] = (
-                "not compared: both runs need a calibrated policy with the same guarantee"
-            )
-        p = row["mcnemar"]["p_value"]
-        row["verdict"] = (
-            "within noise"
-            if p >= 0.05 and row["accuracy_diff"]["within_noise"]
-            else "difference beyond noise"
-        )
-        rows.append(row)
+    per_run = [_scored(run, ev) for run in runs]
+    rows = [_compared(per_run[0], other, n_boot) for other in per_run[1:]]
     return {"data": ev.description, "n": len(ev.labels), "comparisons": rows}
+
+
+def _scored(run, ev) -> dict:
+    """Which crops of EV the run's argmax gets right and, with a policy, which it routes to maybe."""
+    logits = run_logits(run, ev.crops)
+    correct = (logits.argmax(1).numpy() == ev.labels).astype(float)
+    policy = load_policy(run.run)
+    entry = {
+        "run": str(run.run),
+        "accuracy": float(correct.mean()),
+        "correct": correct,
+        "maybe": None,
+        "guarantee": None,
+    }
+    if policy is not None:
+        with torch.no_grad():
+            routes = policy(logits)[1].numpy()
+        entry["maybe"] = (routes == Route.MAYBE).astype(float)
+        entry["maybe_rate"] = float(entry["maybe"].mean())
+        entry["guarantee"] = (read_json(RunPaths(run.run).policy) or {}).get("guarantee")
+    return entry
+
+
+def _compared(base: dict, other: dict, n_boot: int) -> dict:
+    """OTHER against BASE: paired accuracy difference, McNemar, and maybe rates under one bound."""
+    row = {
+        "baseline": base["run"],
+        "run": other["run"],
+        "accuracy_baseline": base["accuracy"],
+        "accuracy_run": other["accuracy"],
+        "mcnemar": mcnemar_exact(other["correct"].astype(bool), base["correct"].astype(bool)),
+        "accuracy_diff": paired_bootstrap_diff(other["correct"], base["correct"], n_boot=n_boot),
+    }
+    same_guarantee = (
+        base["guarantee"] is not None
+        and other["guarantee"] is not None
+        and base["guarantee"]["max_pit_miss"] == other["guarantee"]["max_pit_miss"]
+        and base["guarantee"]["confidence"] == other["guarantee"]["confidence"]
+    )
+    if same_guarantee:
+        row["maybe_rate_diff"] = paired_bootstrap_diff(other["maybe"], base["maybe"], n_boot=n_boot)
+    else:
+        row["maybe_rate_diff"] = None
+        row["maybe_note"] = (
+            "not compared: both runs need a calibrated policy with the same guarantee"
+        )
+    p = row["mcnemar"]["p_value"]
+    row["verdict"] = (
+        "within noise"
+        if p >= 0.05 and row["accuracy_diff"]["within_noise"]
+        else "difference beyond noise"
+    )
+    return row
 
 
 def format_comparison(result: dict) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,16 @@ import torch
 
 from pitguard.core.errors import PitguardError
 from pitguard.core.files import atomic_write, file_sha256, write_json
+from pitguard.core.fmt import pct, pct_ci
 from pitguard.core.stats import clopper_pearson
 from pitguard.data.load import Crops
 from pitguard.evaluate import metrics, plots
+from pitguard.evaluate.results import (
+    EvalReport,
+    InputGuardCheck,
+    RoutedMetrics,
+    plain_summary,
+)
 from pitguard.models.runfolder import (
     EVAL_CONFUSION,
     EVAL_METRICS,
@@ -73,70 +81,82 @@ def evaluate_run(
 ) -> dict:
     """Metrics of a run's argmax predictions, and of the routes of ``policy`` (logits -> p_pit,
     route); ``calibration`` is the policy's record (policy.json), whose mode and guarantee the
-    routed metrics carry."""
+    routed metrics carry. Returns what metrics.json holds (``EvalReport.to_dict()``)."""
     if n_boot < 1:
         raise PitguardError(f"--n-boot {n_boot}: give at least 1 bootstrap resample (default 1000)")
     run = load_run(run_dir)
     ev = load_part(run, data, part, classes)
     logits = run_logits(run, ev.crops, device)
     probs = torch.softmax(logits.double(), dim=1).numpy()
-    report = metrics.classification_report(ev.labels, probs, list(run.classes), n_boot=n_boot)
-    result = {
-        "run": str(run.run),
-        "data": ev.description,
-        "source": str(ev.source),
-        "part": ev.part,
-        "n": len(ev.labels),
-        **report,
-        "model_sha256": file_sha256(RunPaths(run.run).weights),
-    }
+    report = replace(
+        metrics.eval_report(ev.labels, probs, list(run.classes), n_boot=n_boot),
+        run=str(run.run),
+        data=ev.description,
+        source=str(ev.source),
+        part=ev.part,
+        model_sha256=file_sha256(RunPaths(run.run).weights),
+    )
     out = Path(out_dir) if out_dir else RunPaths(run.run).eval_dir(ev)
     out.mkdir(parents=True, exist_ok=True)
-    routes = None
     flagged = _input_guard(run, ev.crops.images.numpy())
-    if flagged is not None:
-        k = int(sum(bool(r) for r in flagged))
-        result["input_guard"] = {
-            "flagged": k,
-            "n": len(flagged),
-            "rate": k / len(flagged),
-            "rate_ci": list(clopper_pearson(k, len(flagged))),
-            "note": "crops unlike the run's train part; the bundle routes them to maybe",
-        }
-    # p(pit) as the bundle computes it: the calibrated policy's, or temperature 1 without one
-    with torch.no_grad():
-        default = DecisionPolicy(pit_index=run.pit_index, maybe_index=maybe_index(run.classes))
-        p_pit, route_ids = (policy or default)(logits)
-    p_pit, route_ids = p_pit.numpy(), route_ids.numpy().copy()
+    report.input_guard = _guard_check(flagged)
+    p_pit, route_ids = _decide(run, logits, policy, flagged)
+    routes = None
     if policy is not None:
-        if flagged is not None:  # what the bundle does: flagged crops go to review
-            route_ids[[bool(r) for r in flagged]] = int(Route.MAYBE)
-        result["policy"] = metrics.routed_metrics(route_ids, ev.labels, run.classes)
-        record = calibration or {}
-        result["policy"]["calibration_mode"] = record.get("mode", "holdout")
-        result["policy"]["guarantee"] = record.get("guarantee")
-        result["policy"]["policy_used"] = record.get("policy")  # what staleness is checked on
-        result["plain_summary"] = plain_summary(result["policy"])
+        report.policy = _routed(route_ids, ev.labels, run.classes, calibration or {})
+        report.plain_summary = plain_summary(report.policy, part=ev.part)
         routes = [Route(int(r)).label for r in route_ids]
     write_predictions(
-        out / EVAL_PREDICTIONS,
-        ev.crops,
-        ev.labels,
-        probs,
-        run.classes,
-        p_pit,
-        routes,
-        flagged,
+        out / EVAL_PREDICTIONS, ev.crops, ev.labels, probs, run.classes, p_pit, routes, flagged
     )
     plots.plot_confusion_matrix(
-        np.array(report["confusion_matrix"]), list(run.classes), out / EVAL_CONFUSION
+        np.array(report.confusion_matrix), list(run.classes), out / EVAL_CONFUSION
     )
     plots.plot_roc_pr(
         (ev.labels == run.pit_index).astype(int), probs[:, run.pit_index], out / EVAL_ROC_PR
     )
-    result["outputs"] = str(out)
+    report.outputs = str(out)
+    result = report.to_dict()
     write_json(out / EVAL_METRICS, result)
     return result
+
+
+def _guard_check(flagged: list[str] | None) -> InputGuardCheck | None:
+    if flagged is None:
+        return None
+    k = int(sum(bool(r) for r in flagged))
+    return InputGuardCheck(
+        flagged=k,
+        n=len(flagged),
+        rate=k / len(flagged),
+        rate_ci=list(clopper_pearson(k, len(flagged))),
+        note="crops unlike the run's train part; the bundle routes them to maybe",
+    )
+
+
+def _decide(
+    run: RunModel, logits: torch.Tensor, policy: torch.nn.Module | None, flagged
+) -> tuple[np.ndarray, np.ndarray]:
+    """p(pit) and routes as the bundle computes them: the calibrated policy's, or temperature 1
+    without one; with a policy, crops the input guard flagged go to review, as in the bundle."""
+    with torch.no_grad():
+        default = DecisionPolicy(pit_index=run.pit_index, maybe_index=maybe_index(run.classes))
+        p_pit, route_ids = (policy or default)(logits)
+    p_pit, route_ids = p_pit.numpy(), route_ids.numpy().copy()
+    if policy is not None and flagged is not None:
+        route_ids[[bool(r) for r in flagged]] = int(Route.MAYBE)
+    return p_pit, route_ids
+
+
+def _routed(route_ids: np.ndarray, labels: np.ndarray, classes, record: dict) -> RoutedMetrics:
+    """The routes measured, with the calibration mode and guarantee of the policy's record."""
+    return replace(
+        metrics.routed(route_ids, labels, classes),
+        calibration_mode=record.get("mode", "holdout"),
+        guarantee=record.get("guarantee"),
+        policy_used=record.get("policy"),  # what staleness is checked on
+        absent=frozenset(),
+    )
 
 
 def _input_guard(run: RunModel, images: np.ndarray) -> list[str] | None:
@@ -150,73 +170,49 @@ def _input_guard(run: RunModel, images: np.ndarray) -> list[str] | None:
     return InputGuard.fit(train.crops.images.numpy(), run.net.contract.channels).check(images)
 
 
-def plain_summary(pol: dict, per: int = 10_000) -> str:
-    """The routed rates in words a line operator reads: per ``per`` crops like the evaluated ones."""
-    n, n_pits = pol["n"], pol["n_pits"]
-    share_pits = n_pits / n if n else 0.0
-    review = round(per * (pol["maybe_rate"] or 0.0))
-    missed = per * share_pits * (pol["pit_miss_rate"] or 0.0)
-    missed_most = per * share_pits * pol["pit_miss_upper"]
-    rejected = per * (1 - share_pits) * (pol["false_reject_rate"] or 0.0)
-    return (
-        f"Of {per:,} crops like these ({100 * share_pits:.0f}% pits): {review:,} go to review; "
-        f"about {missed:.0f} pits pass as clean (at most {missed_most:.0f} with 95% confidence); "
-        f"about {rejected:.0f} clean cherries are rejected as pits. Fewer to review: allow a "
-        f"higher pit-miss bound at calibration, or train a model that separates pits better "
-        f"(higher ROC-AUC); fewer pits passed: a lower bound, at the cost of more review."
-    )
-
-
 def format_report(result: dict) -> str:
-    def ci(key):
-        lo, hi = result[key + "_ci"]
-        return f"{100 * result[key]:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}]"
-
-    lines = [result["plain_summary"], ""] if result.get("plain_summary") else []
+    """An evaluation (what ``evaluate_run`` returns) as lines for the terminal."""
+    r = EvalReport.from_dict(result)
+    lines = [r.plain_summary, ""] if r.plain_summary else []
     lines += [
-        f"{result['data']}  n={result['n']}",
-        f"accuracy          {ci('accuracy')}",
-        f"balanced accuracy {ci('balanced_accuracy')}",
-        f"macro F1          {ci('macro_f1')}",
+        f"{r.data}  n={r.n}",
+        f"accuracy          {pct(r.accuracy)}{pct_ci(r.accuracy_ci)}",
+        f"balanced accuracy {pct(r.balanced_accuracy)}{pct_ci(r.balanced_accuracy_ci)}",
+        f"macro F1          {pct(r.macro_f1)}{pct_ci(r.macro_f1_ci)}",
     ]
-    for cls, m in result["per_class"].items():
+    for cls, m in r.per_class.items():
         lines.append(
-            f"  {cls:<6} precision {_pct(m['precision'])} recall {_pct(m['recall'])} f1 {_pct(m['f1'])} (support {m['support']})"
+            f"  {cls:<6} precision {pct(m.precision, width=7)} recall {pct(m.recall, width=7)} "
+            f"f1 {pct(m.f1, width=7)} (support {m.support})"
         )
-    if result.get("roc_auc") is not None:
-        lines.append(
-            f"ROC-AUC {result['roc_auc']:.4f} [{result['roc_auc_ci'][0]:.4f}, {result['roc_auc_ci'][1]:.4f}]  "
-            f"PR-AUC {result['pr_auc']:.4f}"
-        )
-    lines.append(
-        f"log-loss {result['log_loss']:.4f}  Brier {result['brier']:.4f}  ECE {result['ece']:.4f}"
-    )
-    lines.append("confusion (rows true, cols predicted): " + str(result["confusion_matrix"]))
-    guard = result.get("input_guard")
+    if r.roc_auc is not None:
+        lo, hi = r.roc_auc_ci or (None, None)
+        ci = f" [{lo:.4f}, {hi:.4f}]" if lo is not None and hi is not None else ""
+        lines.append(f"ROC-AUC {r.roc_auc:.4f}{ci}  PR-AUC {r.pr_auc:.4f}")
+    lines.append(f"log-loss {r.log_loss:.4f}  Brier {r.brier:.4f}  ECE {r.ece:.4f}")
+    lines.append("confusion (rows true, cols predicted): " + str(r.confusion_matrix))
+    guard = r.input_guard
     if guard:
-        lo, hi = guard["rate_ci"]
         lines.append(
-            f"input guard: {guard['flagged']} of {guard['n']} crops unlike the training crops "
-            f"({100 * guard['rate']:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}]), routed to maybe"
+            f"input guard: {guard.flagged} of {guard.n} crops unlike the training crops "
+            f"({pct(guard.rate)}{pct_ci(guard.rate_ci)}), routed to maybe"
         )
-    pol = result.get("policy")
-    if pol:
-        lines.append(
-            f"calibrated decision ({pol.get('calibration_mode', 'holdout')} calibration; "
-            "exact 95% intervals):"
-        )
-        for key, label in (
-            ("pit_miss", "pit-miss rate"),
-            ("false_reject", "false-reject rate"),
-            ("maybe", "maybe rate"),
-            ("accuracy_decided", "accuracy decided"),
-        ):
-            value = pol[key if key == "accuracy_decided" else key + "_rate"]
-            lo, hi = pol[key + "_ci"]
-            lines.append(f"  {label:<18} {_pct(value)} [{100 * lo:.2f}, {100 * hi:.2f}]")
-        lines.append("  routes: " + ", ".join(f"{k} {v}" for k, v in pol["routes"].items()))
+    if r.policy:
+        lines += _format_policy(r.policy)
     return "\n".join(lines)
 
 
-def _pct(x) -> str:
-    return "  n/a " if x is None else f"{100 * x:6.2f}%"
+def _format_policy(pol: RoutedMetrics) -> list[str]:
+    lines = [
+        f"calibrated decision ({pol.calibration_mode or 'holdout'} calibration; "
+        "exact 95% intervals):"
+    ]
+    for label, value, ci in (
+        ("pit-miss rate", pol.pit_miss_rate, pol.pit_miss_ci),
+        ("false-reject rate", pol.false_reject_rate, pol.false_reject_ci),
+        ("maybe rate", pol.maybe_rate, pol.maybe_ci),
+        ("accuracy decided", pol.accuracy_decided, pol.accuracy_decided_ci),
+    ):
+        lines.append(f"  {label:<18} {pct(value, width=7)}{pct_ci(ci)}")
+    lines.append("  routes: " + ", ".join(f"{k} {v}" for k, v in (pol.routes or {}).items()))
+    return lines

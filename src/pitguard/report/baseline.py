@@ -10,7 +10,8 @@ from pathlib import Path
 
 from pitguard.core.errors import PitguardError
 from pitguard.models.runfolder import is_run
-from pitguard.report.collect import run_dirs, run_names, run_record, same_file
+from pitguard.report.collect import run_record, same_file
+from pitguard.report.discover import run_dirs, run_names
 
 
 def _resolve_baseline(baseline, runs: list[Path], names: list[str]) -> int | list[Path]:
@@ -58,11 +59,13 @@ def compare_with_baseline(base: dict, rec: dict) -> dict:
     }
 
 
-def records_with_baseline(paths, baseline=None) -> tuple[list[dict], dict]:
+def records_with_baseline(
+    paths, baseline=None, pit_share: float | None = None
+) -> tuple[list[dict], dict]:
     """The records of the runs under PATHS, each compared with the baseline; and the baseline's.
 
     The baseline (default: the first run) is a run name, a run among PATHS or another run
-    folder, which is then put first.
+    folder, which is then put first. ``pit_share``: see ``collect.run_record``.
     """
     runs = run_dirs(paths)
     names = run_names(runs)
@@ -70,7 +73,7 @@ def records_with_baseline(paths, baseline=None) -> tuple[list[dict], dict]:
     if isinstance(which, list):
         runs, which = which, 0
         names = run_names(runs)
-    records = [run_record(run, name) for run, name in zip(runs, names, strict=True)]
+    records = [run_record(run, name, pit_share) for run, name in zip(runs, names, strict=True)]
     base = records[which]
     for rec in records:
         rec["vs_baseline"] = compare_with_baseline(base, rec)

@@ -70,6 +70,27 @@ def _run_section(rec: dict) -> str:
     plain = (rec["test"] or {}).get("plain_summary")
     if plain:
         parts.append(f"<p><b>{_esc(plain)}</b></p>")
+    parts.append(_facts_table(rec))
+    figures, missing = _figures(rec, run)
+    parts += figures
+    review = _label_review(run)
+    if review is not None:
+        parts.append(review)
+    if missing:
+        parts.append(
+            '<ul class="notes na">' + "".join(f"<li>{_esc(m)}</li>" for m in missing) + "</ul>"
+        )
+    if rec["notes"]:
+        parts.append(
+            '<ul class="notes">' + "".join(f"<li>{_esc(n)}</li>" for n in rec["notes"]) + "</ul>"
+        )
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _facts_table(rec: dict) -> str:
+    """What the run is and where its numbers come from, as a two-column table."""
+    lat = rec["latency_cpu"]
     facts = [
         ("folder", rec["path"]),
         ("recipe", rec["recipe"] or "n/a"),
@@ -83,22 +104,25 @@ def _run_section(rec: dict) -> str:
         ),
         (
             "CPU latency",
-            f"{rec['latency_cpu']['ms_per_crop']:.3f} ms/crop ({rec['latency_cpu']['choice']}, "
-            f"{rec['latency_cpu']['cpu']}, {rec['latency_cpu']['threads']} thread(s))"
-            if rec["latency_cpu"]
+            f"{lat['ms_per_crop']:.3f} ms/crop ({lat['choice']}, {lat['cpu']}, "
+            f"{lat['threads']} thread(s))"
+            if lat
             else "n/a",
         ),
         ("vs baseline", verdict_cell(rec["vs_baseline"])),
     ]
-    parts.append(
+    return (
         "<table>"
         + "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in facts)
         + "</table>"
     )
-    figs = rec["figures"]
-    missing = []
+
+
+def _figures(rec: dict, run: Path) -> tuple[list[str], list[str]]:
+    """The run's figures as HTML, and a line for each one it lacks with how to make it."""
+    parts, missing = [], []
     for key, title in _FIGURES:
-        info = figs.get(key)
+        info = rec["figures"].get(key)
         if info is None:
             missing.append(f"{title}: n/a ({_MISSING_FIGURE[key].format(run=run)})")
             continue
@@ -118,19 +142,7 @@ def _run_section(rec: dict) -> str:
             png = (run / info["file"]).read_bytes()
             caption = measured
         parts.append(_figure_html(title, png, caption, wide=key == "most_wrong"))
-    review = _label_review(run)
-    if review is not None:
-        parts.append(review)
-    if missing:
-        parts.append(
-            '<ul class="notes na">' + "".join(f"<li>{_esc(m)}</li>" for m in missing) + "</ul>"
-        )
-    if rec["notes"]:
-        parts.append(
-            '<ul class="notes">' + "".join(f"<li>{_esc(n)}</li>" for n in rec["notes"]) + "</ul>"
-        )
-    parts.append("</section>")
-    return "\n".join(parts)
+    return parts, missing
 
 
 def _label_review(run: Path, top: int = 16) -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pitguard.core.fmt import pct, pct_ci
+
 COLUMNS = [
     "run",
     "recipe",
@@ -18,16 +20,6 @@ COLUMNS = [
     "data (part, N)",
     "vs baseline",
 ]
-
-
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}%"
-
-
-def _ci(pair) -> str:
-    if not pair or pair[0] is None or pair[1] is None:
-        return ""
-    return f" [{100 * pair[0]:.2f}, {100 * pair[1]:.2f}]"
 
 
 def _human(n, units, step: float) -> str:
@@ -63,7 +55,7 @@ def table_cells(rec: dict) -> list[str]:
     t, cal, pol, lat = rec["test"], rec["calibration"], rec["policy_test"], rec["latency_cpu"]
     guarantee = (cal or {}).get("guarantee") or {}
     bound = (
-        f"<= {100 * guarantee['max_pit_miss']:g}% at {100 * guarantee['confidence']:g}% conf. "
+        f"<= {pct(guarantee['max_pit_miss'], -1)} at {pct(guarantee['confidence'], -1)} conf. "
         f"({guarantee.get('mode', 'holdout')})"
         if guarantee.get("max_pit_miss") is not None
         else "n/a"
@@ -74,12 +66,12 @@ def table_cells(rec: dict) -> list[str]:
         rec["architecture"] or "n/a",
         _human(rec["parameters"], ["", "k", "M", "G"], 1000),
         _human(rec["size_bytes"], [" B", " KiB", " MiB", " GiB"], 1024),
-        _pct(t["accuracy"]) + _ci(t["accuracy_ci"]) if t else "n/a",
-        _pct(t["macro_f1"]) if t else "n/a",
-        _pct(t["pit_recall"]) + _ci(t["pit_recall_ci"]) if t else "n/a",
+        pct(t["accuracy"]) + pct_ci(t["accuracy_ci"]) if t else "n/a",
+        pct(t["macro_f1"]) if t else "n/a",
+        pct(t["pit_recall"]) + pct_ci(t["pit_recall_ci"]) if t else "n/a",
         bound,
-        _pct(pol["pit_miss_rate"]) + _ci(pol["pit_miss_ci"]) if pol else "n/a",
-        (_pct(pol["maybe_rate"]) + _ci(pol["maybe_ci"]) + _guarded(t)) if pol else "n/a",
+        pct(pol["pit_miss_rate"]) + pct_ci(pol["pit_miss_ci"]) if pol else "n/a",
+        (pct(pol["maybe_rate"]) + pct_ci(pol["maybe_ci"]) + _guarded(t)) if pol else "n/a",
         f"{lat['ms_per_crop']:.3f} ({lat['backend']}, b{lat['batch_size']})" if lat else "n/a",
         f"{t['part']}, {t['n']}" if t else "n/a",
         verdict_cell(rec["vs_baseline"]),

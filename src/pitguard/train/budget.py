@@ -14,6 +14,12 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+import torch
+
+from pitguard.config import Config
+from pitguard.core.seeding import rng_state, set_rng_state
+from pitguard.train.epoch import Stepper, train_one_epoch, validate
+
 PROBE_STEPS = 3  # timed training steps, after one untimed warm-up step
 SAFETY = 0.95  # share of the budget planned; the rest absorbs the timing's noise
 
@@ -56,3 +62,36 @@ def over_budget(max_minutes: float, history: list[dict]) -> float | None:
         return None
     over = history[-1]["elapsed_s"] - max_minutes * 60
     return round(over, 1) if over > 0 else None
+
+
+def plan_for_budget(
+    cfg: Config, probe: Stepper, images, labels, val_part, steps_per_epoch, shuffle, clock, dist
+) -> EpochPlan:
+    """Time a few steps of ``probe`` (a copy of the model); the random streams are left as they
+    were. Under torchrun each rank times its share of the batches and all take the slowest."""
+    saved = rng_state(shuffle)
+    size = cfg.train.batch_size
+    order = torch.randperm(len(labels), generator=shuffle)
+    batches = [order[i : i + size] for i in range(0, len(order) - size + 1, size)] or [order]
+    done = 0
+
+    def run_steps(n: int) -> None:
+        nonlocal done
+        chosen = [dist.shard(batches[(done + i) % len(batches)]) for i in range(n)]
+        train_one_epoch(probe, chosen, images, labels, done, "timing")
+        done += n
+
+    def run_validation() -> None:
+        if len(val_part):
+            share = slice(dist.rank, None, dist.world)
+            validate(
+                probe.net,
+                val_part.images[share],
+                val_part.labels[share],
+                probe.device,
+                cfg.train.eval_batch_size,
+            )
+
+    seconds = dist.slowest(time_epoch(run_steps, run_validation, steps_per_epoch, clock))
+    set_rng_state(saved, shuffle)
+    return plan_epochs(cfg.train.max_minutes, cfg.train.epochs, seconds)

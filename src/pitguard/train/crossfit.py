@@ -167,53 +167,77 @@ def crossfit(
                 "resume a plain run without --folds"
             )
         cfg = config_from_dict(record["config"])
+    elif cfg is None:
+        raise PitguardError("crossfit needs a config, or resume=True to continue")
     else:
-        if cfg is None:
-            raise PitguardError("crossfit needs a config, or resume=True to continue")
-        if folds < 2:
-            raise PitguardError(
-                f"--folds {folds}: cross-fitting needs 2 or more folds (5 is usual)"
-            )
-        if record is not None or paths.last_checkpoint.exists():
-            raise PitguardError(
-                f"{run}: already holds a run; use --resume to continue it or choose a new --out"
-            )
-        run.mkdir(parents=True, exist_ok=True)
-        rows = pool_rows(cfg, paths.split, folds)
-        write_manifest(paths.split, rows)
-        first = fold_split(rows, "1", paths.fold(1))
-        plan = None
-        if cfg.train.max_minutes:  # the budget is timed once, on fold 1; its plan binds every model
-            timed = cfg.to_dict()
-            timed["data"]["path"] = str(first)
-            plan = train(config_from_dict(timed), paths.fold(1), plan_only=True, clock=clock)[
-                "plan"
-            ]
-        record = {
-            "folds": folds,
-            "epochs": plan["epochs"] if plan else cfg.train.epochs,
-            "plan": plan,
-            "config": cfg.to_dict(),
-            "counts": _counts(rows),
-        }
-        write_json(paths.crossfit, record)
-    assert cfg is not None
+        record = _new_record(cfg, run, folds, record, clock)
+    started = clock()
+    models = _models(cfg, run, record)
+    summaries = _train_models(models, run, workers, int(record["epochs"]), clock)
+    _score(record, run, summaries)
+    record["seconds_this_call"] = clock() - started
+    write_json(paths.crossfit, record)
+    return {**record, "summary": summaries[run]}
+
+
+def _new_record(
+    cfg: Config, run: Path, folds: int, record: dict | None, clock: Callable[[], float]
+) -> dict:
+    """A new cross-fit's record (crossfit.json), written with its folds dealt into split.csv: K,
+    the epochs every model trains (a time budget is timed once, on fold 1) and the config."""
+    paths = RunPaths(run)
+    if folds < 2:
+        raise PitguardError(f"--folds {folds}: cross-fitting needs 2 or more folds (5 is usual)")
+    if record is not None or paths.last_checkpoint.exists():
+        raise PitguardError(
+            f"{run}: already holds a run; use --resume to continue it or choose a new --out"
+        )
+    run.mkdir(parents=True, exist_ok=True)
+    rows = pool_rows(cfg, paths.split, folds)
+    write_manifest(paths.split, rows)
+    first = fold_split(rows, "1", paths.fold(1))
+    plan = None
+    if cfg.train.max_minutes:  # the budget is timed once, on fold 1; its plan binds every model
+        timed = cfg.to_dict()
+        timed["data"]["path"] = str(first)
+        plan = train(config_from_dict(timed), paths.fold(1), plan_only=True, clock=clock)["plan"]
+    record = {
+        "folds": folds,
+        "epochs": plan["epochs"] if plan else cfg.train.epochs,
+        "plan": plan,
+        "config": cfg.to_dict(),
+        "counts": _counts(rows),
+    }
+    write_json(paths.crossfit, record)
+    return record
+
+
+def _models(cfg: Config, run: Path, record: dict) -> list[tuple[str, Path, Config]]:
+    """What to train, in order: each fold model (its split written when missing), then the final
+    model, each with its run folder and its config for the record's epochs."""
+    paths = RunPaths(run)
     k, epochs = int(record["folds"]), int(record["epochs"])
     rows = read_manifest(paths.split)
-    started = clock()
     models: list[tuple[str, Path, Config]] = []
     for f in range(1, k + 1):
         split = paths.fold(f) / "split.csv"
         if not split.exists():
             fold_split(rows, str(f), paths.fold(f))
-        models.append(
-            (
-                f"fold {f}/{k}: on the other {k - 1} folds",
-                paths.fold(f),
-                fixed_run(cfg, split, epochs),
-            )
-        )
+        what = f"fold {f}/{k}: on the other {k - 1} folds"
+        models.append((what, paths.fold(f), fixed_run(cfg, split, epochs)))
     models.append((f"final model: on all {k} folds", run, fixed_run(cfg, paths.split, epochs)))
+    return models
+
+
+def _train_models(
+    models: list[tuple[str, Path, Config]],
+    run: Path,
+    workers: int,
+    epochs: int,
+    clock: Callable[[], float],
+) -> dict[Path, dict]:
+    """Every model's summary: trained here, or by another process (waited for, and trained here
+    after all when that process died)."""
     helpers = _start_helpers(run, workers)
     summaries: dict[Path, dict] = {}
     for what, model_run, model_cfg in models:
@@ -229,6 +253,12 @@ def crossfit(
             summaries[model_run] = _train_or_finish(model_cfg, model_run, clock)
     for helper in helpers:
         helper.wait()
+    return summaries
+
+
+def _score(record: dict, run: Path, summaries: dict[Path, dict]) -> None:
+    """The out-of-fold scores written (oof.csv) and added to the record with each fold's."""
+    paths, k = RunPaths(run), int(record["folds"])
     per_fold = [
         {
             "fold": f,
@@ -254,10 +284,7 @@ def crossfit(
             for key in ("n", "accuracy", "accuracy_ci", "roc_auc", "roc_auc_ci", "per_class")
             if key in report
         },
-        seconds_this_call=clock() - started,
     )
-    write_json(paths.crossfit, record)
-    return {**record, "summary": final}
 
 
 def _score_out_of_fold(run: Path, k: int) -> OofScores:

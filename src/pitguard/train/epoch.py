@@ -1,4 +1,4 @@
-"""One epoch of training and one validation pass: the two helpers ``train`` calls each epoch."""
+"""One epoch of training and one validation pass, with the checks ``train`` makes around them."""
 
 from __future__ import annotations
 
@@ -13,17 +13,15 @@ import torch
 from timm.data.mixup import mixup_target
 from timm.utils import ModelEmaV3
 from torch import nn
-from torch.nn import functional as F
 from tqdm import tqdm
 
 from pitguard.config import Config
 from pitguard.core.devices import cpu_has_native_bf16
-from pitguard.core.errors import Diverged, PitguardError
-from pitguard.core.seeding import rng_state, set_rng_state
+from pitguard.core.errors import Diverged
 from pitguard.data.augment import mixup
 from pitguard.models.nets import PitguardNet, SingleView, infer_logits
-from pitguard.models.runfolder import kept_val_accuracy, load_run
-from pitguard.train.budget import EpochPlan, plan_epochs, time_epoch
+from pitguard.models.runfolder import kept_val_accuracy
+from pitguard.train.distill import distillation_loss
 
 _log = logging.getLogger(__name__)
 
@@ -62,39 +60,66 @@ class Stepper:
     on_step: Any = None  # called as on_step(step, loss, lr) after each step (live tracking)
     forward: nn.Module | None = None  # the step's forward; train wraps it in DDP under torchrun
     show: bool = True  # the progress bar (rank 0 only under torchrun)
+    bf16: bool | None = None  # bf16 autocast for the step; None: decided here (use_bf16)
 
     def __post_init__(self) -> None:
         if self.forward is None:
             self.forward = TrainForward(self.net)
+        if self.bf16 is None:
+            self.bf16 = use_bf16(self.cfg, self.device)
+
+    @property
+    def kept(self) -> PitguardNet:
+        """The network validated and saved: the EMA's average when there is one."""
+        return cast(PitguardNet, self.ema.module) if self.ema is not None else self.net
 
 
-def distillation_loss(
-    logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    hard_loss: torch.Tensor,
-    alpha: float,
-    temperature: float,
-) -> torch.Tensor:
-    """(1 - alpha) * the hard-label loss + alpha * T^2 * KL(teacher || student) at temperature T.
+def _batch(st: Stepper, x: torch.Tensor, mix_alpha: float):
+    """One batch augmented (and blended): the crops the step reads, the weight of each crop's own
+    label (mixup blends in a partner's) and the teacher's logits on the same crops (or None)."""
+    lam, teacher_logits = 1.0, None
+    with torch.no_grad():
+        # Without a teacher, channels and pooling go first: fewer pixels to warp. A teacher
+        # reads its own channels and crop of the same augmented (and blended) crops.
+        x = st.augment(st.net.select(x) if st.teacher is None else x)
+        if mix_alpha:
+            x, lam = mixup(x, mix_alpha)
+        if st.teacher is not None:
+            teacher_logits = st.teacher(x).float()
+            x = st.net.select(x)
+    if st.cfg.train.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, lam, teacher_logits
 
-    T^2 keeps the soft term's gradients on the hard term's scale whatever the temperature.
-    """
-    student = F.log_softmax(logits / temperature, dim=1)
-    target = F.log_softmax(teacher_logits / temperature, dim=1)
-    soft = F.kl_div(student, target, log_target=True, reduction="batchmean") * temperature**2
-    return (1 - alpha) * hard_loss + alpha * soft
+
+def _forward_loss(st: Stepper, x: torch.Tensor, y: torch.Tensor, lam: float, teacher_logits):
+    """The step's logits, its target (blended under mixup) and its loss."""
+    cfg = st.cfg
+    with torch.autocast(st.device.type, dtype=torch.bfloat16, enabled=bool(st.bf16)):
+        logits = cast(nn.Module, st.forward)(x)
+        target = y if lam == 1.0 else mixup_target(y, logits.shape[1], lam)
+        loss = st.loss_fn(logits.float(), target)
+        if teacher_logits is not None:
+            loss = distillation_loss(
+                logits.float(),
+                teacher_logits,
+                loss,
+                cfg.train.distill_alpha,
+                cfg.train.distill_temperature,
+            )
+    return logits, target, loss
 
 
 def train_one_epoch(
     st: Stepper, batches, images: torch.Tensor, labels: torch.Tensor, step: int, desc: str
 ) -> tuple[int, dict]:
-    net, ema, augment, cfg, device = st.net, st.ema, st.augment, st.cfg, st.device
+    """Step once per batch of indices; the step count after, and the epoch's train stats."""
+    net, ema, cfg, device = st.net, st.ema, st.cfg, st.device
     net.train()
     if cfg.model.freeze_backbone:
         net.backbone.eval()
         cast(Any, net.backbone).get_classifier().train()
-    augment.train()
-    use_amp = use_bf16(cfg, device)
+    st.augment.train()
     seen = correct = 0
     loss_sum = 0.0
     start = time.perf_counter()
@@ -103,30 +128,8 @@ def train_one_epoch(
     for idx in bar:
         x = images[idx].to(device, non_blocking=True).float().div_(255)
         y = labels[idx].to(device, non_blocking=True)
-        lam = 1.0  # the weight of each crop's own label (mixup blends in a partner's)
-        with torch.no_grad():
-            # Without a teacher, channels and pooling go first: fewer pixels to warp. A teacher
-            # reads its own channels and crop of the same augmented (and blended) crops.
-            x = augment(net.select(x) if st.teacher is None else x)
-            if mix_alpha:
-                x, lam = mixup(x, mix_alpha)
-            if st.teacher is not None:
-                teacher_logits = st.teacher(x).float()
-                x = net.select(x)
-        if cfg.train.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = cast(nn.Module, st.forward)(x)
-            target = y if lam == 1.0 else mixup_target(y, logits.shape[1], lam)
-            loss = st.loss_fn(logits.float(), target)
-            if st.teacher is not None:
-                loss = distillation_loss(
-                    logits.float(),
-                    teacher_logits,
-                    loss,
-                    cfg.train.distill_alpha,
-                    cfg.train.distill_temperature,
-                )
+        x, lam, teacher_logits = _batch(st, x, mix_alpha)
+        logits, target, loss = _forward_loss(st, x, y, lam, teacher_logits)
         st.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         st.optimizer.step()
@@ -211,56 +214,3 @@ def validate(net: PitguardNet, images, labels, device, batch_size: int, dist=Non
         "val_accuracy": float((pred == y).mean()),
         "val_balanced_accuracy": float(np.mean(recalls)),
     }
-
-
-def load_teacher(cfg: Config, classes: tuple[str, ...], device: torch.device) -> nn.Module:
-    """The teacher run's network, frozen, checked to speak the same classes and crop size. It
-    reads one view of each augmented batch, so test-time views do not multiply its cost."""
-    run = load_run(cfg.train.teacher)  # type: ignore[arg-type]
-    if run.classes != tuple(classes):
-        raise PitguardError(
-            f"train.teacher={cfg.train.teacher}: its classes {', '.join(run.classes)} differ from "
-            f"the data's {', '.join(classes)}; distil from a run trained on the same classes"
-        )
-    if run.net.contract.size != cfg.data.size:
-        raise PitguardError(
-            f"train.teacher={cfg.train.teacher}: it reads {run.net.contract.size} px crops, the "
-            f"data has {cfg.data.size} px; distil from a run on crops of the same size"
-        )
-    for param in run.net.parameters():
-        param.requires_grad_(False)
-    _log.info("teacher: %s (%s), alpha %s", run.run, run.model_name, cfg.train.distill_alpha)
-    return SingleView(run.net).eval().to(device)
-
-
-def plan_for_budget(
-    cfg: Config, probe: Stepper, images, labels, val_part, steps_per_epoch, shuffle, clock, dist
-) -> EpochPlan:
-    """Time a few steps of ``probe`` (a copy of the model); the random streams are left as they
-    were. Under torchrun each rank times its share of the batches and all take the slowest."""
-    saved = rng_state(shuffle)
-    size = cfg.train.batch_size
-    order = torch.randperm(len(labels), generator=shuffle)
-    batches = [order[i : i + size] for i in range(0, len(order) - size + 1, size)] or [order]
-    done = 0
-
-    def run_steps(n: int) -> None:
-        nonlocal done
-        chosen = [dist.shard(batches[(done + i) % len(batches)]) for i in range(n)]
-        train_one_epoch(probe, chosen, images, labels, done, "timing")
-        done += n
-
-    def run_validation() -> None:
-        if len(val_part):
-            share = slice(dist.rank, None, dist.world)
-            validate(
-                probe.net,
-                val_part.images[share],
-                val_part.labels[share],
-                probe.device,
-                cfg.train.eval_batch_size,
-            )
-
-    seconds = dist.slowest(time_epoch(run_steps, run_validation, steps_per_epoch, clock))
-    set_rng_state(saved, shuffle)
-    return plan_epochs(cfg.train.max_minutes, cfg.train.epochs, seconds)
