@@ -10,6 +10,8 @@ import pytest
 from pitguard.data.manifest import read_manifest
 from tests.conftest import load_benchmark
 
+ROOT = Path(__file__).resolve().parents[2]
+
 GRID = Path(__file__).resolve().parents[2] / "benchmarks" / "recipe_grid.py"
 TINY = ["model.name=pitguard_tiny", "train.epochs=1", "train.max_minutes=0"]
 
@@ -109,3 +111,16 @@ def test_variants_rank_by_their_calib_review_rate_fewest_first():
     rows = grid.table(records, choose_on="review")
     assert [r["variant"] for r in rows] == ["cheap", "accurate", "uncertified"]
     assert rows[0]["calib_review_rate"] == 0.3 and rows[2]["calib_review_rate"] is None
+
+
+@pytest.mark.parametrize("grid", sorted((ROOT / "benchmarks" / "grids").glob("*.yaml")), ids=str)
+def test_every_grid_entry_names_a_recipe_and_settings_that_read(grid):
+    import yaml
+
+    from pitguard.config import load_config
+
+    for name, spec in yaml.safe_load(grid.read_text())["variants"].items():
+        sets = [s.format(seed=0, out="runs/grid") for s in spec.get("set", [])]
+        sets = [s for s in sets if not s.startswith("train.teacher=")]  # a run made by the grid
+        cfg = load_config(recipe=spec["recipe"], sets=sets)
+        assert cfg.recipe == spec["recipe"], name

@@ -36,6 +36,7 @@ def test_calibrate_then_eval_reports_policy(run_copy, capsys):
     th = record["thresholds"]
     assert th["pit_miss_bound"] <= 0.05 and th["t_low"] <= th["t_high"]
     assert record["calibration_data"]["data"].endswith("[calib]")
+    assert record["calibration_data"]["run_part"] == "calib"
     assert (run_copy / "calibration" / "operating_curve.png").is_file()
     assert (run_copy / "calibration" / "reliability.png").is_file()
     policy = load_policy(run_copy)

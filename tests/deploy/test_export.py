@@ -181,3 +181,22 @@ def test_a_run_with_test_time_views_exports_them_into_the_graph(tmp_path):
     mirrored = onnx.predict_uint8(np.ascontiguousarray(crops[..., ::-1])).p_pit
     # a one-view graph of this run moves p by about 5e-5 under these turns and mirrors
     assert np.allclose(turned, p, atol=2e-6) and np.allclose(mirrored, p, atol=2e-6)
+
+
+def test_the_runs_own_calib_part_is_recognised_however_its_path_was_spelled():
+    from types import SimpleNamespace
+
+    from pitguard.deploy.export import _calibrated_on
+
+    here = SimpleNamespace(
+        run_part="calib", ev=SimpleNamespace(description="/abs/run/split.csv [calib]")
+    )
+    then = {"data": "run/split.csv [calib]", "run_part": "calib"}
+    assert _calibrated_on(then, here)
+    assert not _calibrated_on({**then, "run_part": None}, here)  # calibrated on --data crops
+    older = {"data": "run/split.csv [calib]"}  # policy.json before run_part: names must match
+    assert not _calibrated_on(older, here)
+    assert _calibrated_on({"data": "/abs/run/split.csv [calib]"}, here)
+    given = SimpleNamespace(run_part=None, ev=SimpleNamespace(description="crops/ [all]"))
+    assert _calibrated_on({"data": "crops/ [all]", "run_part": None}, given)
+    assert not _calibrated_on(then, given)

@@ -171,6 +171,8 @@ def calibrate_run(
         "guarantee": _guarantee(mode, guarantee, **stated, max_false_reject=max_false_reject),
         "calibration_data": {
             "data": described,
+            # the run's own part, named apart from the path spelled on the command line
+            "run_part": (part or "calib") if mode == "holdout" and data is None else None,
             "n": len(labels),
             "n_pits": n_pits,
             "n_clean": int((labels == run.classes.index("clean")).sum()),

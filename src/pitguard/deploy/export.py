@@ -183,11 +183,12 @@ def _reference(run: RunModel, calib_data: str | Path | None, allow_uncalibrated:
     crops the bundle is checked on."""
     policy, record = _policy_record(run, allow_uncalibrated)
     calibrated = DeployModule(run.net, policy).eval()
-    ev = load_part(run, calib_data, None if calib_data else _check_part(run))
+    run_part = None if calib_data else _check_part(run)
+    ev = load_part(run, calib_data, run_part)
     train = _train_crops(run)
     guard = _input_guard(run, train if train is not None else ev.crops.images)
     scores = run_torch(calibrated, ev.crops.images)
-    return Reference(run, policy, record, calibrated, ev, scores, train, guard)
+    return Reference(run, policy, record, calibrated, ev, scores, train, guard, run_part)
 
 
 def _shipped_module(ref: Reference) -> tuple[DeployModule, int]:
@@ -335,13 +336,22 @@ def _policy_dict(ref: Reference) -> dict:
     )
 
 
+def _calibrated_on(calibration_data: dict, ref: Reference) -> bool:
+    """Whether the run was calibrated on the crops the bundle is checked on: the run's own part
+    (however the run's path was spelled then and now), or the same data named alike."""
+    own = calibration_data.get("run_part")
+    if own is not None and ref.run_part is not None:
+        return own == ref.run_part
+    return calibration_data.get("data") == ref.ev.description
+
+
 def _recertify(path: Path, ref: Reference, scores: Scores) -> dict | None:
     """Thresholds certified on the graph's own scores and written into it; None where the
     guarantee was not established on these crops (oof, other data, or no calibration)."""
     record = ref.record
     if not record or record.get("mode", "holdout") != "holdout":
         return None
-    if (record.get("calibration_data") or {}).get("data") != ref.ev.description:
+    if not _calibrated_on(record.get("calibration_data") or {}, ref):
         return None
     g = record["guarantee"]
     chosen = choose_thresholds(

@@ -35,6 +35,7 @@ class Reference:
     scores: Scores  # the calibrated model's scores of them
     train: torch.Tensor | None  # the crops the run trained on (None without its own split)
     guard: dict  # the input guard the bundle ships
+    run_part: str | None = None  # the run's own part checked on (None: --calib-data)
 
     @property
     def fit_crops(self) -> torch.Tensor:
