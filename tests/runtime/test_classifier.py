@@ -103,3 +103,12 @@ def test_the_command_in_the_base_install_names_the_extra_it_needs():
     )
     assert out.returncode == 2
     assert "needs the training install" in out.stderr and "pitguard[train]" in out.stderr
+
+
+def test_the_names_bundles_carry_on_disk_stay_as_written():
+    """Bundles written by earlier versions carry these names in their files: they never move."""
+    from pitguard.runtime import bundle
+
+    assert bundle.GUARD_METADATA_KEY == "pitguard.input_guard"
+    assert bundle.POLICY_METADATA_KEY == "pitguard.policy"
+    assert bundle.BUNDLE_JSON == "bundle.json"

@@ -209,7 +209,7 @@ def set_thresholds(path: Path, t_low: float, t_high: float) -> None:
             raise PitguardError(f"{path}: the graph holds no policy.{key}; export it again")
         node, index = uses[key]
         array = numpy_helper.to_array(inits[node.input[index]])
-        name = f"pitguard.runtime.policy.{key}"
+        name = f"pitguard.policy.{key}"  # a name in the bundle format, as written since schema 4
         held = _at_least(value, array.dtype).reshape(array.shape)
         model.graph.initializer.append(numpy_helper.from_array(held, name))
         node.input[index] = name

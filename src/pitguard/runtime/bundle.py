@@ -30,9 +30,7 @@ READABLE_BUNDLE_SCHEMAS = (1, 2, 3, 4)
 HASHED_SCHEMA = 3  # from this schema on, every file's sha256 is recorded and checked
 STAMPED_SCHEMA = 4  # from this schema on, every file holds the input guard it ships with
 GUARD_METADATA_KEY = "pitguard.input_guard"  # in safetensors metadata and ONNX metadata_props
-POLICY_METADATA_KEY = (
-    "pitguard.runtime.policy"  # in ONNX metadata_props: the policy the graph holds
-)
+POLICY_METADATA_KEY = "pitguard.policy"  # in ONNX metadata_props: the policy the graph holds
 BUNDLE_JSON = "bundle.json"
 INPUT_NAME = "crops"  # the graph's input and outputs, as ONNX names them
 OUTPUT_NAMES = ("logits", "p_pit", "route")
