@@ -131,20 +131,13 @@ def collect(run: Path, record: dict) -> dict:
 
 def machine(threads: int) -> str:
     """The CPU named (and the GPU, where one trains), for the figures' record."""
-    import platform
-
     import torch
 
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {threads} threads per job{gpu}"
+    from pitguard.deploy.timing import hardware
+
+    hw = hardware("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = f", {hw['gpu']}" if "gpu" in hw else ""
+    return f"{hw['cpu']}, {threads} threads per job{gpu}"
 
 
 def _kept_val_accuracy(summary: dict) -> float | None:

@@ -59,7 +59,6 @@ def make_loss(t: TrainConfig, labels: torch.Tensor, n_classes: int, pit_index: i
     if t.pit_weight != 1.0:
         weight = torch.ones(n_classes) if weight is None else weight.clone()
         weight[pit_index] *= t.pit_weight
-    if t.loss == "ce" and weight is None:  # the plain case, kept on torch's own kernel
-        return nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
-    gamma = t.focal_gamma if t.loss == "focal" else 0.0
-    return WeightedLoss(weight, gamma, t.label_smoothing)
+    if t.loss == "ce":  # torch's own: class weights, label smoothing and soft targets
+        return nn.CrossEntropyLoss(weight=weight, label_smoothing=t.label_smoothing)
+    return WeightedLoss(weight, t.focal_gamma, t.label_smoothing)
