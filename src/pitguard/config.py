@@ -127,6 +127,8 @@ class TrainConfig:
         2.0  # focal loss only: how much crops already scored right count less
     )
     pit_weight: PositiveFloat = 1.0  # the pit class's weight in the loss, times balance's weight
+    pauc_weight: NonNegative = 0.0  # weight of the partial-AUC term on the hardest pits; 0: off
+    pauc_pits: Fraction = 0.1  # partial-AUC term: the share of each batch's pits it pulls up
     ema_decay: Fraction = 0.0  # weight EMA decay per step; 0 disables; the EMA is what is selected
     amp: bool = True  # bf16 autocast on GPU and on CPUs with native bf16 (AVX512-BF16/AMX)
     teacher: str | None = None  # a trained run folder whose soft labels the model also learns

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pitguard.core.errors import PitguardError
 from pitguard.decision.certify import choose_thresholds
 from pitguard.decision.review_cost import review_cost, specificity_at_recall
 
@@ -48,3 +49,20 @@ def test_too_few_pits_name_why_there_is_no_review_rate():
     cost = review_cost(p, is_pit, n_boot=5)
     assert cost.review_rate is None and cost.review_rate_ci is None
     assert "needs at least 299 pits" in cost.why
+
+
+def test_the_reference_guarantee_is_exact_where_the_pits_allow_it_else_expected():
+    from pitguard.decision.review_cost import reference_guarantee, review_rate
+
+    assert reference_guarantee(299) == "exact"  # 299 pits, none missed: 1% at 95%
+    assert reference_guarantee(298) == "expected"
+    assert reference_guarantee(99) == "expected"  # (0 + 1) / (99 + 1) = 1%
+    with pytest.raises(PitguardError, match=r"98 pits cannot certify.*data.fractions"):
+        reference_guarantee(98)
+    rng = np.random.default_rng(0)
+    y = np.arange(400) < 150
+    p = np.where(y, rng.uniform(0.3, 1, 400), rng.uniform(0, 0.6, 400)).astype(np.float32)
+    expected = review_rate(p, y, "expected")
+    # on average, with the lowest pit allowed to be missed, less goes to review than nothing
+    assert 0 < expected < 1
+    assert review_rate(p, y) == 1.0  # 150 pits certify no exact 1% bound: all to review

@@ -99,3 +99,28 @@ def test_a_crossfitted_run_shows_its_label_review_and_plain_summary(crossfit_run
     assert "label review:" in page and "contradict their label out of fold" in page
     assert "Of 10,000 crops like these" in page
     assert "(oof)" in page  # the calibration mode beside the bound
+
+
+def test_the_report_tables_the_certified_review_rates_and_states_the_second_look(
+    crossfit_run, tmp_path
+):
+    from pitguard.decision.calibrate import calibrate_run
+    from pitguard.decision.certify import FALSE_REJECT_CAPS, PIT_MISS_BOUNDS
+    from pitguard.report import write_report
+    from tests.conftest import copy_run
+
+    run = copy_run(crossfit_run, tmp_path / "cf")
+    record = calibrate_run(
+        run, max_pit_miss=0.05, confidence=0.9, max_false_reject=0.2, second_look="hflip"
+    )
+    page = Path(write_report([run], tmp_path / "report")["files"]["html"]).read_text()
+    table = re.search(r'<table class="operating">.*?</table>', page).group(0)
+    assert "on the run's out-of-fold scores" in table and "90% confidence" in table
+    assert table.count("<tr>") == 1 + len(PIT_MISS_BOUNDS)
+    assert table.count("<td>") == len(PIT_MISS_BOUNDS) * len(FALSE_REJECT_CAPS)
+    five = [r for r in record["operating_table"] if r["max_pit_miss"] == 0.05]
+    for row in five:  # each certified cell carries its review rate
+        if row["maybe_rate"] is not None:
+            assert f"{100 * row['maybe_rate']:.1f}%" in table
+    look = record["second_look"]
+    assert f"hflip views on the {100 * look['share']:.1f}% of calibration crops" in page

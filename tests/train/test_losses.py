@@ -71,3 +71,35 @@ def test_unknown_loss_is_refused_naming_the_key():
 
     with pytest.raises(ConfigError, match=r"train\.loss"):
         config_from_dict({"train": {"loss": "hinge"}})
+
+
+def test_partial_auc_term_pulls_only_the_hardest_pits_above_the_clean_crops():
+    from pitguard.train.losses import pauc_tail_loss
+
+    # pits scored 2, -1, 3, 0.5; clean crops -2 and 1 (two classes: score = sigmoid(z1 - z0))
+    margin = torch.tensor([2.0, -1.0, 3.0, 0.5, -2.0, 1.0], requires_grad=True)
+    logits = torch.stack([torch.zeros(6), margin], dim=1)
+    y = torch.tensor([1, 1, 1, 1, 0, 0])
+    loss = pauc_tail_loss(logits, y, pit_index=1, share=0.5)  # the 2 lowest pits: -1 and 0.5
+    s = torch.sigmoid(margin.detach())
+    pairs = [(1 - (s[p] - s[c])) ** 2 for p in (1, 3) for c in (4, 5)]
+    assert float(loss) == pytest.approx(float(sum(pairs) / 4), rel=1e-6)
+    loss.backward()
+    assert margin.grad[[0, 2]].abs().sum() == 0  # the pits already scored high are left alone
+    assert (margin.grad[[1, 3]] < 0).all()  # descending the loss raises the hard pits' scores
+    assert (margin.grad[[4, 5]] > 0).all()  # and lowers the clean crops'
+
+
+def test_partial_auc_term_is_added_by_its_weight_and_needs_both_classes(batch):
+    from pitguard.train.losses import WithPartialAuc, pauc_tail_loss
+
+    logits, y = batch
+    t = dataclasses.replace(TrainConfig(), loss="focal", pauc_weight=0.5, pauc_pits=0.2)
+    loss = make_loss(t, y, 2, pit_index=1)
+    assert isinstance(loss, WithPartialAuc) and isinstance(loss.base, WeightedLoss)
+    tail = pauc_tail_loss(logits, y, 1, 0.2)
+    assert float(loss(logits, y)) == pytest.approx(float(loss.base(logits, y) + 0.5 * tail))
+    only_clean = torch.zeros(8, dtype=torch.long)
+    assert float(pauc_tail_loss(logits[:8], only_clean, 1, 0.2)) == 0.0
+    soft = torch.nn.functional.one_hot(y, 2).float() * 0.8 + 0.1  # soft targets: larger share
+    assert float(pauc_tail_loss(logits, soft, 1, 0.2)) == pytest.approx(float(tail))

@@ -177,3 +177,41 @@ def test_a_recipe_that_trains_on_val_is_refused_before_any_trial(synth_dir, tmp_
     with pytest.raises(PitguardError, match=r"train.fit_val.*--set train.fit_val=false"):
         sweep(base, tmp_path / "sw", 1, storage, "s", space, sets, "small-fast", None, 0)
     assert not (tmp_path / "s.db").exists() and not (tmp_path / "sw").exists()
+
+
+def test_choose_on_review_scores_each_trial_by_its_val_review_rate(tmp_path):
+    from pitguard.data.synth import synthesize
+    from pitguard.train.sweep import val_review_rate
+
+    crops = tmp_path / "crops"
+    synthesize(crops, count=400, seed=1)
+    # a val part of about 240 crops, 120 pits: enough for the 1% bound on average, not exactly
+    sets = [*FAST, "data.fractions=train=0.3,val=0.6,calib=0.05,test=0.05"]
+    base = load_config("small-fast", sets=sets, extra={"data.path": str(crops)})
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    space = {"train.lr": {"type": "float", "low": 1e-3, "high": 2e-2, "log": True}}
+    record = sweep(
+        base, tmp_path / "sw", 2, storage, "s", space, sets, "small-fast", None, 0, "review"
+    )
+    assert record["metric"] == "val_review_rate" and record["direction"] == "minimize"
+    trials = _study(tmp_path / "s.db", "s").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    for t in trials:
+        assert t.intermediate_values == {}  # known only at the end: nothing to prune on
+        rate, guarantee = val_review_rate(Path(t.user_attrs["run"]))
+        assert t.value == rate and 0.0 <= rate <= 1.0
+        assert guarantee == t.user_attrs["guarantee"] == "expected"
+    assert record["best"]["value"] == min(t.value for t in trials)
+    assert all(t["guarantee"] == "expected" for t in record["trials"])
+    assert "val_review_rate" in (tmp_path / "sw" / "best-recipe.yaml").read_text()
+
+
+def test_choose_on_review_names_the_fix_when_val_has_too_few_pits(synth_dir, tmp_path):
+    # the synthetic set's val part holds about 12 pits: no 1% bound, not even on average
+    base = load_config("small-fast", sets=FAST, extra={"data.path": str(synth_dir)})
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    space = {"train.lr": {"type": "float", "low": 1e-3, "high": 2e-3}}
+    with pytest.raises(PitguardError, match=r"pits cannot certify.*data.fractions"):
+        sweep(base, tmp_path / "sw", 1, storage, "s", space, FAST, "small-fast", None, 0, "review")
+    with pytest.raises(PitguardError, match="choose_on 'auc'"):
+        sweep(base, tmp_path / "sw2", 1, storage, "s2", space, FAST, "small-fast", None, 0, "auc")

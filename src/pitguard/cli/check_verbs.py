@@ -101,6 +101,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         args.scores,
         args.allow_unfinished,
         args.guarantee,
+        args.second_look,
     )
     th, cal = rec["thresholds"], rec["calibration_data"]
     pol = rec["policy"]
@@ -125,6 +126,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"guarantee ({rec['mode']}): {rec['guarantee']['statement']}")
     print(format_operating_table(rec["operating_table"], args.confidence))
     print(format_review_cost(rec["review_cost"]))
+    if "second_look" in rec:
+        print(format_second_look(rec["second_look"], held))
     from pitguard.models.runfolder import (
         CALIB_OPERATING_CURVE,
         CALIB_RELIABILITY,
@@ -156,6 +159,32 @@ def format_operating_table(rows: list[dict], confidence: float) -> str:
         cells = [_rate(r["maybe_rate"]) for r in rows if r["max_pit_miss"] == bound]
         lines.append(f"  {100 * bound:>4g}% " + "".join(f"{c:>9}" for c in cells))
     return "\n".join(lines)
+
+
+def format_second_look(look: dict, held: str) -> str:
+    """The cascade as certified, and what it changed on the calibration crops."""
+    th, pol, alone = look["thresholds"], look["policy"], look["without_second_look"]
+    cost = look["review_cost"]
+    ci = cost["review_rate_ci"]
+    rate = (
+        f"{_rate(cost['review_rate'])} [{_rate(ci[0])}, {_rate(ci[1])}]"
+        if cost["review_rate"] is not None
+        else "n/a"
+    )
+    return "\n".join(
+        [
+            f"second look ({look['views']}): {look['n_second']} crops in doubt "
+            f"({_rate(look['share'])}) scored again, temperature {pol['temperature']:.4f}; "
+            f"both stages route by t_low {th['t_low']:.6f}, t_high {th['t_high']:.6f}",
+            f"cascade: {th['calib_pit_misses']} pits routed clean in either stage, pit-miss "
+            f"bound {100 * th['pit_miss_bound']:.3f}% {held}, maybe rate "
+            f"{_rate(th['calib_maybe_rate'])} (without the second look "
+            f"{_rate(alone['calib_maybe_rate'])}); routes "
+            + ", ".join(f"{k} {v}" for k, v in look["calib_routes"].items()),
+            f"cascade review rate at the reference point: {rate} (n={cost['n']}, "
+            f"{cost['n_pits']} pits, 95% bootstrap)",
+        ]
+    )
 
 
 def format_review_cost(cost: dict) -> str:
@@ -226,6 +255,16 @@ def add_calibrate(sub: Verbs) -> None:
         help="exact (default): with --confidence, the rate of pits routed clean is at most "
         "--max-pit-miss; expected: that rate is at most --max-pit-miss on average over "
         "calibrations (conformal risk control; weaker, fewer crops to review, --confidence unused)",
+    )
+    p.add_argument(
+        "--second-look",
+        choices=("hflip", "rot4", "d8"),
+        metavar="VIEWS",
+        help="add a second stage: the crops left between the thresholds are scored again by "
+        "the same network under test-time views (hflip: 2 passes, rot4: 4, d8: 8) and routed "
+        "by the same thresholds, each certified for the cascade as a whole (t_high on the clean "
+        "crops, t_low on the pits; out of fold for a --folds run), so both bounds cover every "
+        "crop either stage routes; needs --max-false-reject",
     )
 
 

@@ -63,6 +63,14 @@ def cmd_export(args: argparse.Namespace) -> int:
                 f"accuracy {100 * g['accuracy']:.2f}% (fp32 {100 * g['accuracy_ref']:.2f}%), "
                 f"pits routed clean {g['pit_misses']} (fp32 {g['pit_misses_ref']}) on n={g['n']}"
             )
+    look = meta.get("second_look")
+    if look and "parity" in look:
+        g = look["parity"]
+        print(
+            f"second look ({look['views']}) ONNX parity passed: max p(pit) diff "
+            f"{g['max_prob_diff']:.2e}, {g['route_mismatches']} route mismatches on n={g['n']}; "
+            f"{100 * look['share']:.1f}% of the calibration crops took it"
+        )
     from pitguard.runtime.bundle import BUNDLE_JSON
 
     log.info("wrote: %s/ (%s)", Path(args.out), ", ".join([BUNDLE_JSON, *meta["files"].values()]))

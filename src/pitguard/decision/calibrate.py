@@ -28,6 +28,7 @@ from scipy.special import softmax
 
 from pitguard.core.errors import PitguardError
 from pitguard.core.files import file_sha256, write_json
+from pitguard.decision.cascade import check_views, oof_view_logits, second_look_record
 from pitguard.decision.certify import choose_thresholds, operating_curve, operating_table
 from pitguard.decision.review_cost import review_cost
 from pitguard.evaluate import metrics, plots
@@ -45,6 +46,7 @@ from pitguard.models.runfolder import (
     load_run,
     refuse_unfinished,
     run_logits,
+    view_logits,
 )
 from pitguard.runtime.policy import DecisionPolicy, Route, maybe_index
 
@@ -124,6 +126,7 @@ def calibrate_run(
     scores: str | None = None,
     allow_unfinished: bool = False,
     guarantee: str = "exact",
+    second_look: str | None = None,
 ) -> dict:
     """Fit temperature, then thresholds with the pit-miss guarantee; write policy.json and a report.
 
@@ -131,7 +134,16 @@ def calibrate_run(
     scores); by default ``oof`` for a cross-fitted run and ``holdout`` otherwise. A run whose
     training is unfinished is refused unless ``allow_unfinished``. ``guarantee`` is ``exact``
     (a bound that holds with ``confidence``) or ``expected`` (on average; conformal risk control).
+    ``second_look`` (``hflip``, ``rot4`` or ``d8``) adds a cascade whose second stage scores the
+    crops in doubt again under those test-time views (:mod:`pitguard.decision.cascade`).
     """
+    if second_look is not None:  # a bad request stops before any scoring
+        check_views(second_look)
+        if max_false_reject is None:
+            raise PitguardError(
+                "--second-look needs --max-false-reject: the cascade's upper threshold is "
+                "certified on the clean crops alone (for example --max-false-reject 0.05)"
+            )
     run = load_run(run_dir)
     unfinished = refuse_unfinished(run.run, allow_unfinished, "calibrate")
     mode, (logits, labels, described) = _scores(run, data, part, scores)
@@ -163,12 +175,13 @@ def calibrate_run(
     )
     calib_routes = policy(torch.from_numpy(logits).float())[1].numpy()
     stated = {"max_pit_miss": max_pit_miss, "confidence": confidence}
-    record = {
+    bound = _guarantee(mode, guarantee, **stated, max_false_reject=max_false_reject)
+    record: dict = {
         "policy": policy.to_dict(),
         "model_sha256": file_sha256(paths.weights),  # the weights this policy was fitted to
         "training": {"finished": unfinished is None, "unfinished": unfinished},
         "mode": mode,
-        "guarantee": _guarantee(mode, guarantee, **stated, max_false_reject=max_false_reject),
+        "guarantee": bound,
         "calibration_data": {
             "data": described,
             # the run's own part, named apart from the path spelled on the command line
@@ -188,6 +201,18 @@ def calibrate_run(
     }
     table = operating_table(p_pit, is_pit, confidence)
     record["review_cost"] = review_cost(p_pit, is_pit).to_dict()  # what a recipe is chosen on
+    if second_look is not None:
+        logits2 = _second_look_logits(run, mode, data, part, second_look)
+        policy, alone, look = second_look_record(
+            second_look, p_pit, logits2, labels, policy, bound, fit_temperature(logits2, labels)
+        )
+        # stage 1 holds the cascade's thresholds; what they certify alone is its record
+        look["without_second_look"] = record["thresholds"]
+        record["policy"], record["thresholds"] = policy.to_dict(), asdict(alone)
+        stage1 = policy(torch.from_numpy(logits).float())[1].numpy()
+        record["calib_routes"] = {r.label: int((stage1 == r).sum()) for r in Route}
+        record["second_look"] = look
+        bound["cascade"] = look["statement"]
     write_json(out / CALIB_REPORT, {**record, "operating_curve": curve, "operating_table": table})
     write_json(paths.policy, record)
     return {**record, "operating_table": table}
@@ -206,6 +231,15 @@ def _scores(run: RunModel, data, part, scores: str | None) -> tuple[str, tuple]:
             "--scores oof calibrates on the run's out-of-fold scores; drop --data/--split"
         )
     return mode, _oof_logits(run)
+
+
+def _second_look_logits(run: RunModel, mode: str, data, part, views: str) -> np.ndarray:
+    """Stage 2's logits of the calibration crops, in the order stage 1 scored them: the run's
+    model under ``views`` (holdout), or each fold model's on its own fold (oof)."""
+    if mode == "oof":
+        return oof_view_logits(run.run, read_oof(run.run).paths, views)
+    ev = load_part(run, data, part or ("calib" if data is None else None))
+    return view_logits(run.net, ev.crops.images, views).double().numpy()
 
 
 def _guarantee(mode: str, kind: str, **bound) -> dict:

@@ -11,12 +11,14 @@ variability as well as the sample's.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from pitguard.core.errors import PitguardError
-from pitguard.decision.certify import choose_thresholds
+from pitguard.core.fmt import pct
+from pitguard.decision.certify import choose_thresholds, min_pits_needed
 
 # The reference point of the review rate: a 1% pit-miss bound at 95%, false rejects <= 5%.
 REFERENCE = {"max_pit_miss": 0.01, "confidence": 0.95, "max_false_reject": 0.05}
@@ -39,10 +41,10 @@ class ReviewCost:
         return asdict(self)
 
 
-def _review_rate(p: np.ndarray, y: np.ndarray) -> float:
+def _review_rate(p: np.ndarray, y: np.ndarray, guarantee: str = "exact") -> float:
     ref = REFERENCE
     chosen = choose_thresholds(
-        p, y, ref["max_pit_miss"], ref["confidence"], ref["max_false_reject"]
+        p, y, ref["max_pit_miss"], ref["confidence"], ref["max_false_reject"], guarantee
     )
     clean = p < np.float32(chosen.t_low)
     pit = p >= np.float32(chosen.t_high)
@@ -97,3 +99,30 @@ def review_cost(
 def _interval(values: list[float]) -> tuple[float, float]:
     lo, hi = np.percentile(values, [2.5, 97.5])
     return float(lo), float(hi)
+
+
+def reference_guarantee(n_pits: int) -> str:
+    """The guarantee the reference point can be certified with on ``n_pits`` pits: ``exact``
+    where they are enough for the 1% bound at 95%, else ``expected`` (conformal risk control,
+    which needs far fewer). Raises PitguardError naming the fix when even that is out of reach."""
+    ref = REFERENCE
+    if n_pits >= min_pits_needed(ref["max_pit_miss"], ref["confidence"]):
+        return "exact"
+    if (n_pits + 1) * ref["max_pit_miss"] >= 1:
+        return "expected"
+    raise PitguardError(
+        f"{n_pits} pits cannot certify a {pct(ref['max_pit_miss'], -1)} pit-miss rate even on "
+        f"average (conformal risk control needs {math.ceil(1 / ref['max_pit_miss']) - 1}); give "
+        "the part more crops (data.fractions) or choose on val accuracy"
+    )
+
+
+def review_rate(p_pit: np.ndarray, is_pit: np.ndarray, guarantee: str = "exact") -> float:
+    """The share of these crops routed maybe at the reference point, certified with
+    ``guarantee`` (1.0 where no thresholds can be certified: everything would go to review)."""
+    p = np.asarray(p_pit, dtype=np.float32)
+    y = np.asarray(is_pit, dtype=bool)
+    try:
+        return _review_rate(p, y, guarantee)
+    except PitguardError:
+        return 1.0

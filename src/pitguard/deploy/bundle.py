@@ -37,6 +37,30 @@ class DeployModule(nn.Module):
         return logits, p_pit, route
 
 
+class SecondLookModule(DeployModule):
+    """A cascade's second stage: the same network's mean logits over test-time views of a crop,
+    then the second stage's own calibrated policy (see :mod:`pitguard.decision.cascade`)."""
+
+    def __init__(self, net: PitguardNet, policy: DecisionPolicy, views: str):
+        super().__init__(net, policy)
+        self.views = views
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from pitguard.models.views import dihedral_views
+
+        logits = torch.stack([self.net(v) for v in dihedral_views(x, self.views)]).mean(0)
+        p_pit, route = self.policy(logits)
+        return logits, p_pit, route
+
+
+def second_look_module(module: DeployModule, look: dict) -> SecondLookModule:
+    """The second stage ``look`` (bundle.json's or policy.json's ``second_look``) describes, on
+    ``module``'s network."""
+    return SecondLookModule(
+        module.net, DecisionPolicy.from_dict(look["policy"]), look["views"]
+    ).eval()
+
+
 def build_deploy_module(meta: dict) -> DeployModule:
     from pitguard.models.nets import InputContract, build_model  # the eager backend only
 

@@ -32,6 +32,12 @@ from pitguard.core.errors import PitguardError
 from pitguard.core.files import atomic_path, file_sha256, read_json
 from pitguard.decision.certify import choose_thresholds
 from pitguard.deploy.bundle import DeployModule, sanitize_denormals, save_weights
+from pitguard.deploy.export_cascade import (
+    SECOND_LOOK_GRAPH,
+    refuse_cascade_variants,
+    second_look_graph,
+    second_look_meta,
+)
 from pitguard.deploy.export_checks import (
     MAX_PROB_DIFF,
     Reference,
@@ -62,9 +68,11 @@ from pitguard.models.runfolder import (
 )
 from pitguard.runtime.backends import BACKENDS, ort_session
 from pitguard.runtime.bundle import (
+    SECOND_LOOK_FILE,
     guard_stamp,
     is_bundle,
     make_bundle_readable,
+    second_look_stamp,
     write_bundle_json,
 )
 from pitguard.runtime.policy import DecisionPolicy, maybe_index
@@ -169,10 +177,11 @@ def export_run(
     out = Path(out)
     _prepare_out(out, replace)
     unfinished = refuse_unfinished(run.run, allow_unfinished, "export")
+    variants = [key for key, wanted in (("int8", int8), ("fp16", fp16)) if wanted]
+    refuse_cascade_variants(run, variants)
     ref = _reference(run, calib_data, allow_uncalibrated)
     module, denormals = _shipped_module(ref)
     meta = _bundle_meta(ref, module, unfinished, denormals)
-    variants = [key for key, wanted in (("int8", int8), ("fp16", fp16)) if wanted]
     graphs = onnx or bool(variants)
     _write_bundle(out, lambda tmp: _write_files(tmp, ref, module, meta, graphs, variants))
     return meta
@@ -205,10 +214,15 @@ def _write_files(
     tmp: Path, ref: Reference, module: DeployModule, meta: dict, graphs: bool, variants: list
 ) -> None:
     """The bundle's files in ``tmp``, each past its gate, and bundle.json naming them."""
-    meta["files"] = {"weights": save_weights(module, tmp, guard_stamp(ref.guard))}
+    look = meta.get("second_look")
+    stamps = {**guard_stamp(ref.guard), **second_look_stamp(look)}
+    meta["files"] = {"weights": save_weights(module, tmp, stamps)}
     if graphs:
         meta.update(_fp32_graph(module, tmp, ref))
         meta["files"]["onnx"] = BACKENDS["onnx"].file_name
+        if look is not None:
+            look["parity"] = second_look_graph(module, look, tmp, ref)
+            meta["files"][SECOND_LOOK_FILE] = SECOND_LOOK_GRAPH
     for key in variants:
         meta[key] = _variant(key, tmp, ref)
         meta["files"][BACKENDS[VARIANTS[key][0]].file_key] = meta[key].pop("file")
@@ -268,6 +282,7 @@ def _bundle_meta(
         },
         "denormals_zeroed": denormals,
         "input_guard": ref.guard,
+        **second_look_meta(record),
     }
 
 

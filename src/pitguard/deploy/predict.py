@@ -18,7 +18,7 @@ from pitguard.core.errors import PitguardError
 from pitguard.core.files import atomic_path, naming_errors
 from pitguard.core.progress import Progress
 from pitguard.data.layout import CLASS_ALIASES, IMAGE_SUFFIXES
-from pitguard.deploy.bundle import load_deploy_module
+from pitguard.deploy.bundle import load_deploy_module, second_look_module
 from pitguard.runtime.backends import auto_backend, get_backend
 from pitguard.runtime.bundle import open_bundle
 from pitguard.runtime.classifier import Classifier
@@ -51,10 +51,16 @@ class Predictor:
     PIL images, or paths."""
 
     def __init__(
-        self, bundle: str | Path, backend: str = "auto", device: str = "auto", threads: int = 0
+        self,
+        bundle: str | Path,
+        backend: str = "auto",
+        device: str = "auto",
+        threads: int = 0,
+        second_look: bool = True,
     ):
         self.bundle = Path(bundle)
         self.meta = open_bundle(self.bundle)
+        self.second = None
         self.classes = tuple(self.meta["classes"])
         guard = self.meta.get("input_guard")
         self.guard = InputGuard.from_dict(guard) if guard else None
@@ -63,7 +69,7 @@ class Predictor:
         chosen = auto_backend(files) if backend == "auto" else get_backend(backend, serving=True)
         self.backend = chosen.name
         if chosen.runtime == "onnx":  # the line's runtime, with its graph proved on load
-            self.runtime = Classifier(self.bundle, chosen.name, device, threads)
+            self.runtime = Classifier(self.bundle, chosen.name, device, threads, second_look)
             self.session = self.runtime.session
             self.device = self.runtime.device
         else:
@@ -73,6 +79,8 @@ class Predictor:
                 torch.set_num_threads(threads)
             self.module, _ = load_deploy_module(self.bundle, self.meta)
             self.module.to(self.device)
+            look = self.meta.get("second_look") if second_look else None
+            self.second = second_look_module(self.module, look).to(self.device) if look else None
 
     # ------------------------------------------------------------------ input conversion
 
@@ -139,11 +147,7 @@ class Predictor:
             out = self.runtime.classify(crops)
             return Prediction(list(out.labels), out.p_pit, list(out.routes), list(out.reasons))
         x = crops.astype(np.float32) / np.float32(255)
-        with torch.no_grad():
-            logits, p, route = (
-                t.cpu().numpy() for t in self.module(torch.from_numpy(x).to(self.device))
-            )
-        return self.decide(crops, logits, p, route)
+        return self.decide(crops, *self._eager(x))
 
     def decide(self, crops: np.ndarray, logits, p, route) -> Prediction:
         """The graph's outputs as a Prediction, crops the input guard flags routed to maybe."""
@@ -173,11 +177,19 @@ class Predictor:
         x = np.ascontiguousarray(arr, dtype=np.float32)
         if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
             raise PitguardError("float crops must be finite and in [0, 1]; divide uint8 by 255")
+        return self.decide(x * np.float32(255), *self._eager(x))
+
+    def _eager(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Logits, p(pit) and routes of the bundle's module on float crops; with a second look,
+        the crops it routes maybe are scored again by the second stage, as the graphs do."""
         with torch.no_grad():
-            logits, p, route = (
-                t.cpu().numpy() for t in self.module(torch.from_numpy(x).to(self.device))
-            )
-        return self.decide(x * np.float32(255), logits, p, route)
+            batch = torch.from_numpy(x).to(self.device)
+            logits, p, route = (t.cpu().numpy().copy() for t in self.module(batch))
+            looked = np.flatnonzero(route == int(Route.MAYBE))
+            if self.second is not None and len(looked):
+                _, p2, r2 = self.second(batch[torch.from_numpy(looked).to(self.device)])
+                p[looked], route[looked] = p2.cpu().numpy(), r2.cpu().numpy()
+        return logits, p, route
 
 
 def load(

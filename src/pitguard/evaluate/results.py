@@ -108,6 +108,8 @@ class RoutedMetrics(_Record):
     calibration_mode: str | None = None
     guarantee: dict | None = None
     policy_used: dict | None = None
+    # the cascade's second stage: its views and the share of crops that took it
+    second_look: dict | None = field(default=None, metadata=SOMETIMES)
 
     @classmethod
     def from_dict(cls, d: dict) -> RoutedMetrics:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from pitguard.models.runfolder import (
     load_part,
     load_run,
     run_logits,
+    view_logits,
 )
 from pitguard.runtime.policy import PREDICTION_COLUMNS, DecisionPolicy, Route, maybe_index
 
@@ -100,10 +102,13 @@ def evaluate_run(
     out.mkdir(parents=True, exist_ok=True)
     flagged = _input_guard(run, ev.crops.images.numpy())
     report.input_guard = _guard_check(flagged)
-    p_pit, route_ids = _decide(run, logits, policy, flagged)
+    look = (calibration or {}).get("second_look") if policy is not None else None
+    p_pit, route_ids, looked = _decide(run, logits, policy, flagged, look, ev.crops.images)
     routes = None
     if policy is not None:
         report.policy = _routed(route_ids, ev.labels, run.classes, calibration or {})
+        if look is not None:
+            report.policy.second_look = _second_look_check(look, looked)
         report.plain_summary = plain_summary(report.policy, part=ev.part)
         routes = [Route(int(r)).label for r in route_ids]
     write_predictions(
@@ -135,17 +140,62 @@ def _guard_check(flagged: list[str] | None) -> InputGuardCheck | None:
 
 
 def _decide(
-    run: RunModel, logits: torch.Tensor, policy: torch.nn.Module | None, flagged
-) -> tuple[np.ndarray, np.ndarray]:
-    """p(pit) and routes as the bundle computes them: the calibrated policy's, or temperature 1
-    without one; with a policy, crops the input guard flagged go to review, as in the bundle."""
-    with torch.no_grad():
-        default = DecisionPolicy(pit_index=run.pit_index, maybe_index=maybe_index(run.classes))
-        p_pit, route_ids = (policy or default)(logits)
-    p_pit, route_ids = p_pit.numpy(), route_ids.numpy().copy()
+    run: RunModel,
+    logits: torch.Tensor,
+    policy: torch.nn.Module | None,
+    flagged,
+    look: dict | None,
+    images: torch.Tensor,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """p(pit), routes and the second-look mask as the bundle computes them: the calibrated
+    policy's (with its second look, if calibrated with one), or temperature 1 without one; with
+    a policy, crops the input guard flagged go to review, as in the bundle."""
+    if look is not None and isinstance(policy, DecisionPolicy):
+
+        def second(rows: np.ndarray) -> torch.Tensor:
+            return view_logits(run.net, images[torch.from_numpy(rows)], look["views"])
+
+        policy2 = DecisionPolicy.from_dict(look["policy"])
+        p_pit, route_ids, looked = _cascade(policy, policy2, logits, second)
+    else:
+        with torch.no_grad():
+            default = DecisionPolicy(pit_index=run.pit_index, maybe_index=maybe_index(run.classes))
+            p_pit, route_ids = (t.numpy().copy() for t in (policy or default)(logits))
+        looked = np.zeros(len(route_ids), dtype=bool)
     if policy is not None and flagged is not None:
         route_ids[[bool(r) for r in flagged]] = int(Route.MAYBE)
-    return p_pit, route_ids
+    return p_pit, route_ids, looked
+
+
+def _cascade(
+    policy1: DecisionPolicy,
+    policy2: DecisionPolicy,
+    logits1: torch.Tensor,
+    second: Callable[[np.ndarray], torch.Tensor],  # rows -> stage-2 logits of those crops
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """p(pit), routes and the second-look mask of a cascade (:mod:`pitguard.decision.cascade`):
+    stage 1 on ``logits1``, stage 2 on ``second(rows)`` for the rows stage 1 routes maybe."""
+    with torch.no_grad():
+        p1, r1 = (t.numpy().copy() for t in policy1(logits1.float()))
+    rows = np.flatnonzero(r1 == int(Route.MAYBE))
+    looked = np.zeros(len(r1), dtype=bool)
+    if len(rows):
+        with torch.no_grad():
+            p2, r2 = (t.numpy() for t in policy2(second(rows).float()))
+        p1[rows], r1[rows], looked[rows] = p2, r2, True
+    return p1, r1, looked
+
+
+def _second_look_check(look: dict, looked: np.ndarray) -> dict:
+    """How many crops took the cascade's second look here, with the exact interval."""
+    k, n = int(looked.sum()), len(looked)
+    return {
+        "views": look["views"],
+        "n_second": k,
+        "share": k / n if n else None,
+        "share_ci": list(clopper_pearson(k, n)) if n else None,
+        "calib_share": look.get("share"),
+    }
 
 
 def _routed(route_ids: np.ndarray, labels: np.ndarray, classes, record: dict) -> RoutedMetrics:
@@ -215,4 +265,10 @@ def _format_policy(pol: RoutedMetrics) -> list[str]:
     ):
         lines.append(f"  {label:<18} {pct(value, width=7)}{pct_ci(ci)}")
     lines.append("  routes: " + ", ".join(f"{k} {v}" for k, v in (pol.routes or {}).items()))
+    if pol.second_look:
+        look = pol.second_look
+        lines.append(
+            f"  second look ({look['views']}): {look['n_second']} crops in doubt scored again "
+            f"({pct(look['share'])}{pct_ci(look['share_ci'])}); the rates above are the cascade's"
+        )
     return lines

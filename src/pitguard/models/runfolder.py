@@ -21,6 +21,7 @@ from pitguard.core.files import atomic_write, read_json, write_json
 from pitguard.data.layout import find_dataset, parse_class_mapping
 from pitguard.data.load import Crops, DecodeOptions, load_crops
 from pitguard.models.nets import InputContract, PitguardNet, build_model, infer_logits
+from pitguard.models.views import SECOND_LOOKS, dihedral_views
 from pitguard.runtime.policy import DecisionPolicy
 
 SCHEMA_VERSION = 1
@@ -352,3 +353,20 @@ def run_logits(
         return infer_logits(run.net, crops.images, dev, batch_size)
     finally:
         run.net.cpu()
+
+
+def view_logits(
+    net: torch.nn.Module, images: torch.Tensor, views: str, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """The mean logits of ``net`` over the test-time ``views`` of uint8 crops (N, C, H, W),
+    float32 on CPU: what a cascade's second look scores a crop in doubt with."""
+    if views not in SECOND_LOOKS:
+        raise PitguardError(f"views {views!r}: choose {', '.join(SECOND_LOOKS)}")
+    if not len(images):
+        return torch.zeros(0, 0)
+    net.to(device)
+    try:
+        stack = [infer_logits(net, v.contiguous(), device) for v in dihedral_views(images, views)]
+    finally:
+        net.cpu()
+    return torch.stack(stack).mean(0)

@@ -9,6 +9,7 @@ import torch
 from pitguard.config import TestTimeViews
 
 TEST_TIME_VIEWS: tuple[str, ...] = get_args(TestTimeViews)
+SECOND_LOOKS = tuple(v for v in TEST_TIME_VIEWS if v != "none")  # a cascade's second-stage views
 
 
 def dihedral_views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:

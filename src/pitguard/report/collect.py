@@ -16,6 +16,7 @@ from pitguard.models.runfolder import (
     BENCH_FILE,
     CALIB_OPERATING_CURVE,
     CALIB_RELIABILITY,
+    CALIB_REPORT,
     EVAL_CONFUSION,
     EVAL_PREDICTIONS,
     EVAL_ROC_PR,
@@ -333,12 +334,31 @@ def _add_calibration(rec: dict, run: Path, policy: dict) -> None:
         "n": calib_data.get("n"),
         "ece_before": policy.get("ece_before"),
         "ece_after": policy.get("ece_after"),
+        "mode": policy.get("mode"),
+        # the certified review rate at each pit-miss bound and false-reject cap, on these scores
+        "operating_table": (read_json(paths.calibration / CALIB_REPORT) or {}).get(
+            "operating_table"
+        ),
+        "second_look": _second_look_facts(policy.get("second_look")),
     }
     calib = {"data": calib_data.get("data"), "n": calib_data.get("n")}
     for key, file in CALIBRATION_FIGURES:
         figure = paths.calibration / file
         if figure.is_file():
             rec["figures"][key] = {"file": str(figure.relative_to(run)), **calib}
+
+
+def _second_look_facts(look: dict | None) -> dict | None:
+    """A cascade's second stage as the report states it (None without one)."""
+    if not look:
+        return None
+    th = look.get("thresholds") or {}
+    return {
+        "views": look.get("views"),
+        "share": look.get("share"),
+        "maybe_rate_on_calib": th.get("calib_maybe_rate"),
+        "pit_miss_bound": th.get("pit_miss_bound"),
+    }
 
 
 def _add_latency(rec: dict, run: Path) -> None:

@@ -73,6 +73,9 @@ def _run_section(rec: dict) -> str:
     parts.append(_facts_table(rec))
     figures, missing = _figures(rec, run)
     parts += figures
+    table = _operating_table_html(rec)
+    if table:
+        parts.append(table)
     review = _label_review(run)
     if review is not None:
         parts.append(review)
@@ -111,10 +114,55 @@ def _facts_table(rec: dict) -> str:
         ),
         ("vs baseline", verdict_cell(rec["vs_baseline"])),
     ]
+    look = (rec["calibration"] or {}).get("second_look")
+    if look:
+        facts.insert(
+            5,
+            (
+                "second look",
+                f"{look['views']} views on the {100 * look['share']:.1f}% of calibration crops "
+                f"in doubt; the cascade sends {100 * look['maybe_rate_on_calib']:.1f}% to review "
+                f"there, pit-miss bound {100 * look['pit_miss_bound']:.2f}% over both stages",
+            ),
+        )
     return (
         "<table>"
         + "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in facts)
         + "</table>"
+    )
+
+
+def _operating_table_html(rec: dict) -> str | None:
+    """The certified review rate at each pit-miss bound (rows) and false-reject cap (columns)
+    on the run's calibration scores, beside the operating curve."""
+    cal = rec["calibration"] or {}
+    rows = cal.get("operating_table")
+    if not rows:
+        return None
+    caps = sorted({r["max_false_reject"] for r in rows})
+    bounds = sorted({r["max_pit_miss"] for r in rows})
+    cell = {(r["max_pit_miss"], r["max_false_reject"]): r["maybe_rate"] for r in rows}
+    conf = (cal.get("guarantee") or {}).get("confidence")
+    head = "".join(f"<th>false rejects &le; {100 * c:g}%</th>" for c in caps)
+    body = "".join(
+        f"<tr><th>pit misses &le; {100 * b:g}%</th>"
+        + "".join(
+            f"<td>{'n/a' if cell.get((b, c)) is None else f'{100 * cell[(b, c)]:.1f}%'}</td>"
+            for c in caps
+        )
+        + "</tr>"
+        for b in bounds
+    )
+    scores = "out-of-fold scores" if cal.get("mode") == "oof" else "calibration crops"
+    caption = (
+        f"share of crops sent to review at each certified point, on the run's {scores} "
+        f"({_esc(str(cal.get('data')))}, n={cal.get('n')}"
+        + (f", {100 * conf:g}% confidence" if conf else "")
+        + "); n/a: too few pits for that bound"
+    )
+    return (
+        f'<table class="operating"><caption>{caption}</caption><tr><th></th>{head}</tr>'
+        f"{body}</table>"
     )
 
 

@@ -31,6 +31,9 @@ HASHED_SCHEMA = 3  # from this schema on, every file's sha256 is recorded and ch
 STAMPED_SCHEMA = 4  # from this schema on, every file holds the input guard it ships with
 GUARD_METADATA_KEY = "pitguard.input_guard"  # in safetensors metadata and ONNX metadata_props
 POLICY_METADATA_KEY = "pitguard.policy"  # in ONNX metadata_props: the policy the graph holds
+# in safetensors metadata: the second look (views and policy) the weights ship with
+SECOND_LOOK_METADATA_KEY = "pitguard.second_look"
+SECOND_LOOK_FILE = "onnx_second_look"  # bundle.json files key of a cascade's second-stage graph
 BUNDLE_JSON = "bundle.json"
 INPUT_NAME = "crops"  # the graph's input and outputs, as ONNX names them
 OUTPUT_NAMES = ("logits", "p_pit", "route")
@@ -137,6 +140,7 @@ def _check_against_weights(folder: Path, meta: dict) -> None:
         _compare_policy(where, name, policy, held)
         if meta.get("schema_version", 0) >= STAMPED_SCHEMA:
             _compare_guard(where, name, meta.get("input_guard"), stamps.get(GUARD_METADATA_KEY))
+        _compare_second_look(where, name, meta.get("second_look"), stamps)
 
 
 def stated_policy(meta: dict, file_key: str) -> dict:
@@ -227,6 +231,28 @@ def _compare_guard(where: Path, name: str, stated: dict | None, stamp: str | Non
             "removed?); the guard is part of what the bundle proves: restore bundle.json or "
             "export again"
         )
+
+
+def second_look_facts(look: dict | None) -> dict | None:
+    """What a second look is made of (its views and policy): what its files hold and prove."""
+    return None if look is None else {"views": look.get("views"), "policy": look.get("policy")}
+
+
+def _compare_second_look(where: Path, name: str, look: dict | None, stamps: dict) -> None:
+    """The second look bundle.json states is the one the weights were exported with."""
+    stamp = stamps.get(SECOND_LOOK_METADATA_KEY)
+    held = None if stamp is None else json.loads(stamp)
+    if held != second_look_facts(look):
+        raise PitguardError(
+            f"{where}: second_look differs from the one exported with {name} (edited, added or "
+            "removed?); restore bundle.json or export again"
+        )
+
+
+def second_look_stamp(look: dict | None) -> dict[str, str]:
+    """The weights' metadata entry for a cascade's second look (none without one)."""
+    facts = second_look_facts(look)
+    return {} if facts is None else {SECOND_LOOK_METADATA_KEY: json.dumps(facts, sort_keys=True)}
 
 
 def guard_stamp(guard: dict | None) -> dict[str, str]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from pitguard.core.errors import PitguardError
 from pitguard.runtime.backends import BACKENDS, PROVIDERS, ort_session, resolve_device
-from pitguard.runtime.bundle import INPUT_NAME, open_bundle, prove_graph
+from pitguard.runtime.bundle import INPUT_NAME, SECOND_LOOK_FILE, open_bundle, prove_graph
 from pitguard.runtime.guard import InputGuard
 from pitguard.runtime.routes import ROUTES, Route
 
@@ -26,6 +26,7 @@ class Classification:
     labels: np.ndarray  # the argmax class
     reasons: np.ndarray  # why the input guard sent a crop to review; "" for the others
     logits: np.ndarray  # float32 (N, classes)
+    second_look: np.ndarray | None = None  # bool (N,): scored again by the cascade's stage 2
 
     def __len__(self) -> int:
         return len(self.routes)
@@ -38,10 +39,19 @@ class Classifier:
     ``graph`` is ``onnx`` (float32), ``onnx-int8`` or ``onnx-fp16``; ``device`` is ``auto``
     (cuda where ONNX Runtime has a CUDA provider, else cpu), ``cpu``, ``cuda`` or ``tensorrt``,
     and a device whose provider is missing is refused, never replaced by the CPU.
+
+    A bundle calibrated with a second look scores the crops its first graph routes maybe again
+    with its second graph, and the second's route is final (``second_look=False`` keeps the
+    first graph's routes: its own certified policy, more crops to review).
     """
 
     def __init__(
-        self, bundle: str | Path, graph: str = "onnx", device: str = "auto", threads: int = 0
+        self,
+        bundle: str | Path,
+        graph: str = "onnx",
+        device: str = "auto",
+        threads: int = 0,
+        second_look: bool = True,
     ):
         self.bundle = Path(bundle)
         self.meta = open_bundle(self.bundle)
@@ -67,6 +77,14 @@ class Classifier:
         self.size = int(self.meta["input"]["size"])
         guard = self.meta.get("input_guard")
         self.guard = InputGuard.from_dict(guard) if guard else None
+        self.second = None
+        if second_look and graph == "onnx" and SECOND_LOOK_FILE in self.meta["files"]:
+            self.second = ort_session(
+                self.bundle / self.meta["files"][SECOND_LOOK_FILE], threads, self.device
+            )
+            second_input = self.second.get_inputs()[0]
+            stamps = self.second.get_modelmeta().custom_metadata_map
+            prove_graph(self.bundle, self.meta, SECOND_LOOK_FILE, stamps, list(second_input.shape))
 
     def __repr__(self) -> str:
         return f"Classifier({str(self.bundle)!r}, graph={self.graph!r}, provider={self.provider!r})"
@@ -75,6 +93,13 @@ class Classifier:
         """Routes, calibrated p(pit), argmax labels and the guard's reasons for ``crops``."""
         x, as_uint8_scale = self._input(crops)
         logits, p_pit, route_ids = self.session.run(None, {INPUT_NAME: x})
+        looked = None
+        if self.second is not None:
+            looked = route_ids == int(Route.MAYBE)
+            if looked.any():
+                p_pit, route_ids = np.array(p_pit), np.array(route_ids)
+                _, p2, r2 = self.second.run(None, {INPUT_NAME: x[looked]})
+                p_pit[looked], route_ids[looked] = p2, r2
         routes = np.array([ROUTES[int(r)] for r in route_ids], dtype="<U5")
         if self.guard is not None:
             reasons = np.array(self.guard.check(as_uint8_scale), dtype=object)
@@ -87,6 +112,7 @@ class Classifier:
             labels=np.array([self.classes[i] for i in np.asarray(logits).argmax(1)]),
             reasons=reasons,
             logits=np.asarray(logits, dtype=np.float32),
+            second_look=looked,
         )
 
     def _input(self, crops) -> tuple[np.ndarray, np.ndarray]:

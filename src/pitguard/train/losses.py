@@ -5,9 +5,20 @@ percent of pits the model scores lowest decide how many crops go to review. Two 
 loss at them: ``train.pit_weight`` multiplies the pit class's weight, and ``train.loss: focal``
 (Lin et al., 2017) scales each crop's loss by ``(1 - p_true) ** gamma``, so crops already scored
 right count less and the hard ones more. Both take soft targets (mixup, label smoothing).
+
+A third, ``train.pauc_weight``, adds a partial-AUC term aimed at the high pit-recall end of the
+ROC curve: in each batch the hardest ``train.pauc_pits`` share of the pits (those scored
+lowest) is pulled above every clean crop, with the squared-hinge surrogate of LibAUC's one-way
+partial-AUC losses (margin 1 on sigmoid scores; Zhu et al., 2022, "When AUC meets DRO"), the
+roles of the classes swapped so the restricted region is low false-negative rate. The hardest
+pits are taken batch by batch, the empirical CVaR of the pits' scores: LibAUC's own losses
+keep a state per training crop, indexed by its position in the dataset, which this loop's
+batches (augmented, mixed crops drawn by index) do not carry.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -53,8 +64,44 @@ class WeightedLoss(nn.Module):
         return (per_class * weight).sum() / (target * weight).sum()
 
 
+def pauc_tail_loss(
+    logits: torch.Tensor, target: torch.Tensor, pit_index: int, share: float
+) -> torch.Tensor:
+    """Mean squared hinge ``(1 - (s_pit - s_clean)) ** 2`` over pairs of the batch's hardest
+    ``share`` of pits and all its clean crops, ``s`` the sigmoid of the pit logit's margin over
+    the other classes; zero for a batch without both. Soft targets count by their larger share."""
+    hard = target if target.ndim == 1 else target.argmax(1)
+    others = torch.cat([logits[:, :pit_index], logits[:, pit_index + 1 :]], dim=1)
+    score = torch.sigmoid(logits[:, pit_index] - torch.logsumexp(others, dim=1))
+    pits, clean = score[hard == pit_index], score[hard != pit_index]
+    if not len(pits) or not len(clean):
+        return logits.sum() * 0.0  # keeps the graph: every rank steps the same parameters
+    k = max(1, math.ceil(share * len(pits)))
+    hardest = torch.topk(pits, k, largest=False).values
+    return (1 - (hardest[:, None] - clean[None, :])).clamp_min(0).pow(2).mean()
+
+
+class WithPartialAuc(nn.Module):
+    """A base loss plus ``weight`` times :func:`pauc_tail_loss`."""
+
+    def __init__(self, base: nn.Module, weight: float, share: float, pit_index: int):
+        super().__init__()
+        self.base, self.weight, self.share, self.pit_index = base, weight, share, pit_index
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        tail = pauc_tail_loss(logits, target, self.pit_index, self.share)
+        return self.base(logits, target) + self.weight * tail
+
+
 def make_loss(t: TrainConfig, labels: torch.Tensor, n_classes: int, pit_index: int) -> nn.Module:
     """The loss ``train.loss``, ``train.balance``, ``train.pit_weight`` and friends describe."""
+    base = _base_loss(t, labels, n_classes, pit_index)
+    if t.pauc_weight:
+        return WithPartialAuc(base, t.pauc_weight, t.pauc_pits, pit_index)
+    return base
+
+
+def _base_loss(t: TrainConfig, labels: torch.Tensor, n_classes: int, pit_index: int) -> nn.Module:
     weight = class_weights(labels, n_classes) if t.balance == "loss" else None
     if t.pit_weight != 1.0:
         weight = torch.ones(n_classes) if weight is None else weight.clone()

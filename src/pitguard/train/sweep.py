@@ -2,7 +2,9 @@
 
 ``pitguard sweep`` samples settings with TPE, trains each trial as a run in OUT/trials, reports
 the val metric after every epoch and lets Optuna's median rule prune a trial that trails the
-others; the test part is never looked at. Several processes (``--workers``) or machines share a
+others; the test part is never looked at. With ``choose_on="review"`` a trial is scored instead,
+once trained, by the share of its val crops a certified 1% pit-miss bound sends to review
+(what the line pays for; nothing is pruned, since the rate is only known at the end). Several processes (``--workers``) or machines share a
 study through its storage: a SQLite file on one machine, a PostgreSQL URL across machines. A
 study is counted in trials: a worker starts a trial only while the study holds fewer than
 ``--trials`` trials that are running, finished or pruned (a failed trial is run again); on a
@@ -40,6 +42,8 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
 }
 KINDS = ("float", "int", "categorical")
 BEST_RECIPE = "best-recipe.yaml"
+CHOOSE_ON = ("val", "review")  # the recipe's val metric, or the val review rate
+REVIEW_METRIC = "val_review_rate"
 RESULT = "sweep.json"
 
 
@@ -152,13 +156,19 @@ def sweep(
     recipe: str | None,
     config_file: str | None,
     seed: int | None = None,
+    choose_on: str = "val",
 ) -> dict:
-    """Run trials of ``study_name`` until the study holds ``trials``; the study's record."""
+    """Run trials of ``study_name`` until the study holds ``trials``; the study's record.
+    ``choose_on`` is ``val`` (the recipe's val metric) or ``review`` (the val review rate)."""
     import optuna
 
+    if choose_on not in CHOOSE_ON:
+        raise PitguardError(f"choose_on {choose_on!r}: choose {' or '.join(CHOOSE_ON)}")
     out = Path(out)
-    metric = _metric(base)
-    direction: Literal["minimize", "maximize"] = "minimize" if metric == "val_loss" else "maximize"
+    metric = _metric(base)  # refuses a recipe that trains on its val part
+    metric = metric if choose_on == "val" else REVIEW_METRIC
+    minimize = metric in ("val_loss", REVIEW_METRIC)
+    direction: Literal["minimize", "maximize"] = "minimize" if minimize else "maximize"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with _lock(storage):  # one worker creates the tables and the study; the others load them
         study = optuna.create_study(
@@ -210,7 +220,7 @@ def _run_trial(study, trial, out, metric, space, sets, recipe, config_file, base
     pruned: list[int] = []
 
     def report(epoch: int, stats: dict) -> str | None:
-        if metric not in stats:
+        if metric not in stats:  # the review rate is known only once the trial is trained
             return None
         trial.report(float(stats[metric]), epoch)
         if trial.should_prune():
@@ -233,14 +243,40 @@ def _run_trial(study, trial, out, metric, space, sets, recipe, config_file, base
         study.tell(trial, state=TrialState.PRUNED)
         _log.info("trial %d: pruned after epoch %s", trial.number, pruned[0])
         return
-    # a recipe that keeps its last epoch chose nothing on val: its value is that epoch's accuracy
-    kept_last = base.train.select_metric == "last"
-    value = summary["val_accuracy"] if kept_last else summary["best_value"]
+    if metric == REVIEW_METRIC:
+        try:
+            value, guarantee = val_review_rate(run)
+        except PitguardError:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        trial.set_user_attr("guarantee", guarantee)
+    else:
+        # a recipe that keeps its last epoch chose nothing on val: its value is that accuracy
+        kept_last = base.train.select_metric == "last"
+        value = summary["val_accuracy"] if kept_last else summary["best_value"]
     if value is None or not math.isfinite(float(value)):
         study.tell(trial, state=TrialState.FAIL)
         raise PitguardError(f"{run}: no {metric} to report; the sweep needs a val part")
     study.tell(trial, float(value))
     _log.info("trial %d: %s %.4f", trial.number, metric, float(value))
+
+
+def val_review_rate(run: Path) -> tuple[float, str]:
+    """The share of ``run``'s val crops sent to review at the reference point (1% pit-miss bound
+    at 95%, false rejects <= 5%), and the guarantee it was certified with: exact where the val
+    part has the pits for it, else expected (conformal risk control), as every trial of a study
+    shares one val part. Temperature is left out: it moves the thresholds, not the routes."""
+    from pitguard.decision.review_cost import reference_guarantee, review_rate
+    from pitguard.models.runfolder import load_part, load_run, run_logits
+    from pitguard.runtime.policy import DecisionPolicy, maybe_index
+
+    model = load_run(run)
+    ev = load_part(model, None, "val")
+    policy = DecisionPolicy(pit_index=model.pit_index, maybe_index=maybe_index(model.classes))
+    p_pit = policy(run_logits(model, ev.crops))[0].numpy()
+    is_pit = ev.labels == model.pit_index
+    guarantee = reference_guarantee(int(is_pit.sum()))
+    return review_rate(p_pit, is_pit, guarantee), guarantee
 
 
 def _record(study, out: Path, metric: str, base: Config, target: int, ran: int) -> dict:
@@ -262,6 +298,7 @@ def _record(study, out: Path, metric: str, base: Config, target: int, ran: int) 
                 "value": t.value,
                 "params": t.params,
                 "run": t.user_attrs.get("run"),
+                **({"guarantee": t.user_attrs["guarantee"]} if "guarantee" in t.user_attrs else {}),
             }
             for t in trials
         ],
@@ -292,8 +329,8 @@ def _write_recipe(path: Path, best, metric: str, base: Config, study_name: str) 
         section, name = key.split(".", 1)
         nested.setdefault(section, {})[name] = list(value) if isinstance(value, tuple) else value
     head = (
-        f"# best trial {best.number} of sweep {study_name!r}: {metric} {best.value:.4f} on the "
-        f"val part (from recipe {cfg.recipe or 'none'})\n"
+        f"# best trial {best.number} of sweep {study_name!r}: {metric} {best.value:.4f} "
+        f"(from recipe {cfg.recipe or 'none'})\n"
         f"# pitguard train --recipe {path} --data DIR --out RUN\n"
     )
     atomic_write_text(path, head + yaml.safe_dump(nested, sort_keys=True))
