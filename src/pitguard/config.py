@@ -83,6 +83,8 @@ class ModelConfig:
     upsample: PositiveInt = 1  # enlarge the crop this many times inside the model (bilinear)
     # test-time views: logits averaged over flips (hflip), quarter turns (rot4) or both (d8)
     tta: TestTimeViews = "none"  # at inference (eval, calibration, the exported graph) only
+    # the views calibrate's cascade scores the crops in doubt under (calibrate --second-look)
+    second_look: TestTimeViews = "none"
     drop_rate: Fraction = 0.0  # dropout before the classifier
     drop_path_rate: Fraction = 0.0  # stochastic depth, where the architecture has it
     freeze_backbone: bool = False  # train the classifier head only (the production recipe)

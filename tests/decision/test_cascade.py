@@ -86,8 +86,23 @@ def test_a_second_look_with_unknown_views_is_refused_before_any_work(trained_run
     with pytest.raises(PitguardError, match="choose hflip"):
         check_views("none")
     with pytest.raises(SystemExit):  # the verb offers exactly the views the cascade knows
-        main(["calibrate", str(run), "--second-look", "none"])
+        main(["calibrate", str(run), "--second-look", "d4"])
     assert SECOND_LOOK_VIEWS == ("hflip", "rot4", "d8")
+
+
+def test_the_recipes_second_look_is_the_default_and_none_turns_it_off(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path / "run")
+    meta = json.loads((run / "model.json").read_text())
+    meta["config"]["model"]["second_look"] = "hflip"  # as a recipe with model.second_look sets it
+    (run / "model.json").write_text(json.dumps(meta))
+    record = calibrate_run(run, max_false_reject=0.2, **BOUND)
+    assert record["second_look"]["views"] == "hflip"
+    assert "second_look" not in calibrate_run(
+        run, max_false_reject=0.2, second_look="none", **BOUND
+    )
+    # without a false-reject cap the recipe's second look cannot be certified: one stage
+    assert "second_look" not in calibrate_run(run, **BOUND)
+    assert "second_look" not in read_json(RunPaths(run).policy)
 
 
 def test_view_logits_average_the_views_of_each_crop(trained_run):

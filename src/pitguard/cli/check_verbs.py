@@ -258,13 +258,14 @@ def add_calibrate(sub: Verbs) -> None:
     )
     p.add_argument(
         "--second-look",
-        choices=("hflip", "rot4", "d8"),
+        choices=("none", "hflip", "rot4", "d8"),
         metavar="VIEWS",
-        help="add a second stage: the crops left between the thresholds are scored again by "
-        "the same network under test-time views (hflip: 2 passes, rot4: 4, d8: 8) and routed "
-        "by the same thresholds, each certified for the cascade as a whole (t_high on the clean "
-        "crops, t_low on the pits; out of fold for a --folds run), so both bounds cover every "
-        "crop either stage routes; needs --max-false-reject",
+        help="a second stage: the crops left between the thresholds are scored again by the "
+        "same network under test-time views (hflip: 2 passes, rot4: 4, d8: 8) and routed by the "
+        "same thresholds, each certified for the cascade as a whole (t_high on the clean crops, "
+        "t_low on the pits; out of fold for a --folds run), so both bounds cover every crop "
+        "either stage routes; needs --max-false-reject. Default: the recipe's "
+        "model.second_look; none: one stage",
     )
 
 

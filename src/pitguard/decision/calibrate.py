@@ -134,17 +134,12 @@ def calibrate_run(
     scores); by default ``oof`` for a cross-fitted run and ``holdout`` otherwise. A run whose
     training is unfinished is refused unless ``allow_unfinished``. ``guarantee`` is ``exact``
     (a bound that holds with ``confidence``) or ``expected`` (on average; conformal risk control).
-    ``second_look`` (``hflip``, ``rot4`` or ``d8``) adds a cascade whose second stage scores the
-    crops in doubt again under those test-time views (:mod:`pitguard.decision.cascade`).
+    ``second_look`` (``hflip``, ``rot4`` or ``d8``; default: the recipe's ``model.second_look``;
+    ``none``: one stage) adds a cascade whose second stage scores the crops in doubt again under
+    those test-time views (:mod:`pitguard.decision.cascade`).
     """
-    if second_look is not None:  # a bad request stops before any scoring
-        check_views(second_look)
-        if max_false_reject is None:
-            raise PitguardError(
-                "--second-look needs --max-false-reject: the cascade's upper threshold is "
-                "certified on the clean crops alone (for example --max-false-reject 0.05)"
-            )
     run = load_run(run_dir)
+    second_look = _second_look(run, second_look, max_false_reject)
     unfinished = refuse_unfinished(run.run, allow_unfinished, "calibrate")
     mode, (logits, labels, described) = _scores(run, data, part, scores)
     pit = run.pit_index
@@ -231,6 +226,30 @@ def _scores(run: RunModel, data, part, scores: str | None) -> tuple[str, tuple]:
             "--scores oof calibrates on the run's out-of-fold scores; drop --data/--split"
         )
     return mode, _oof_logits(run)
+
+
+def _second_look(run: RunModel, asked: str | None, max_false_reject: float | None) -> str | None:
+    """The views of the cascade's second look: those asked (``none``: no second look), else the
+    recipe's ``model.second_look``, which needs a false-reject cap (without one, the run is
+    calibrated in one stage and the log says why). A bad request stops before any scoring."""
+    recipe = run.config.model.second_look if run.config else "none"
+    views = asked or recipe
+    if views == "none":
+        return None
+    check_views(views)
+    if max_false_reject is None:
+        if asked is None:
+            _log.info(
+                "one stage: the recipe's second look (%s) needs --max-false-reject, which "
+                "certifies its upper threshold on the clean crops",
+                views,
+            )
+            return None
+        raise PitguardError(
+            "--second-look needs --max-false-reject: the cascade's upper threshold is "
+            "certified on the clean crops alone (for example --max-false-reject 0.05)"
+        )
+    return views
 
 
 def _second_look_logits(run: RunModel, mode: str, data, part, views: str) -> np.ndarray:
