@@ -14,6 +14,11 @@ typed by hand. Three kinds are read, told apart by their keys:
 - runtime latency (``benchmarks/runtime_latency.py``: ``rows`` and ``cpu``).
 - bundle parity (``benchmarks/bundle_parity.py``: ``graphs``): routes a bundle's graphs give
   unlike ``eval``, with exact intervals.
+- cascade coverage (``benchmarks/cascade_coverage.py``: ``broken_share``): how often a
+  certified cascade broke its bound on simulated fresh crops.
+- cross-fit review (``benchmarks/crossfit_review.py``: ``second_looks``): a cross-fitted run's
+  out-of-fold review rate in one stage and with each second look, paired, and its test part.
+- bench (``pitguard bench --json``: ``results`` and ``hardware``): ms per crop of each target.
 
 The README holds the first grid's table between the two ``results`` markers.
 """
@@ -164,6 +169,92 @@ def parity_table(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def coverage_table(docs: list[tuple[str, dict]]) -> str:
+    lines = [
+        "| procedure | calibrations | bound broken | allowed | review, mean | one stage, mean |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for _name, d in docs:
+        lo, hi = d["broken_share_ci"]
+        lines.append(
+            f"| {d['procedure']} | {d['draws']} of {d['n_calibration']} crops | {d['broken']} "
+            f"({pct(d['broken_share'], 1)} [{pct(lo, 1)}, {pct(hi, 1)}]) | "
+            f"{pct(1 - d['confidence'], 0)} | {pct(d['mean_maybe_rate'], 1)} | "
+            f"{pct(d['mean_single_stage_maybe_rate'], 1)} |"
+        )
+    d = docs[0][1]
+    head = (
+        f"Bound {pct(d['bound'], -1)} at {pct(d['confidence'], 0)}; each calibration's true "
+        "pit-miss rate measured on 200,000 fresh simulated crops."
+    )
+    return head + "\n\n" + "\n".join(lines)
+
+
+def _rate_ci(rate: float | None, ci) -> str:
+    if rate is None:
+        return "n/a"
+    return f"{pct(rate, 1)} [{pct(ci[0], 1)}, {pct(ci[1], 1)}]" if ci else pct(rate, 1)
+
+
+def _test_cells(t: dict) -> str:
+    return (
+        f"{_rate_ci(t['review'], t['review_ci'])} | {t['pits_clean']} of {t['n_pits']} "
+        f"({_rate_ci(t['pits_clean'] / t['n_pits'], t['pits_clean_ci'])})"
+    )
+
+
+def crossfit_table(doc: dict) -> str:
+    one = doc["single"]
+    spec = _rate_ci(one["specificity_at_recall"], one["specificity_ci"])
+    lines = [
+        f"{doc['run']}: {doc['n']} out-of-fold crops ({doc['n_pits']} pits); out-of-fold "
+        f"accuracy {_rate_ci(*doc['oof_accuracy'])}, ROC-AUC {doc['oof_roc_auc'][0]:.4f}; "
+        f"specificity at 99% pit recall {spec}. Review at 1% (95%), false rejects <= 5%, "
+        "certified on the out-of-fold scores, with bootstrap intervals (the thresholds "
+        "certified again on each resample; differences paired on the same resamples). The "
+        f"test part ({one['test']['n']} crops, exact intervals) is read afterwards.",
+        "",
+        "| decision | out-of-fold review | paired difference | share taking the second look "
+        "| test review | test pits routed clean |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| one stage | {_rate_ci(one['review_rate'], one['review_rate_ci'])} | | | "
+        f"{_test_cells(one['test'])} |",
+    ]
+    for views, r in doc["second_looks"].items():
+        lo, hi = r["paired_diff_ci"]
+        lines.append(
+            f"| second look {views} | {_rate_ci(r['cascade_review'], r['cascade_ci'])} | "
+            f"{100 * r['paired_diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | "
+            f"{pct(r['share'], 1)} | {_test_cells(r['test'])} |"
+        )
+    return "\n".join(lines)
+
+
+def bench_table(doc: dict) -> str:
+    hw = doc["hardware"]
+    lines = [
+        f"{doc['threads']} thread(s) on {hw['cpu']}; `pitguard bench` end to end from uint8 "
+        "crops; a `+second-look` row adds the second stage at the share of calibration crops "
+        "that took it.",
+        "",
+        "| target | backend | batch | ms per crop | x baseline |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    speed = {
+        (r["target"], r["backend"], r["batch_size"]): r["speedup_per_crop_vs_baseline"]
+        for r in doc.get("ratios", [])
+    }
+    for r in doc["results"]:
+        key = (r["target"], r["backend"], r["batch_size"])
+        x = "base" if r["target"] == doc.get("baseline") and r["backend"] == "eager" else ""
+        x = f"{speed[key]:.1f}x" if key in speed else x
+        lines.append(
+            f"| {Path(r['target']).name} | {r['backend']} | {r['batch_size']} | "
+            f"{r['ms_per_crop']:.3f} | {x} |"
+        )
+    return "\n".join(lines)
+
+
 def _grid_section(name: str, grid: dict) -> list[str]:
     about = grid.get("about", {})
     out = [f"## {about.get('title', name)}", ""]
@@ -187,13 +278,21 @@ def render_page(docs: dict[str, dict]) -> str:
         "(pit-miss 1% at 95% confidence, false rejects <= 5%, hold-out calibration).",
         "",
     ]
+    coverage = [(n, d) for n, d in docs.items() if "broken_share" in d]
     for name, doc in docs.items():
         if "records" in doc:
             out += _grid_section(name, doc)
+        elif "second_looks" in doc:
+            out += [f"## Cross-fit review (`{name}`)", "", crossfit_table(doc), ""]
+        elif "results" in doc and "hardware" in doc:
+            out += [f"## Latency of the deployed decision (`{name}`)", "", bench_table(doc), ""]
         elif "rows" in doc and "cpu" in doc:
             out += [f"## Runtime latency (`{name}`)", "", latency_table(doc), ""]
         elif "graphs" in doc:
             out += [f"## Bundle parity (`{name}`)", "", parity_table(doc), ""]
+    if coverage:
+        names = ", ".join(f"`{n}`" for n, _ in coverage)
+        out += [f"## Cascade coverage ({names})", "", coverage_table(coverage), ""]
     return "\n".join(out).rstrip("\n") + "\n"
 
 
