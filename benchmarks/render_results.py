@@ -212,7 +212,7 @@ def crossfit_table(doc: dict) -> str:
         f"specificity at 99% pit recall {spec}. Review at 1% (95%), false rejects <= 5%, "
         "certified on the out-of-fold scores, with bootstrap intervals (the thresholds "
         "certified again on each resample; differences paired on the same resamples). The "
-        f"test part ({one['test']['n']} crops, exact intervals) is read afterwards.",
+        f"test part ({one['test']['n']} crops, exact intervals; the input guard, which `eval` adds, left out) is read afterwards.",
         "",
         "| decision | out-of-fold review | paired difference | share taking the second look "
         "| test review | test pits routed clean |",
