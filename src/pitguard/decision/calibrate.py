@@ -162,13 +162,7 @@ def calibrate_run(
     paths = RunPaths(run.run)
     out = paths.calibration
     curve = operating_curve(p_pit, is_pit, confidence)
-    plots.plot_operating_curve(curve, chosen, out / CALIB_OPERATING_CURVE)
-    plots.plot_reliability(
-        metrics.reliability_bins(probs_before, labels),
-        metrics.reliability_bins(probs_after, labels),
-        out / CALIB_RELIABILITY,
-    )
-    calib_routes = policy(torch.from_numpy(logits).float())[1].numpy()
+    _plot(curve, chosen, probs_before, probs_after, labels, out)
     stated = {"max_pit_miss": max_pit_miss, "confidence": confidence}
     bound = _guarantee(mode, guarantee, **stated, max_false_reject=max_false_reject)
     record: dict = {
@@ -188,7 +182,7 @@ def calibrate_run(
         "thresholds": asdict(chosen),
         "ece_before": ece_before,
         "ece_after": ece_after,
-        "calib_routes": {r.label: int((calib_routes == r).sum()) for r in Route},
+        "calib_routes": _route_counts(policy, logits),
         "outputs": {
             "operating_curve": str(out / CALIB_OPERATING_CURVE),
             "reliability": str(out / CALIB_RELIABILITY),
@@ -198,19 +192,40 @@ def calibrate_run(
     record["review_cost"] = review_cost(p_pit, is_pit).to_dict()  # what a recipe is chosen on
     if second_look is not None:
         logits2 = _second_look_logits(run, mode, data, part, second_look)
-        policy, alone, look = second_look_record(
-            second_look, p_pit, logits2, labels, policy, bound, fit_temperature(logits2, labels)
-        )
-        # stage 1 holds the cascade's thresholds; what they certify alone is its record
-        look["without_second_look"] = record["thresholds"]
-        record["policy"], record["thresholds"] = policy.to_dict(), asdict(alone)
-        stage1 = policy(torch.from_numpy(logits).float())[1].numpy()
-        record["calib_routes"] = {r.label: int((stage1 == r).sum()) for r in Route}
-        record["second_look"] = look
-        bound["cascade"] = look["statement"]
+        _add_second_look(record, second_look, p_pit, logits, logits2, labels, policy, bound)
     write_json(out / CALIB_REPORT, {**record, "operating_curve": curve, "operating_table": table})
     write_json(paths.policy, record)
     return {**record, "operating_table": table}
+
+
+def _plot(curve, chosen, probs_before, probs_after, labels, out: Path) -> None:
+    """The operating curve and the reliability diagram before and after the temperature."""
+    plots.plot_operating_curve(curve, chosen, out / CALIB_OPERATING_CURVE)
+    plots.plot_reliability(
+        metrics.reliability_bins(probs_before, labels),
+        metrics.reliability_bins(probs_after, labels),
+        out / CALIB_RELIABILITY,
+    )
+
+
+def _route_counts(policy: DecisionPolicy, logits: np.ndarray) -> dict[str, int]:
+    routes = policy(torch.from_numpy(logits).float())[1].numpy()
+    return {r.label: int((routes == r).sum()) for r in Route}
+
+
+def _add_second_look(
+    record: dict, views: str, p_pit, logits, logits2, labels, policy: DecisionPolicy, bound: dict
+) -> None:
+    """The cascade certified into ``record``: stage 1 holds the cascade's thresholds, and what
+    they certify alone becomes the record's thresholds; the single-stage ones are kept beside."""
+    first, alone, look = second_look_record(
+        views, p_pit, logits2, labels, policy, bound, fit_temperature(logits2, labels)
+    )
+    look["without_second_look"] = record["thresholds"]
+    record["policy"], record["thresholds"] = first.to_dict(), asdict(alone)
+    record["calib_routes"] = _route_counts(first, logits)
+    record["second_look"] = look
+    bound["cascade"] = look["statement"]
 
 
 def _scores(run: RunModel, data, part, scores: str | None) -> tuple[str, tuple]:
