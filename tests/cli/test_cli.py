@@ -181,7 +181,7 @@ def test_a_dry_run_prints_the_config_and_an_estimate_and_trains_nothing(
     sets = ["--set", "model.name=pitguard_tiny", "--set", "train.threads=1"]
     assert main([*argv, *sets, "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "name: pitguard_tiny" in out and "max_minutes: 9.5" in out
+    assert "name: pitguard_tiny" in out and "epochs: 68" in out
     assert "estimate: " in out and "nothing trained" in out
     assert not (tmp_path / "r").exists()
 
