@@ -123,4 +123,7 @@ def test_the_report_tables_the_certified_review_rates_and_states_the_second_look
         if row["maybe_rate"] is not None:
             assert f"{100 * row['maybe_rate']:.1f}%" in table
     look = record["second_look"]
-    assert f"hflip views on the {100 * look['share']:.1f}% of calibration crops" in page
+    assert (
+        f"the same network, hflip views, on the {100 * look['share']:.1f}% of calibration crops"
+        in page
+    )

@@ -102,6 +102,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         args.allow_unfinished,
         args.guarantee,
         args.second_look,
+        args.second_look_model,
     )
     th, cal = rec["thresholds"], rec["calibration_data"]
     pol = rec["policy"]
@@ -173,7 +174,7 @@ def format_second_look(look: dict, held: str) -> str:
     )
     return "\n".join(
         [
-            f"second look ({look['views']}): {look['n_second']} crops in doubt "
+            f"second look ({_stage(look)}): {look['n_second']} crops in doubt "
             f"({_rate(look['share'])}) scored again, temperature {pol['temperature']:.4f}; "
             f"both stages route by t_low {th['t_low']:.6f}, t_high {th['t_high']:.6f}",
             f"cascade: {th['calib_pit_misses']} pits routed clean in either stage, pit-miss "
@@ -184,6 +185,16 @@ def format_second_look(look: dict, held: str) -> str:
             f"cascade review rate at the reference point: {rate} (n={cost['n']}, "
             f"{cost['n_pits']} pits, 95% bootstrap)",
         ]
+    )
+
+
+def _stage(look: dict) -> str:
+    """The second stage in a few words: its views, and whose model when not the run's."""
+    model = look.get("model")
+    return (
+        look["views"]
+        if not model
+        else f"{model['model_name']} of {model['run']}, views {look['views']}"
     )
 
 
@@ -265,7 +276,15 @@ def add_calibrate(sub: Verbs) -> None:
         "same thresholds, each certified for the cascade as a whole (t_high on the clean crops, "
         "t_low on the pits; out of fold for a --folds run), so both bounds cover every crop "
         "either stage routes; needs --max-false-reject. Default: the recipe's "
-        "model.second_look; none: one stage",
+        "model.second_look (none with --second-look-model); none: one stage",
+    )
+    p.add_argument(
+        "--second-look-model",
+        metavar="RUN2",
+        help="the second stage is RUN2's model (a larger one, say) instead of the run's own, "
+        "under --second-look's views if given; RUN2 must be trained on the run's split (--data "
+        "RUN/split.csv) and, for --scores oof, cross-fitted there too, so that no crop is "
+        "scored by a model that trained on it; export puts its network in the bundle",
     )
 
 

@@ -67,7 +67,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if look and "parity" in look:
         g = look["parity"]
         print(
-            f"second look ({look['views']}) ONNX parity passed: max p(pit) diff "
+            f"second look ({(look.get('model') or {}).get('model_name', 'same network')}, views "
+            f"{look['views']}) ONNX parity passed: max p(pit) diff "
             f"{g['max_prob_diff']:.2e}, {g['route_mismatches']} route mismatches on n={g['n']}; "
             f"{100 * look['share']:.1f}% of the calibration crops took it"
         )

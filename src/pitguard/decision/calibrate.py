@@ -28,7 +28,11 @@ from scipy.special import softmax
 
 from pitguard.core.errors import PitguardError
 from pitguard.core.files import file_sha256, write_json
-from pitguard.decision.cascade import check_views, oof_view_logits, second_look_record
+from pitguard.decision.cascade import (
+    second_look_logits,
+    second_look_record,
+    second_look_request,
+)
 from pitguard.decision.certify import choose_thresholds, operating_curve, operating_table
 from pitguard.decision.review_cost import review_cost
 from pitguard.evaluate import metrics, plots
@@ -46,8 +50,8 @@ from pitguard.models.runfolder import (
     load_run,
     refuse_unfinished,
     run_logits,
-    view_logits,
 )
+from pitguard.models.second_stage import second_model_facts
 from pitguard.runtime.policy import DecisionPolicy, Route, maybe_index
 
 _log = logging.getLogger(__name__)
@@ -127,6 +131,7 @@ def calibrate_run(
     allow_unfinished: bool = False,
     guarantee: str = "exact",
     second_look: str | None = None,
+    second_look_model: str | Path | None = None,
 ) -> dict:
     """Fit temperature, then thresholds with the pit-miss guarantee; write policy.json and a report.
 
@@ -136,10 +141,12 @@ def calibrate_run(
     (a bound that holds with ``confidence``) or ``expected`` (on average; conformal risk control).
     ``second_look`` (``hflip``, ``rot4`` or ``d8``; default: the recipe's ``model.second_look``;
     ``none``: one stage) adds a cascade whose second stage scores the crops in doubt again under
-    those test-time views (:mod:`pitguard.decision.cascade`).
+    those test-time views (:mod:`pitguard.decision.cascade`); ``second_look_model`` (a run
+    trained on the same split, cross-fitted for ``oof``) makes its model the second stage (views
+    default ``none`` then).
     """
     run = load_run(run_dir)
-    second_look = _second_look(run, second_look, max_false_reject)
+    look = second_look_request(run, second_look, second_look_model, max_false_reject)
     unfinished = refuse_unfinished(run.run, allow_unfinished, "calibrate")
     mode, (logits, labels, described) = _scores(run, data, part, scores)
     pit = run.pit_index
@@ -190,9 +197,9 @@ def calibrate_run(
     }
     table = operating_table(p_pit, is_pit, confidence)
     record["review_cost"] = review_cost(p_pit, is_pit).to_dict()  # what a recipe is chosen on
-    if second_look is not None:
-        logits2 = _second_look_logits(run, mode, data, part, second_look)
-        _add_second_look(record, second_look, p_pit, logits, logits2, labels, policy, bound)
+    if look is not None:
+        logits2 = second_look_logits(run, mode, data, part, *look)
+        _add_second_look(record, look, p_pit, logits, logits2, labels, policy, bound)
     write_json(out / CALIB_REPORT, {**record, "operating_curve": curve, "operating_table": table})
     write_json(paths.policy, record)
     return {**record, "operating_table": table}
@@ -214,12 +221,15 @@ def _route_counts(policy: DecisionPolicy, logits: np.ndarray) -> dict[str, int]:
 
 
 def _add_second_look(
-    record: dict, views: str, p_pit, logits, logits2, labels, policy: DecisionPolicy, bound: dict
+    record: dict, stage2: tuple, p_pit, logits, logits2, labels, policy: DecisionPolicy, bound: dict
 ) -> None:
     """The cascade certified into ``record``: stage 1 holds the cascade's thresholds, and what
     they certify alone becomes the record's thresholds; the single-stage ones are kept beside."""
+    views, run2 = stage2
+    model = second_model_facts(run2) if run2 is not None else None
+    temperature = fit_temperature(logits2, labels)
     first, alone, look = second_look_record(
-        views, p_pit, logits2, labels, policy, bound, fit_temperature(logits2, labels)
+        views, p_pit, logits2, labels, policy, bound, temperature, model
     )
     look["without_second_look"] = record["thresholds"]
     record["policy"], record["thresholds"] = first.to_dict(), asdict(alone)
@@ -241,39 +251,6 @@ def _scores(run: RunModel, data, part, scores: str | None) -> tuple[str, tuple]:
             "--scores oof calibrates on the run's out-of-fold scores; drop --data/--split"
         )
     return mode, _oof_logits(run)
-
-
-def _second_look(run: RunModel, asked: str | None, max_false_reject: float | None) -> str | None:
-    """The views of the cascade's second look: those asked (``none``: no second look), else the
-    recipe's ``model.second_look``, which needs a false-reject cap (without one, the run is
-    calibrated in one stage and the log says why). A bad request stops before any scoring."""
-    recipe = run.config.model.second_look if run.config else "none"
-    views = asked or recipe
-    if views == "none":
-        return None
-    check_views(views)
-    if max_false_reject is None:
-        if asked is None:
-            _log.info(
-                "one stage: the recipe's second look (%s) needs --max-false-reject, which "
-                "certifies its upper threshold on the clean crops",
-                views,
-            )
-            return None
-        raise PitguardError(
-            "--second-look needs --max-false-reject: the cascade's upper threshold is "
-            "certified on the clean crops alone (for example --max-false-reject 0.05)"
-        )
-    return views
-
-
-def _second_look_logits(run: RunModel, mode: str, data, part, views: str) -> np.ndarray:
-    """Stage 2's logits of the calibration crops, in the order stage 1 scored them: the run's
-    model under ``views`` (holdout), or each fold model's on its own fold (oof)."""
-    if mode == "oof":
-        return oof_view_logits(run.run, read_oof(run.run).paths, views)
-    ev = load_part(run, data, part or ("calib" if data is None else None))
-    return view_logits(run.net, ev.crops.images, views).double().numpy()
 
 
 def _guarantee(mode: str, kind: str, **bound) -> dict:

@@ -1,11 +1,13 @@
-"""A second look for the crops in doubt: the run's model scores them again under test-time views.
+"""A second look for the crops in doubt: they are scored again under test-time views, by the
+run's own model or by another run's (a larger one, say).
 
 The cascade routes a crop with two scores and one pair of thresholds ``t_low <= t_high``:
 
 1. stage 1, the run's model (p1, its calibrated p(pit)): clean below ``t_low``, pit from
    ``t_high``; the crops between, its *band*, go on to
-2. stage 2, the same network's mean logits over mirrored and turned views of the crop (p2, with
-   a temperature of its own): clean below ``t_low``, pit from ``t_high``, maybe between.
+2. stage 2, the mean logits over mirrored and turned views of the crop (or the crop alone) of
+   the same network or of another run's (``--second-look-model``; p2, with a temperature of its
+   own): clean below ``t_low``, pit from ``t_high``, maybe between.
 
 Both thresholds are certified exactly, each by one fixed-sequence scan over one score:
 
@@ -18,7 +20,8 @@ Both thresholds are certified exactly, each by one fixed-sequence scan over one 
 Each scan's score is fixed before its class's crops are looked at (the pit side depends on the
 clean crops only, the clean side on the pits only), so each bound is the exact Clopper-Pearson
 one (or conformal risk control's, under the expected guarantee). On a cross-fitted run both
-stages are scored out of fold: each crop's views by the fold model that never trained on it.
+stages are scored out of fold: each crop's views by the fold model that never trained on it
+(another run's fold models, for a second stage from another run cross-fitted on the same crops).
 ``benchmarks/cascade_coverage.py`` measures how often the bound is broken on fresh crops.
 
 Stage 1 alone, with the same thresholds, misses no pit the cascade does not and rejects no clean
@@ -28,6 +31,8 @@ short of time) keeps both bounds and sends more crops to review.
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -45,26 +50,36 @@ from pitguard.decision.certify import (
     _refuse_too_few,
 )
 from pitguard.decision.review_cost import REFERENCE
-from pitguard.models.runfolder import RunPaths, load_part, load_run, view_logits
+from pitguard.evaluate.oof import read_oof
+from pitguard.models.runfolder import RunModel, RunPaths, load_part, load_run, view_logits
+from pitguard.models.second_stage import check_second_model, crop_keys, refuse_seen
 from pitguard.models.views import SECOND_LOOKS
 from pitguard.runtime.policy import DecisionPolicy, Route, route
 
+_log = logging.getLogger(__name__)
 SECOND_LOOK_VIEWS = SECOND_LOOKS  # mirrored, quarter-turned, or both: 2, 4, 8 passes
 CASCADE_STATEMENT = (
-    "cascade: the crops between the thresholds are scored again under test-time views "
-    "({views}) and routed by the same thresholds; the bounds cover every crop the cascade "
-    "routes, in either stage, each certified exactly on one class of the calibration crops; "
-    "the first stage alone keeps both bounds"
+    "cascade: the crops between the thresholds are scored again by {stage} and routed by the "
+    "same thresholds; the bounds cover every crop the cascade routes, in either stage, each "
+    "certified exactly on one class of the calibration crops; the first stage alone keeps both "
+    "bounds"
 )
 
 
-def check_views(views: str) -> str:
-    if views not in SECOND_LOOK_VIEWS:
+def check_views(views: str, other_model: bool = False) -> str:
+    """The second look's views; ``none`` (the crop alone) only for another run's model."""
+    if views not in SECOND_LOOK_VIEWS and not (other_model and views == "none"):
         raise PitguardError(
             f"second look {views!r}: choose {', '.join(SECOND_LOOK_VIEWS)} (the test-time views "
             "the network scores a crop in doubt under)"
         )
     return views
+
+
+def stage_words(views: str, model: dict | None) -> str:
+    """The second stage in words: whose network, under which views."""
+    who = f"another run's model ({model['model_name']})" if model else "the same network"
+    return who if views == "none" else f"{who} under test-time views ({views})"
 
 
 def cascade_routes(p1: np.ndarray, p2: np.ndarray, t_low: float, t_high: float) -> np.ndarray:
@@ -129,11 +144,12 @@ def second_look_record(
     policy1: DecisionPolicy,
     bound: dict,
     temperature: float,
+    model: dict | None = None,
 ) -> tuple[DecisionPolicy, Thresholds, dict]:
     """Stage 1's policy and what it certifies alone, and ``policy.json``'s ``second_look``: the
     cascade certified on these calibration scores (stage 1's p(pit) ``p1`` and stage 2's logits
     ``logits2`` of every crop, whose fitted temperature is ``temperature``; ``policy1`` holds
-    stage 1's)."""
+    stage 1's; ``model``: the run stage 2's network comes from, None for stage 1's own)."""
     is_pit = labels == policy1.pit_index
     pit, maybe = policy1.pit_index, policy1.maybe_index
     with torch.no_grad():
@@ -154,8 +170,10 @@ def second_look_record(
         "n_second": int(band.sum()),
         "calib_routes": {r.label: int((routes == r).sum()) for r in Route},
         "review_cost": cascade_review_cost(p1, p2, is_pit),
-        "statement": CASCADE_STATEMENT.format(views=views),
+        "statement": CASCADE_STATEMENT.format(stage=stage_words(views, model)),
     }
+    if model:
+        record["model"] = model
     return first, alone, record
 
 
@@ -192,25 +210,26 @@ def cascade_review_cost(
     }
 
 
-def oof_view_logits(run: Path, oof_paths: list[str], views: str) -> np.ndarray:
+def oof_view_logits(
+    run: Path, oof_paths: list[str], views: str, source: Path | None = None
+) -> np.ndarray:
     """Each out-of-fold crop's mean logits over ``views``, from the fold model that never
-    trained on it, in the order of ``oof_paths`` (``oof.csv``'s)."""
-    import os
-
-    where = {p: i for i, p in enumerate(oof_paths)}
+    trained on it, in the order of ``oof_paths`` (``run``'s ``oof.csv``'s); the fold models are
+    ``source``'s (another run cross-fitted on the same crops) when given, else ``run``'s."""
+    source = source or run
+    redo = "train the folds again" if source == run else f"cross-fit {source} on {run}'s split"
+    where = {os.path.realpath(run / p): i for i, p in enumerate(oof_paths)}
     out: np.ndarray | None = None
     k = 1
-    while RunPaths(run).fold(k).is_dir():
-        model = load_run(RunPaths(run).fold(k))
+    while RunPaths(source).fold(k).is_dir():
+        model = load_run(RunPaths(source).fold(k))
         ev = load_part(model, RunPaths(model.run).split, "val")
         z = view_logits(model.net, ev.crops.images, views).double().numpy()
-        root = Path(ev.source).parent.resolve()
-        for path, row in zip(ev.crops.paths, z, strict=True):
-            key = os.path.relpath((root / path).resolve(), run.resolve())
+        for key, path, row in zip(crop_keys(ev), ev.crops.paths, z, strict=True):
             if key not in where:
                 raise PitguardError(
-                    f"{RunPaths(run).fold(k)}: scores {path}, which oof.csv lacks; train the "
-                    "folds again"
+                    f"{RunPaths(source).fold(k)}: scores {path}, which {run}'s oof.csv lacks; "
+                    f"{redo}"
                 )
             if out is None:
                 out = np.full((len(oof_paths), len(row)), np.nan)
@@ -218,6 +237,58 @@ def oof_view_logits(run: Path, oof_paths: list[str], views: str) -> np.ndarray:
         k += 1
     if out is None or np.isnan(out).any():
         raise PitguardError(
-            f"{run}: its fold models do not score every crop of oof.csv; train the folds again"
+            f"{source}: its fold models do not score every crop of {run}'s oof.csv; {redo}"
         )
     return out
+
+
+def second_look_request(
+    run: RunModel, asked: str | None, model: str | Path | None, max_false_reject: float | None
+) -> tuple[str, RunModel | None] | None:
+    """The cascade's second stage as (views, the run whose model scores, None for the run's
+    own): the views asked (``none``: no second look, unless a model is given), else the
+    recipe's ``model.second_look``, which needs a false-reject cap (without one, the run is
+    calibrated in one stage and the log says why). A bad request stops before any scoring."""
+    run2 = None
+    if model is not None:
+        run2 = load_run(model)
+        check_second_model(run, run2)
+    recipe = run.config.model.second_look if run.config else "none"
+    views = asked or ("none" if run2 is not None else recipe)
+    if views == "none" and run2 is None:
+        return None
+    check_views(views, run2 is not None)
+    if max_false_reject is None:
+        if asked is None and run2 is None:
+            _log.info(
+                "one stage: the recipe's second look (%s) needs --max-false-reject, which "
+                "certifies its upper threshold on the clean crops",
+                views,
+            )
+            return None
+        raise PitguardError(
+            "--second-look needs --max-false-reject: the cascade's upper threshold is "
+            "certified on the clean crops alone (for example --max-false-reject 0.05)"
+        )
+    return views, run2
+
+
+def second_look_logits(
+    run: RunModel, mode: str, data, part, views: str, run2: RunModel | None
+) -> np.ndarray:
+    """Stage 2's logits of the calibration crops, in the order stage 1 scored them: the model's
+    (``run2``'s, else the run's) under ``views`` (holdout), or each fold model's on its own
+    fold (oof)."""
+    if mode == "oof":
+        if run2 is not None and not RunPaths(run2.run).fold(1).is_dir():
+            raise PitguardError(
+                f"{run2.run}: no fold models, so it cannot score the out-of-fold crops; "
+                f"cross-fit it on {RunPaths(run.run).split} with --folds"
+            )
+        source = run2.run if run2 is not None else None
+        return oof_view_logits(run.run, read_oof(run.run).paths, views, source)
+    ev = load_part(run, data, part or ("calib" if data is None else None))
+    if run2 is not None:
+        refuse_seen(run2, crop_keys(ev), "calibration crops")
+    net = run2.net if run2 is not None else run.net
+    return view_logits(net, ev.crops.images, views).double().numpy()

@@ -35,10 +35,10 @@ def second_stage(folder: Path, meta: dict, backend: str, device: str, threads: i
             return session.run(None, {INPUT_NAME: x})
 
         return run_graph
-    from pitguard.deploy.bundle import load_deploy_module, second_look_module
+    from pitguard.deploy.bundle import load_deploy_module, load_second_stage
 
-    module, _ = load_deploy_module(folder)
-    stage = second_look_module(module, look).to(device)
+    module, _ = load_deploy_module(folder, meta)
+    stage = load_second_stage(folder, meta, module).to(device)
 
     @torch.no_grad()
     def run_module(crops: np.ndarray):

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from pitguard.runtime.backends import WEIGHTS_FILE
-from pitguard.runtime.bundle import open_bundle
+from pitguard.runtime.bundle import SECOND_LOOK_WEIGHTS, open_bundle
 from pitguard.runtime.policy import DecisionPolicy
 
 if TYPE_CHECKING:
@@ -38,8 +38,9 @@ class DeployModule(nn.Module):
 
 
 class SecondLookModule(DeployModule):
-    """A cascade's second stage: the same network's mean logits over test-time views of a crop,
-    then the second stage's own calibrated policy (see :mod:`pitguard.decision.cascade`)."""
+    """A cascade's second stage: a network's (the first stage's, or another run's) mean logits
+    over test-time views of a crop, then the second stage's own calibrated policy (see
+    :mod:`pitguard.decision.cascade`)."""
 
     def __init__(self, net: PitguardNet, policy: DecisionPolicy, views: str):
         super().__init__(net, policy)
@@ -53,12 +54,33 @@ class SecondLookModule(DeployModule):
         return logits, p_pit, route
 
 
-def second_look_module(module: DeployModule, look: dict) -> SecondLookModule:
+def second_look_module(
+    module: DeployModule, look: dict, net: PitguardNet | None = None
+) -> SecondLookModule:
     """The second stage ``look`` (bundle.json's or policy.json's ``second_look``) describes, on
-    ``module``'s network."""
-    return SecondLookModule(
-        module.net, DecisionPolicy.from_dict(look["policy"]), look["views"]
-    ).eval()
+    ``net`` (another run's network), else on ``module``'s."""
+    net = net if net is not None else module.net
+    return SecondLookModule(net, DecisionPolicy.from_dict(look["policy"]), look["views"]).eval()
+
+
+def load_second_stage(bundle: str | Path, meta: dict, module: DeployModule) -> SecondLookModule:
+    """A cascade bundle's eager second stage: on the first stage's network, or on the network
+    whose weights the bundle ships for it (``bundle.json``'s ``second_look.model``)."""
+    from safetensors.torch import load_file
+
+    from pitguard.models.nets import InputContract, build_model
+
+    look = meta["second_look"]
+    model = look.get("model")
+    if model is None:
+        return second_look_module(module, look)
+    contract = InputContract.from_dict(model["input"])
+    kwargs = model["model_kwargs"]
+    net = build_model(
+        model["model_name"], kwargs["num_classes"], contract, kwargs.get("drop_rate", 0.0)
+    )
+    net.load_state_dict(load_file(str(Path(bundle) / meta["files"][SECOND_LOOK_WEIGHTS])))
+    return second_look_module(module, look, net.eval())
 
 
 def build_deploy_module(meta: dict) -> DeployModule:

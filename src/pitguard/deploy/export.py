@@ -35,8 +35,10 @@ from pitguard.deploy.bundle import DeployModule, sanitize_denormals, save_weight
 from pitguard.deploy.export_cascade import (
     SECOND_LOOK_GRAPH,
     refuse_cascade_variants,
+    save_second_weights,
     second_look_graph,
     second_look_meta,
+    second_look_net,
 )
 from pitguard.deploy.export_checks import (
     MAX_PROB_DIFF,
@@ -58,6 +60,7 @@ from pitguard.deploy.graphs import (
     set_thresholds,
     stamp_graph,
 )
+from pitguard.models.nets import PitguardNet
 from pitguard.models.runfolder import (
     RunModel,
     RunPaths,
@@ -69,6 +72,7 @@ from pitguard.models.runfolder import (
 from pitguard.runtime.backends import BACKENDS, ort_session
 from pitguard.runtime.bundle import (
     SECOND_LOOK_FILE,
+    SECOND_LOOK_WEIGHTS,
     guard_stamp,
     is_bundle,
     make_bundle_readable,
@@ -182,8 +186,9 @@ def export_run(
     ref = _reference(run, calib_data, allow_uncalibrated)
     module, denormals = _shipped_module(ref)
     meta = _bundle_meta(ref, module, unfinished, denormals)
+    net2 = second_look_net(meta, ref.record)
     graphs = onnx or bool(variants)
-    _write_bundle(out, lambda tmp: _write_files(tmp, ref, module, meta, graphs, variants))
+    _write_bundle(out, lambda tmp: _write_files(tmp, ref, module, meta, graphs, variants, net2))
     return meta
 
 
@@ -211,17 +216,25 @@ def _shipped_module(ref: Reference) -> tuple[DeployModule, int]:
 
 
 def _write_files(
-    tmp: Path, ref: Reference, module: DeployModule, meta: dict, graphs: bool, variants: list
+    tmp: Path,
+    ref: Reference,
+    module: DeployModule,
+    meta: dict,
+    graphs: bool,
+    variants: list,
+    net2: PitguardNet | None,
 ) -> None:
-    """The bundle's files in ``tmp``, each past its gate, and bundle.json naming them."""
+    """The bundle's files in ``tmp``, each past its gate, and bundle.json naming them; ``net2``
+    is the second look's own network, when it has one."""
     look = meta.get("second_look")
+    second = {SECOND_LOOK_WEIGHTS: save_second_weights(net2, tmp, look)} if net2 else {}
     stamps = {**guard_stamp(ref.guard), **second_look_stamp(look)}
-    meta["files"] = {"weights": save_weights(module, tmp, stamps)}
+    meta["files"] = {"weights": save_weights(module, tmp, stamps), **second}
     if graphs:
         meta.update(_fp32_graph(module, tmp, ref))
         meta["files"]["onnx"] = BACKENDS["onnx"].file_name
         if look is not None:
-            look["parity"] = second_look_graph(module, look, tmp, ref)
+            look["parity"] = second_look_graph(module, look, tmp, ref, net2)
             meta["files"][SECOND_LOOK_FILE] = SECOND_LOOK_GRAPH
     for key in variants:
         meta[key] = _variant(key, tmp, ref)

@@ -18,7 +18,7 @@ from pitguard.core.errors import PitguardError
 from pitguard.core.files import atomic_path, naming_errors
 from pitguard.core.progress import Progress
 from pitguard.data.layout import CLASS_ALIASES, IMAGE_SUFFIXES
-from pitguard.deploy.bundle import load_deploy_module, second_look_module
+from pitguard.deploy.bundle import load_deploy_module, load_second_stage
 from pitguard.runtime.backends import auto_backend, get_backend
 from pitguard.runtime.bundle import open_bundle
 from pitguard.runtime.classifier import Classifier
@@ -80,7 +80,9 @@ class Predictor:
             self.module, _ = load_deploy_module(self.bundle, self.meta)
             self.module.to(self.device)
             look = self.meta.get("second_look") if second_look else None
-            self.second = second_look_module(self.module, look).to(self.device) if look else None
+            if look:
+                second = load_second_stage(self.bundle, self.meta, self.module)
+                self.second = second.to(self.device)
 
     # ------------------------------------------------------------------ input conversion
 

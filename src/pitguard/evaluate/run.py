@@ -27,12 +27,19 @@ from pitguard.models.runfolder import (
     EVAL_METRICS,
     EVAL_PREDICTIONS,
     EVAL_ROC_PR,
+    EvalData,
     RunModel,
     RunPaths,
     load_part,
     load_run,
     run_logits,
     view_logits,
+)
+from pitguard.models.second_stage import (
+    check_second_model,
+    crop_keys,
+    load_second_model,
+    refuse_seen,
 )
 from pitguard.runtime.policy import PREDICTION_COLUMNS, DecisionPolicy, Route, maybe_index
 
@@ -103,7 +110,7 @@ def evaluate_run(
     flagged = _input_guard(run, ev.crops.images.numpy())
     report.input_guard = _guard_check(flagged)
     look = (calibration or {}).get("second_look") if policy is not None else None
-    p_pit, route_ids, looked = _decide(run, logits, policy, flagged, look, ev.crops.images)
+    p_pit, route_ids, looked = _decide(run, logits, policy, flagged, look, ev)
     routes = None
     if policy is not None:
         report.policy = _routed(route_ids, ev.labels, run.classes, calibration or {})
@@ -145,15 +152,16 @@ def _decide(
     policy: torch.nn.Module | None,
     flagged,
     look: dict | None,
-    images: torch.Tensor,
+    ev: EvalData,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """p(pit), routes and the second-look mask as the bundle computes them: the calibrated
     policy's (with its second look, if calibrated with one), or temperature 1 without one; with
     a policy, crops the input guard flagged go to review, as in the bundle."""
     if look is not None and isinstance(policy, DecisionPolicy):
+        net = _second_net(run, look, ev)
 
         def second(rows: np.ndarray) -> torch.Tensor:
-            return view_logits(run.net, images[torch.from_numpy(rows)], look["views"])
+            return view_logits(net, ev.crops.images[torch.from_numpy(rows)], look["views"])
 
         policy2 = DecisionPolicy.from_dict(look["policy"])
         p_pit, route_ids, looked = _cascade(policy, policy2, logits, second)
@@ -165,6 +173,17 @@ def _decide(
     if policy is not None and flagged is not None:
         route_ids[[bool(r) for r in flagged]] = int(Route.MAYBE)
     return p_pit, route_ids, looked
+
+
+def _second_net(run: RunModel, look: dict, ev: EvalData) -> torch.nn.Module:
+    """The second stage's network: the run's own, or the run ``look`` names, which must never
+    have trained on the crops evaluated."""
+    run2 = load_second_model(look)
+    if run2 is None:
+        return run.net
+    check_second_model(run, run2)
+    refuse_seen(run2, crop_keys(ev), "crops evaluated")
+    return run2.net
 
 
 def _cascade(
@@ -195,6 +214,7 @@ def _second_look_check(look: dict, looked: np.ndarray) -> dict:
         "share": k / n if n else None,
         "share_ci": list(clopper_pearson(k, n)) if n else None,
         "calib_share": look.get("share"),
+        "model": (look.get("model") or {}).get("model_name"),  # None: the run's own network
     }
 
 
@@ -268,7 +288,8 @@ def _format_policy(pol: RoutedMetrics) -> list[str]:
     if pol.second_look:
         look = pol.second_look
         lines.append(
-            f"  second look ({look['views']}): {look['n_second']} crops in doubt scored again "
+            f"  second look ({look.get('model') or 'same network'}, views {look['views']}): "
+            f"{look['n_second']} crops in doubt scored again "
             f"({pct(look['share'])}{pct_ci(look['share_ci'])}); the rates above are the cascade's"
         )
     return lines

@@ -21,7 +21,7 @@ from pitguard.core.files import atomic_write, read_json, write_json
 from pitguard.data.layout import find_dataset, parse_class_mapping
 from pitguard.data.load import Crops, DecodeOptions, load_crops
 from pitguard.models.nets import InputContract, PitguardNet, build_model, infer_logits
-from pitguard.models.views import SECOND_LOOKS, dihedral_views
+from pitguard.models.views import TEST_TIME_VIEWS, dihedral_views
 from pitguard.runtime.policy import DecisionPolicy
 
 SCHEMA_VERSION = 1
@@ -358,10 +358,11 @@ def run_logits(
 def view_logits(
     net: torch.nn.Module, images: torch.Tensor, views: str, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """The mean logits of ``net`` over the test-time ``views`` of uint8 crops (N, C, H, W),
-    float32 on CPU: what a cascade's second look scores a crop in doubt with."""
-    if views not in SECOND_LOOKS:
-        raise PitguardError(f"views {views!r}: choose {', '.join(SECOND_LOOKS)}")
+    """The mean logits of ``net`` over the test-time ``views`` of uint8 crops (N, C, H, W)
+    (``none``: the crops alone), float32 on CPU: what a cascade's second look scores a crop in
+    doubt with."""
+    if views not in TEST_TIME_VIEWS:
+        raise PitguardError(f"views {views!r}: choose {', '.join(TEST_TIME_VIEWS)}")
     if not len(images):
         return torch.zeros(0, 0)
     net.to(device)

@@ -355,6 +355,7 @@ def _second_look_facts(look: dict | None) -> dict | None:
     th = look.get("thresholds") or {}
     return {
         "views": look.get("views"),
+        "model": (look.get("model") or {}).get("model_name"),  # None: the run's own network
         "share": look.get("share"),
         "maybe_rate_on_calib": th.get("calib_maybe_rate"),
         "pit_miss_bound": th.get("pit_miss_bound"),

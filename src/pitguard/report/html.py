@@ -120,7 +120,8 @@ def _facts_table(rec: dict) -> str:
             5,
             (
                 "second look",
-                f"{look['views']} views on the {100 * look['share']:.1f}% of calibration crops "
+                f"{look.get('model') or 'the same network'}, {look['views']} views, on the "
+                f"{100 * look['share']:.1f}% of calibration crops "
                 f"in doubt; the cascade sends {100 * look['maybe_rate_on_calib']:.1f}% to review "
                 f"there, pit-miss bound {100 * look['pit_miss_bound']:.2f}% over both stages",
             ),

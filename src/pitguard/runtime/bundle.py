@@ -34,6 +34,8 @@ POLICY_METADATA_KEY = "pitguard.policy"  # in ONNX metadata_props: the policy th
 # in safetensors metadata: the second look (views and policy) the weights ship with
 SECOND_LOOK_METADATA_KEY = "pitguard.second_look"
 SECOND_LOOK_FILE = "onnx_second_look"  # bundle.json files key of a cascade's second-stage graph
+# bundle.json files key of the second stage's weights, when it is another run's network
+SECOND_LOOK_WEIGHTS = "second_look_weights"
 BUNDLE_JSON = "bundle.json"
 INPUT_NAME = "crops"  # the graph's input and outputs, as ONNX names them
 OUTPUT_NAMES = ("logits", "p_pit", "route")
@@ -140,7 +142,7 @@ def _check_against_weights(folder: Path, meta: dict) -> None:
         _compare_policy(where, name, policy, held)
         if meta.get("schema_version", 0) >= STAMPED_SCHEMA:
             _compare_guard(where, name, meta.get("input_guard"), stamps.get(GUARD_METADATA_KEY))
-        _compare_second_look(where, name, meta.get("second_look"), stamps)
+        _compare_second_look(where, name, meta.get("second_look"), stamps, meta["files"])
 
 
 def stated_policy(meta: dict, file_key: str) -> dict:
@@ -233,19 +235,41 @@ def _compare_guard(where: Path, name: str, stated: dict | None, stamp: str | Non
         )
 
 
+MODEL_FACTS = ("model_name", "model_kwargs", "input", "weights_sha256")
+
+
 def second_look_facts(look: dict | None) -> dict | None:
-    """What a second look is made of (its views and policy): what its files hold and prove."""
-    return None if look is None else {"views": look.get("views"), "policy": look.get("policy")}
+    """What a second look is made of (its views and policy, and another run's network where it
+    has one): what its files hold and prove."""
+    if look is None:
+        return None
+    facts = {"views": look.get("views"), "policy": look.get("policy")}
+    model = look.get("model")
+    if model is not None:
+        facts["model"] = {k: model.get(k) for k in MODEL_FACTS}
+    return facts
 
 
-def _compare_second_look(where: Path, name: str, look: dict | None, stamps: dict) -> None:
-    """The second look bundle.json states is the one the weights were exported with."""
+def _compare_second_look(
+    where: Path, name: str, look: dict | None, stamps: dict, files: dict
+) -> None:
+    """The second look bundle.json states is the one the weights were exported with, and its
+    own network's weights the ones exported."""
     stamp = stamps.get(SECOND_LOOK_METADATA_KEY)
     held = None if stamp is None else json.loads(stamp)
     if held != second_look_facts(look):
         raise PitguardError(
             f"{where}: second_look differs from the one exported with {name} (edited, added or "
             "removed?); restore bundle.json or export again"
+        )
+    model = (look or {}).get("model")
+    if model is None:
+        return
+    second = where.parent / str(files.get(SECOND_LOOK_WEIGHTS, ""))
+    if not second.is_file() or file_sha256(second) != model.get("weights_sha256"):
+        raise PitguardError(
+            f"{where}: the second look's weights ({SECOND_LOOK_WEIGHTS}) are missing or not "
+            "the ones exported; restore the bundle or export again"
         )
 
 
