@@ -1,7 +1,11 @@
 """A cross-fitted run's review rate at the reference point, in one stage and with each second look.
 
     .venv/bin/python benchmarks/crossfit_review.py runs/cf --views hflip,rot4,d8 \
-        --json results/crossfit-cpu-fast.json
+        --models runs/cf-lite0 --json results/crossfit-cpu-fast.json
+
+A second look is the run's own network under test-time views (``--views``) or another run's
+model (``--models RUN2[:VIEWS]``, cross-fitted on the run's split: ``--data runs/cf/split.csv
+--folds K``), whose own one-stage review rate is reported beside.
 
 Out of fold (every crop outside the test part, each scored by the fold model that never trained
 on it): the review rate at a 1% pit-miss bound (95%, false rejects <= 5%) certified as
@@ -76,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path, help="a run trained with --folds K")
     ap.add_argument("--views", default="hflip,rot4,d8", help="second looks to measure")
+    ap.add_argument(
+        "--models",
+        default="",
+        help="comma-separated RUN2[:VIEWS]: second looks by other runs' models (default none)",
+    )
     ap.add_argument("--boot", type=int, default=200, help="bootstrap resamples (default 200)")
     ap.add_argument("--json", type=Path, help="write the result here")
     args = ap.parse_args(argv)
@@ -105,14 +114,19 @@ def main(argv: list[str] | None = None) -> int:
     boots = [rng.integers(0, len(y), len(y)) for _ in range(args.boot)]
     base = np.array([one_stage_rate(p1, y, i) for i in boots])
     every = np.arange(len(y))
-    for views in args.views.split(","):
-        z2 = oof_view_logits(args.run, oof.paths, views)
+    looks = [(v, v, None) for v in filter(None, args.views.split(","))]
+    for spec in filter(None, args.models.split(",")):
+        path, _, views = spec.partition(":")
+        looks.append((f"{Path(path).name}:{views or 'none'}", views or "none", Path(path)))
+    for key, views, other in looks:
+        z2 = oof_view_logits(args.run, oof.paths, views, other)
         p2, t2 = calibrated(z2, oof.labels, pit)
         cascade, _ = certify_cascade(p1, p2, y, *REF)
         rates = np.array([cascade_rate(p1, p2, y, i) for i in boots])
         diff = rates - base
-        q2 = scaled(view_logits(model.net, test.crops.images, views).double().numpy(), t2, pit)
-        doc["second_looks"][views] = {
+        net2 = load_run(other).net if other is not None else model.net
+        q2 = scaled(view_logits(net2, test.crops.images, views).double().numpy(), t2, pit)
+        doc["second_looks"][key] = {
             "cascade_review": cascade.calib_maybe_rate,
             "cascade_ci": [float(v) for v in np.percentile(rates, [2.5, 97.5])],
             "paired_diff": cascade.calib_maybe_rate - one_stage_rate(p1, y, every),
@@ -122,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
             "pit_miss_bound": cascade.pit_miss_bound,
             "test": test_routes(cascade_routes(q1, q2, cascade.t_low, cascade.t_high), test_pit),
         }
-        print(views, json.dumps(doc["second_looks"][views]), flush=True)
+        if other is not None:  # the other model in one stage, on the same crops
+            doc["second_looks"][key]["model_alone"] = review_cost(p2, y, n_boot=args.boot).to_dict()
+        print(key, json.dumps(doc["second_looks"][key]), flush=True)
     one = doc["single"]
     print(
         f"one stage: out-of-fold review {100 * one['review_rate']:.1f}% "

@@ -220,13 +220,21 @@ def crossfit_table(doc: dict) -> str:
         f"| one stage | {_rate_ci(one['review_rate'], one['review_rate_ci'])} | | | "
         f"{_test_cells(one['test'])} |",
     ]
-    for views, r in doc["second_looks"].items():
+    for key, r in doc["second_looks"].items():
         lo, hi = r["paired_diff_ci"]
+        run, _, views = key.partition(":")  # RUN2:VIEWS for another run's model
+        what = f"second look by `{run}`'s model, views {views}" if views else f"second look {key}"
         lines.append(
-            f"| second look {views} | {_rate_ci(r['cascade_review'], r['cascade_ci'])} | "
+            f"| {what} | {_rate_ci(r['cascade_review'], r['cascade_ci'])} | "
             f"{100 * r['paired_diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | "
             f"{pct(r['share'], 1)} | {_test_cells(r['test'])} |"
         )
+        alone = r.get("model_alone")
+        if alone and views == "none":
+            lines.append(
+                f"| `{run}`'s model alone, one stage | "
+                f"{_rate_ci(alone['review_rate'], alone['review_rate_ci'])} | | | | |"
+            )
     return "\n".join(lines)
 
 

@@ -131,6 +131,10 @@ class TrainConfig:
     pit_weight: PositiveFloat = 1.0  # the pit class's weight in the loss, times balance's weight
     pauc_weight: NonNegative = 0.0  # weight of the partial-AUC term on the hardest pits; 0: off
     pauc_pits: Fraction = 0.1  # partial-AUC term: the share of each batch's pits it pulls up
+    hard_pits: Fraction = (
+        0.0  # share of train pits, scored lowest each epoch, drawn more often; 0: off
+    )
+    hard_pit_weight: PositiveFloat = 4.0  # how many times as often those pits are drawn
     ema_decay: Fraction = 0.0  # weight EMA decay per step; 0 disables; the EMA is what is selected
     amp: bool = True  # bf16 autocast on GPU and on CPUs with native bf16 (AVX512-BF16/AMX)
     teacher: str | None = None  # a trained run folder whose soft labels the model also learns

@@ -33,7 +33,7 @@ from pitguard.models.runfolder import (
 from pitguard.train.budget import over_budget
 from pitguard.train.distributed import Dist, from_env
 from pitguard.train.epoch import check_finite_loss, kept_epoch_warning, train_one_epoch, validate
-from pitguard.train.optim import epoch_order
+from pitguard.train.hard_pits import epoch_draw
 from pitguard.train.setup import Setup, build, decide_plan, plan_answer, start_job
 from pitguard.train.summary import TrainSummary
 
@@ -172,7 +172,7 @@ def _run_epochs(
 def _train_epoch(s: Setup, p: Progress, epoch: int, started: float) -> dict:
     """One epoch's steps and validation, checked finite, added to the history as its row."""
     cfg, dist, size = s.cfg, s.dist, s.cfg.train.batch_size
-    order = epoch_order(s.train_part.labels, cfg.train.balance, s.shuffle)
+    order = epoch_draw(s, epoch)
     batches = [  # global batches; each rank steps on its share
         dist.shard(order[i : i + size]) for i in range(0, s.steps_per_epoch * size, size)
     ]
