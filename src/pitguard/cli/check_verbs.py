@@ -230,6 +230,7 @@ def add_calibrate(sub: Verbs) -> None:
             "pitguard calibrate runs/cpu-fast --max-pit-miss 0.02 --max-false-reject 0.05",
             "pitguard calibrate runs/prod --data held_out_calib/",
             "pitguard calibrate runs/cf --scores oof --max-pit-miss 0.01 --max-false-reject 0.05",
+            "pitguard calibrate runs/cf --max-false-reject 0.05 --second-look-model runs/cf-lite0",
         ],
         cmd_calibrate,
     )

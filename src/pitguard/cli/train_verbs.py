@@ -233,6 +233,7 @@ def add_train(sub: Verbs) -> None:
             "pitguard train --recipe cpu-fast --data ../shared/data/cherry_classification/train --out runs/cpu-fast",
             "pitguard train --recipe resnet50-aug --data split.csv --out runs/r50 --set train.epochs=10",
             "pitguard train --recipe cpu-fast --data ../shared/data/cherry_classification/train --out runs/cf --folds 5",
+            "pitguard train --recipe lite0 --data runs/cf/split.csv --out runs/cf-lite0 --folds 5",
             "pitguard train --resume runs/cpu-fast",
             "pitguard train --recipe resnet50-aug --data crops/ --out runs/r50 --dry-run",
         ],
