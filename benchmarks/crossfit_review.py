@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated RUN2[:VIEWS]: second looks by other runs' models (default none)",
     )
     ap.add_argument("--boot", type=int, default=200, help="bootstrap resamples (default 200)")
+    ap.add_argument("--label", help="what the run is, for the tables (default: its folder name)")
     ap.add_argument("--json", type=Path, help="write the result here")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     q1 = scaled(run_logits(model, test.crops).double().numpy(), t1, pit)
     single = choose_thresholds(p1, y, *REF)
     doc: dict = {
-        "run": args.run.name,
+        "run": args.label or args.run.name,
         "n": len(y),
         "n_pits": int(y.sum()),
         "oof_accuracy": [report["accuracy"], report["accuracy_ci"]],
