@@ -227,7 +227,7 @@ def _write_files(
     """The bundle's files in ``tmp``, each past its gate, and bundle.json naming them; ``net2``
     is the second look's own network, when it has one."""
     look = meta.get("second_look")
-    second = {SECOND_LOOK_WEIGHTS: save_second_weights(net2, tmp, look)} if net2 else {}
+    second = {SECOND_LOOK_WEIGHTS: save_second_weights(net2, tmp, look)} if net2 and look else {}
     stamps = {**guard_stamp(ref.guard), **second_look_stamp(look)}
     meta["files"] = {"weights": save_weights(module, tmp, stamps), **second}
     if graphs:

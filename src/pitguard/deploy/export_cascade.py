@@ -60,7 +60,7 @@ def second_look_net(meta: dict, record: dict | None) -> PitguardNet | None:
     """Another run's network when the cascade's second look is one (None otherwise), checked
     unchanged since calibration, its denormal weights zeroed; ``meta``'s ``second_look`` gets
     what the bundle states of it."""
-    look = (record or {}).get("second_look")
+    look: dict = (record or {}).get("second_look") or {}
     run2 = load_second_model(look)
     if run2 is None or "second_look" not in meta:
         return None
