@@ -178,14 +178,7 @@ def calibrate_run(
         "training": {"finished": unfinished is None, "unfinished": unfinished},
         "mode": mode,
         "guarantee": bound,
-        "calibration_data": {
-            "data": described,
-            # the run's own part, named apart from the path spelled on the command line
-            "run_part": (part or "calib") if mode == "holdout" and data is None else None,
-            "n": len(labels),
-            "n_pits": n_pits,
-            "n_clean": int((labels == run.classes.index("clean")).sum()),
-        },
+        "calibration_data": _described(run, described, labels, mode, data, part),
         "thresholds": asdict(chosen),
         "ece_before": ece_before,
         "ece_after": ece_after,
@@ -203,6 +196,18 @@ def calibrate_run(
     write_json(out / CALIB_REPORT, {**record, "operating_curve": curve, "operating_table": table})
     write_json(paths.policy, record)
     return {**record, "operating_table": table}
+
+
+def _described(run: RunModel, described: str, labels: np.ndarray, mode: str, data, part) -> dict:
+    """``policy.json``'s ``calibration_data``: which crops, how many of each class."""
+    return {
+        "data": described,
+        # the run's own part, named apart from the path spelled on the command line
+        "run_part": (part or "calib") if mode == "holdout" and data is None else None,
+        "n": len(labels),
+        "n_pits": int((labels == run.pit_index).sum()),
+        "n_clean": int((labels == run.classes.index("clean")).sum()),
+    }
 
 
 def _plot(curve, chosen, probs_before, probs_after, labels, out: Path) -> None:

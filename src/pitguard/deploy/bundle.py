@@ -68,31 +68,28 @@ def load_second_stage(bundle: str | Path, meta: dict, module: DeployModule) -> S
     whose weights the bundle ships for it (``bundle.json``'s ``second_look.model``)."""
     from safetensors.torch import load_file
 
-    from pitguard.models.nets import InputContract, build_model
-
     look = meta["second_look"]
     model = look.get("model")
     if model is None:
         return second_look_module(module, look)
-    contract = InputContract.from_dict(model["input"])
-    kwargs = model["model_kwargs"]
-    net = build_model(
-        model["model_name"], kwargs["num_classes"], contract, kwargs.get("drop_rate", 0.0)
-    )
+    net = build_net(model)
     net.load_state_dict(load_file(str(Path(bundle) / meta["files"][SECOND_LOOK_WEIGHTS])))
     return second_look_module(module, look, net.eval())
 
 
-def build_deploy_module(meta: dict) -> DeployModule:
+def build_net(meta: dict) -> PitguardNet:
+    """The network ``meta`` describes (``model_name``, ``model_kwargs``, ``input``), untrained."""
     from pitguard.models.nets import InputContract, build_model  # the eager backend only
 
     contract = InputContract.from_dict(meta["input"])
     kwargs = meta["model_kwargs"]
-    net = build_model(
+    return build_model(
         meta["model_name"], kwargs["num_classes"], contract, kwargs.get("drop_rate", 0.0)
     )
-    policy = DecisionPolicy.from_dict(meta["policy"])
-    return DeployModule(net, policy).eval()
+
+
+def build_deploy_module(meta: dict) -> DeployModule:
+    return DeployModule(build_net(meta), DecisionPolicy.from_dict(meta["policy"])).eval()
 
 
 def load_deploy_module(bundle: str | Path, meta: dict | None = None) -> tuple[DeployModule, dict]:
@@ -113,12 +110,13 @@ def load_deploy_module(bundle: str | Path, meta: dict | None = None) -> tuple[De
     return module.eval(), meta
 
 
-def save_weights(module: DeployModule, folder: Path, metadata: dict[str, str]) -> str:
-    """The deploy module's weights as safetensors in ``folder``, with ``metadata``; returns the
-    file name."""
+def save_weights(
+    module: nn.Module, folder: Path, metadata: dict[str, str], name: str = WEIGHTS_FILE
+) -> str:
+    """A module's weights (the deploy module's, by default as ``model.safetensors``) as
+    safetensors in ``folder``, with ``metadata``; returns the file name."""
     from safetensors.torch import save_file
 
-    name = WEIGHTS_FILE
     # clone: safetensors refuses tensors that share storage
     state = {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}
     try:

@@ -9,7 +9,12 @@ import numpy as np
 
 from pitguard.core.errors import PitguardError
 from pitguard.core.files import file_sha256, read_json
-from pitguard.deploy.bundle import DeployModule, sanitize_denormals, second_look_module
+from pitguard.deploy.bundle import (
+    DeployModule,
+    sanitize_denormals,
+    save_weights,
+    second_look_module,
+)
 from pitguard.deploy.export_checks import MAX_PROB_DIFF, Reference
 from pitguard.deploy.graphs import export_onnx, run_onnx, run_torch
 from pitguard.models.nets import PitguardNet
@@ -78,10 +83,7 @@ def second_look_net(meta: dict, record: dict | None) -> PitguardNet | None:
 def save_second_weights(net: PitguardNet, tmp: Path, look: dict) -> str:
     """The second stage's network as its own safetensors file; ``look`` records its sha256,
     which the first stage's weights then hold."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(tmp / SECOND_LOOK_WEIGHTS_FILE))
+    save_weights(net, tmp, {}, SECOND_LOOK_WEIGHTS_FILE)
     look["model"]["weights_sha256"] = file_sha256(tmp / SECOND_LOOK_WEIGHTS_FILE)
     return SECOND_LOOK_WEIGHTS_FILE
 

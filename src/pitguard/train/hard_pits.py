@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from pitguard.models.nets import SingleView, infer_logits
+from pitguard.train.losses import class_weights
 from pitguard.train.optim import epoch_order
 from pitguard.train.setup import Setup
 
@@ -26,8 +27,8 @@ def epoch_draw(s: Setup, epoch: int) -> torch.Tensor:
         return epoch_order(labels, t.balance, s.shuffle)
     pit = s.crops.classes.index("pit")
     weights = hard_pit_weights(s, pit)
-    if t.balance == "sampler":
-        weights *= _balanced(labels)
+    if t.balance == "sampler":  # as epoch_order balances the classes
+        weights *= class_weights(labels, int(labels.max()) + 1)[labels].double()
     return torch.multinomial(weights, len(labels), replacement=True, generator=s.shuffle)
 
 
@@ -50,8 +51,3 @@ def hard_pit_weights(s: Setup, pit: int) -> torch.Tensor:
     hardest = pits[torch.argsort(p_pit, stable=True)[:k]]
     weights[hardest] = t.hard_pit_weight
     return weights
-
-
-def _balanced(labels: torch.Tensor) -> torch.Tensor:
-    counts = torch.bincount(labels).double()
-    return (1.0 / counts)[labels]
