@@ -5,7 +5,9 @@
 
 A second look is the run's own network under test-time views (``--views``) or another run's
 model (``--models RUN2[:VIEWS]``, cross-fitted on the run's split: ``--data runs/cf/split.csv
---folds K``), whose own one-stage review rate is reported beside.
+--folds K``). RUN2's model alone in one stage is reported beside, paired with the run's on the
+same resamples, and its test part under its own thresholds: so two recipes cross-fitted on the
+same folds are compared crop by crop.
 
 Out of fold (every crop outside the test part, each scored by the fold model that never trained
 on it): the review rate at a 1% pit-miss bound (95%, false rejects <= 5%) certified as
@@ -76,6 +78,19 @@ def cascade_rate(p1, p2, y, idx) -> float:
         return 1.0
 
 
+def alone_stage(p2, q2, y, test_pit, boots, base, single_rate: float) -> dict:
+    """Another run's model in one stage: its review rate, paired with the run's on the same
+    resamples, and its final model's routes on the test part under its own thresholds."""
+    own = choose_thresholds(p2, y, *REF)
+    rates = np.array([one_stage_rate(p2, y, i) for i in boots])
+    return {
+        **review_cost(p2, y, n_boot=len(boots)).to_dict(),
+        "paired_diff": own.calib_maybe_rate - single_rate,
+        "paired_diff_ci": [float(v) for v in np.percentile(rates - base, [2.5, 97.5])],
+        "test": test_routes(route(q2, own.t_low, own.t_high), test_pit),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path, help="a run trained with --folds K")
@@ -138,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             "test": test_routes(cascade_routes(q1, q2, cascade.t_low, cascade.t_high), test_pit),
         }
         if other is not None:  # the other model in one stage, on the same crops
-            doc["second_looks"][key]["model_alone"] = review_cost(p2, y, n_boot=args.boot).to_dict()
+            doc["second_looks"][key]["model_alone"] = alone_stage(
+                p2, q2, y, test_pit, boots, base, single.calib_maybe_rate
+            )
         print(key, json.dumps(doc["second_looks"][key]), flush=True)
     one = doc["single"]
     print(

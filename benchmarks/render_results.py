@@ -231,11 +231,19 @@ def crossfit_table(doc: dict) -> str:
         )
         alone = r.get("model_alone")
         if alone and views == "none":
-            lines.append(
-                f"| `{run}`'s model alone, one stage | "
-                f"{_rate_ci(alone['review_rate'], alone['review_rate_ci'])} | | | | |"
-            )
+            lines.append(_alone_row(run, alone))
     return "\n".join(lines)
+
+
+def _alone_row(run: str, alone: dict) -> str:
+    """Another run's model in one stage; older files hold no pairing or test part."""
+    diff = " "
+    if alone.get("paired_diff") is not None:
+        lo, hi = alone["paired_diff_ci"]
+        diff = f" {100 * alone['paired_diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] "
+    test = _test_cells(alone["test"]) if alone.get("test") else "|"
+    review = _rate_ci(alone["review_rate"], alone["review_rate_ci"])
+    return f"| `{run}`'s model alone, one stage | {review} |{diff}| | {test} |"
 
 
 def bench_table(doc: dict) -> str:

@@ -53,6 +53,50 @@ def test_paired_differences_are_taken_seed_by_seed():
     assert row.startswith("| `focal` - `base` | 0,1 | +1.00 [+1.00, +1.00]")  # same gain twice
 
 
+def _crossfit(alone: dict) -> dict:
+    test = {"n": 552, "review": 0.3, "review_ci": [0.26, 0.34], "pits_clean": 1, "n_pits": 255}
+    test["pits_clean_ci"] = [0.0001, 0.0217]
+    cost = {"review_rate": 0.33, "review_rate_ci": [0.27, 0.37]}
+    return {
+        "run": "cf",
+        "n": 3124,
+        "n_pits": 1443,
+        "oof_accuracy": [0.915, [0.905, 0.925]],
+        "oof_roc_auc": [0.97, [0.96, 0.98]],
+        "single": {
+            **cost,
+            "specificity_at_recall": 0.5,
+            "specificity_ci": [0.4, 0.6],
+            "test": test,
+        },
+        "second_looks": {
+            "cf2:none": {
+                "cascade_review": 0.3,
+                "cascade_ci": [0.25, 0.39],
+                "paired_diff": -0.027,
+                "paired_diff_ci": [-0.064, 0.031],
+                "share": 0.387,
+                "test": test,
+                "model_alone": {**cost, **alone},
+            }
+        },
+    }
+
+
+def test_crossfit_table_pairs_the_other_model_alone_when_measured():
+    doc = _crossfit({"paired_diff": -0.05, "paired_diff_ci": [-0.08, -0.01]})
+    doc["second_looks"]["cf2:none"]["model_alone"]["test"] = doc["single"]["test"]
+    row = render.crossfit_table(doc).splitlines()[-1]
+    assert row.startswith(
+        "| `cf2`'s model alone, one stage | 33.0% [27.0%, 37.0%] | -5.0 [-8.0, -1.0] | | "
+    )
+    assert row.endswith("| 30.0% [26.0%, 34.0%] | 1 of 255 (0.4% [0.0%, 2.2%]) |")
+    older = render.crossfit_table(_crossfit({})).splitlines()[-1]  # a file from before pairing
+    assert older == "| `cf2`'s model alone, one stage | 33.0% [27.0%, 37.0%] | | | | |"
+    cascade = render.crossfit_table(_crossfit({})).splitlines()[-2]
+    assert "| -2.7 [-6.4, +3.1] | 38.7% | 30.0% [26.0%, 34.0%] | 1 of 255 (" in cascade
+
+
 def test_the_committed_pages_are_what_the_script_renders():
     docs = render.load()
     assert docs, "results/ holds no JSON"
