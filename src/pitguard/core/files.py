@@ -180,6 +180,58 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+# Where a file's digest is remembered with the identity of the file it was read from
+MEMO_ENV = "PITGUARD_CACHE_DIR"
+MEMO_FILE = "sha256.json"
+MEMO_ENTRIES = 512
+
+
+def remembered_sha256(path: str | Path) -> str:
+    """:func:`file_sha256`, remembered by the file's identity: device, inode, size and the
+    modification and change times in nanoseconds. Any write to the file, a copy over it or a
+    rename onto it changes the change time, which no user can set back, so a remembered digest
+    is the one the bytes had; a start-up then hashes a large bundle once, not every time. The
+    memo lives in $PITGUARD_CACHE_DIR (else $XDG_CACHE_HOME/pitguard, else ~/.cache/pitguard);
+    where it cannot be read or written the file is simply hashed."""
+    path = Path(path)
+    st = path.stat()
+    key = os.path.realpath(path)
+    ident = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    memo_path = _memo_path()
+    memo = _read_memo(memo_path)
+    held = memo.get(key)
+    if isinstance(held, list) and len(held) == 2 and held[0] == ident:
+        return str(held[1])
+    digest = file_sha256(path)
+    if memo_path is not None:
+        memo.pop(key, None)
+        memo[key] = [ident, digest]
+        while len(memo) > MEMO_ENTRIES:
+            memo.pop(next(iter(memo)))
+        try:
+            write_json(memo_path, memo)
+        except OSError:
+            pass  # a read-only home: the digest is still right, only not remembered
+    return digest
+
+
+def _memo_path() -> Path | None:
+    root = os.environ.get(MEMO_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pitguard"
+    )
+    return None if root.startswith("~") else Path(root) / MEMO_FILE
+
+
+def _read_memo(path: Path | None) -> dict:
+    if path is None:
+        return {}
+    try:
+        memo = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pitguard.core.errors import PitguardError
-from pitguard.core.files import file_sha256, read_json, write_json
+from pitguard.core.files import file_sha256, read_json, remembered_sha256, write_json
 from pitguard.runtime.routes import Route
 
 # 2: the input contract may hold a centre crop; 3: a sha256 per file; 4: unfolded normalization,
@@ -112,7 +112,7 @@ def open_bundle(bundle: str | Path) -> dict:
         if meta.get("schema_version", 0) >= HASHED_SCHEMA:
             if name not in digests:
                 raise PitguardError(f"{where}: no sha256 for {name}; export the bundle again")
-            if file_sha256(path) != digests[name]:
+            if remembered_sha256(path) != digests[name]:
                 raise PitguardError(
                     f"{path}: its sha256 is not the one {BUNDLE_JSON} records: the file was "
                     "changed or replaced after export; restore it or export the bundle again"
@@ -266,7 +266,7 @@ def _compare_second_look(
     if model is None:
         return
     second = where.parent / str(files.get(SECOND_LOOK_WEIGHTS, ""))
-    if not second.is_file() or file_sha256(second) != model.get("weights_sha256"):
+    if not second.is_file() or remembered_sha256(second) != model.get("weights_sha256"):
         raise PitguardError(
             f"{where}: the second look's weights ({SECOND_LOOK_WEIGHTS}) are missing or not "
             "the ones exported; restore the bundle or export again"
