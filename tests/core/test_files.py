@@ -151,3 +151,44 @@ def test_a_full_disk_names_the_file_being_written(tmp_path):
         atomic_write(tmp_path / "out.json", full)
     assert err.value.errno == errno.ENOSPC and err.value.filename == str(tmp_path / "out.json")
     assert os.listdir(tmp_path) == []  # no partial file, no temporary
+
+
+def test_a_remembered_digest_is_the_files_and_follows_any_write(tmp_path, monkeypatch):
+    from pitguard.core.files import MEMO_ENV, MEMO_FILE, file_sha256, remembered_sha256
+
+    monkeypatch.setenv(MEMO_ENV, str(tmp_path / "memo"))
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"a" * 1000)
+    first = remembered_sha256(path)
+    assert first == file_sha256(path) and (tmp_path / "memo" / MEMO_FILE).is_file()
+    path.write_bytes(b"b" * 1000)  # same size, written again: its change time moves
+    assert remembered_sha256(path) == file_sha256(path) != first
+    replacement = tmp_path / "other"
+    replacement.write_bytes(b"c" * 1000)
+    import os
+
+    os.replace(replacement, path)  # another file renamed onto the name: another inode
+    assert remembered_sha256(path) == file_sha256(path)
+
+
+def test_a_remembered_digest_is_read_from_the_memo_not_the_file(tmp_path, monkeypatch):
+    from pitguard.core.files import MEMO_ENV, remembered_sha256
+
+    monkeypatch.setenv(MEMO_ENV, str(tmp_path / "memo"))
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"x" * 4096)
+    digest = remembered_sha256(path)
+    calls = []
+    monkeypatch.setattr("pitguard.core.files.file_sha256", lambda p: calls.append(p) or "")
+    assert remembered_sha256(path) == digest and calls == []
+
+
+def test_an_unwritable_memo_still_gives_the_digest(tmp_path, monkeypatch):
+    from pitguard.core.files import MEMO_ENV, file_sha256, remembered_sha256
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(MEMO_ENV, str(blocker))
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"y" * 10)
+    assert remembered_sha256(path) == file_sha256(path)

@@ -4,6 +4,7 @@ test-runtime` installs the registry's ROS 2 wheels there) and skip elsewhere."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -126,9 +127,7 @@ class Listener:
             lambda m: self.codes.append((m.layout.dim[0].label, list(m.data))),
             50,
         )
-        self.node.create_subscription(
-            DiagnosticArray, "/diagnostics", self.diagnostics.append, 10
-        )
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
         self.images = self.node.create_publisher(Image, "/pitguard/frames", 10)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -136,10 +135,8 @@ class Listener:
         self.thread.start()
 
     def _spin(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # shut down under it
             self.executor.spin()
-        except Exception:
-            pass
 
     def wait_for(self, what, timeout: float = 10):
         deadline = time.monotonic() + timeout

@@ -13,9 +13,9 @@ from tests.ros.conftest import Listener, NodeProcess, crops_of, mixed_frame, nod
 
 pytest.importorskip("rclpy", reason="needs rclpy: make test-runtime installs the ROS 2 wheels")
 
-from pitguard.ros.client import LineClient  # noqa: E402
-from pitguard.runtime import LineStage  # noqa: E402
-from pitguard.runtime.line import MAYBE_CODE  # noqa: E402
+from pitguard.ros.client import LineClient
+from pitguard.runtime import LineStage
+from pitguard.runtime.line import MAYBE_CODE
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -47,8 +47,14 @@ def client(node):
 
 
 @pytest.fixture(scope="module")
-def listener(node):
+def listener(node, client, expected):
+    """Listening once a frame sent after it started has come back to it (discovery done)."""
     lst = Listener()
+    for attempt in range(50):
+        client.classify(crops_of(expected, 1), frame_id=f"handshake {attempt}")
+        if lst.wait_for(lambda: lst.results, timeout=0.2):
+            break
+    assert lst.results, "the listener never heard the node"
     yield lst
     lst.close()
 

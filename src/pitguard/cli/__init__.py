@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import signal
 import sys
 import textwrap
@@ -17,12 +18,13 @@ try:
     from pitguard.cli import check_verbs, data_verbs, deploy_verbs, study_verbs, train_verbs
     from pitguard.cli.common import examples
 except ModuleNotFoundError as missing:  # the base install is the line's runtime alone
-    NEEDS_TRAIN: str | None = (
-        f"the pitguard command needs the training install ({missing.name} is missing): pip "
-        "install 'pitguard[train]'; this install is the line's runtime (pitguard.runtime)"
-    )
-else:
-    NEEDS_TRAIN = None
+    MISSING: str | None = missing.name
+else:  # the verbs' modules import without torch (the ROS extra brings pyyaml): ask for it
+    MISSING = None if importlib.util.find_spec("torch") else "torch"
+NEEDS_TRAIN = MISSING and (
+    f"the pitguard command needs the training install ({MISSING} is missing): pip "
+    "install 'pitguard[train]'; this install is the line's runtime (pitguard.runtime)"
+)
 
 __all__ = ["build_parser", "main"]
 

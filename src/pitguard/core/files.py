@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -208,10 +209,8 @@ def remembered_sha256(path: str | Path) -> str:
         memo[key] = [ident, digest]
         while len(memo) > MEMO_ENTRIES:
             memo.pop(next(iter(memo)))
-        try:
+        with contextlib.suppress(OSError):  # a read-only home: right, only not remembered
             write_json(memo_path, memo)
-        except OSError:
-            pass  # a read-only home: the digest is still right, only not remembered
     return digest
 
 

@@ -19,6 +19,7 @@ from inside another node's callback.
 from __future__ import annotations
 
 import array
+import contextlib
 import itertools
 import logging
 import os
@@ -94,7 +95,7 @@ class LineClient:
     def call(self, values: np.ndarray, count: int | None, frame_id: str) -> np.ndarray | None:
         """Send raw values (any length: what a malformed frame looks like) with a stated
         count (None: not stated), and wait for the reply to ``frame_id``; None after the timeout."""
-        done, box = threading.Event(), []
+        done, box = threading.Event(), list[np.ndarray]()
         with self._lock:
             self._waiting[frame_id] = (done, box)
         dim = MultiArrayDimension(label=frame_id, size=count or 0)  # size 0: not stated
@@ -125,7 +126,6 @@ class LineClient:
             waiter[0].set()
 
     def _spin(self) -> None:
-        try:
+        # the context shut down under it: close() or the process ending
+        with contextlib.suppress(Exception):
             self.executor.spin()
-        except Exception:  # the context shut down under it: close() or the process ending
-            pass

@@ -35,10 +35,8 @@ def frame_from_flat(
     """
     values = _floats(data)[offset:]
     per_crop = CHANNELS * size * size
-    if declared:
-        count = int(declared)
-    else:
-        count = len(values) // per_crop or (1 if len(values) else 0)
+    inferred = len(values) // per_crop or (1 if len(values) else 0)
+    count = int(declared) if declared else inferred
     if count > max_crops:
         return FlatFrame(None, count, f"{count} crops, more than max_crops {max_crops}")
     if len(values) != count * per_crop:
@@ -52,7 +50,13 @@ def frame_from_flat(
 
 
 def frame_from_image(
-    height: int, width: int, encoding: str, big_endian: bool, step: int, data, size: int,
+    height: int,
+    width: int,
+    encoding: str,
+    big_endian: bool,
+    step: int,
+    data,
+    size: int,
     max_crops: int,
 ) -> FlatFrame:
     """Crops from an image of one float32 channel whose rows stack them: width S, height

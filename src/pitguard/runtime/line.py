@@ -141,7 +141,9 @@ class LineStage:
         if count > self.max_crops:
             return self.refuse(count, f"{count} crops, more than max_crops {self.max_crops}", label)
         if not isinstance(crops, np.ndarray):
-            return self.refuse(count, f"crops as {type(crops).__name__}, expected {expected}", label)
+            return self.refuse(
+                count, f"crops as {type(crops).__name__}, expected {expected}", label
+            )
         if crops.ndim == 3:
             crops = crops[None]
         if crops.ndim != 4 or crops.shape[1:] != (CHANNELS, self.size, self.size):
@@ -182,17 +184,15 @@ def _prob_columns(classes: tuple[str, ...]) -> list[int] | None:
 
 
 def _count(crops) -> int:
-    """How many crops a frame holds, for answering it whole: its first axis (one crop for a
-    single (3, S, S) crop)."""
+    """How many crops a frame holds, for answering it whole: the first axis of a batch (N, ...)
+    of two or more axes, one for a single (3, S, S) crop or anything flatter."""
     shape = getattr(crops, "shape", None)
     if shape is None:
         try:
             return len(crops)
         except TypeError:
             return 1
-    if len(shape) == 0:
-        return 1
-    if len(shape) == 3 and shape[0] == CHANNELS:
+    if len(shape) < 2 or (len(shape) == 3 and shape[0] == CHANNELS):
         return 1
     return int(shape[0])
 

@@ -56,9 +56,7 @@ class LineMonitor:
         self.records: deque[FrameRecord] = deque(maxlen=window)
 
     def add(self, result: LineResult) -> None:
-        codes = np.asarray(
-            result.codes.cpu() if hasattr(result.codes, "cpu") else result.codes
-        )
+        codes = np.asarray(result.codes.cpu() if hasattr(result.codes, "cpu") else result.codes)
         self.records.append(
             FrameRecord(
                 crops=len(codes),
