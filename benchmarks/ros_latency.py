@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runtime_latency import cpu_name  # noqa: E402
+from runtime_latency import cpu_name
 
 LINE_SAMPLE = Path(__file__).resolve().parents[2] / "shared/line_sample/crops_226.npy"
 WARMUP = 10
@@ -135,7 +135,7 @@ def main() -> None:
             "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
             "ROS_LOG_DIR": str(work / "log"),
             "ROS_HOME": str(work),
-            "PITGUARD_CACHE_DIR": str(work / "cache"),  # empty: the first start hashes
+            "PITGUARD_CACHE": str(work / "cache"),  # empty: the first start hashes
         }
         os.environ.update(env)
         rows = [bench_bundle(b, args, env, work) for b in args.bundles]
@@ -157,7 +157,9 @@ def main() -> None:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"{result['cpu']}, {args.threads} threads, {args.frames} frames a figure")
-    print(f"{'bundle':<22} {'crops':>5} {'DDS p50/p90 ms':>16} {'in-process p50/p90':>19} {'overhead':>8}")
+    print(
+        f"{'bundle':<22} {'crops':>5} {'DDS p50/p90 ms':>16} {'in-process p50/p90':>19} {'overhead':>8}"
+    )
     for row in rows:
         for n in args.crops:
             d, i = row[f"dds_{n}"], row[f"in_process_{n}"]

@@ -61,10 +61,54 @@ def test_file_entries_must_stay_inside_the_bundle(copy):
         (lambda m: m.update(classes=m["classes"][::-1]), "put pit at index 0"),
         (lambda m: m["policy"].update(t_low=m["policy"]["t_low"] / 2), "policy t_low is"),
         (lambda m: m["policy"].update(t_high=0.999), "policy t_high is 0.999"),
-        (lambda m: m["input"].update(size=64), "input size 64 px, but model.onnx takes 128x128"),
+        # the input size is part of the contract every file holds
+        (lambda m: m["input"].update(size=64), "input differ from what model.safetensors"),
     ],
 )
 def test_a_bundle_json_that_misstates_the_graph_is_refused(copy, change, message):
     _edit(copy, change)
     with pytest.raises(PitguardError, match=message):
         pitguard.load(copy, backend="onnx")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        # the classes and the pit index flipped together: each alone is caught above
+        (
+            lambda m: (m.update(classes=m["classes"][::-1]), m["policy"].update(pit_index=0)),
+            "classes, pit_index differ from what model.safetensors was exported with",
+        ),
+        (lambda m: m["input"].update(crop=64), "input differ from what model.safetensors"),
+        (lambda m: m["input"].update(tta="hflip"), "input differ from what"),
+        (lambda m: m["input"].update(downsample=m["input"]["downsample"] + 1), "input differ"),
+        (lambda m: m.update(model_name="resnet50"), "model_name differ from what"),
+        # a lowered schema with the guard deleted, or its threshold raised, no longer loads
+        (
+            lambda m: (m.update(schema_version=3), m.pop("input_guard")),
+            "states schema 3, but model.safetensors was written for schema 5",
+        ),
+        (
+            lambda m: m["input_guard"].update(threshold=1e9),
+            "input_guard differs from the guard exported with model.safetensors",
+        ),
+        (
+            lambda m: (m.update(schema_version=1), m["input_guard"].update(threshold=1e9)),
+            "states schema 1",
+        ),
+    ],
+)
+@pytest.mark.parametrize("backend", ["eager", "onnx"])
+def test_an_edited_field_the_runtime_acts_on_is_refused(copy, change, message, backend):
+    _edit(copy, change)
+    with pytest.raises(PitguardError, match=message):
+        pitguard.load(copy, backend=backend)
+
+
+def test_digests_are_checked_whatever_schema_is_stated(copy):
+    meta = json.loads((copy / "bundle.json").read_text())
+    (copy / "model.onnx").write_bytes((copy / "model.onnx").read_bytes() + b"\0")
+    _edit(copy, lambda m: m.update(schema_version=1))
+    with pytest.raises(PitguardError, match=r"model\.onnx: its sha256 is not the one"):
+        pitguard.load(copy, backend="onnx")
+    assert meta["schema_version"] == 5

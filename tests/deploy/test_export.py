@@ -200,3 +200,31 @@ def test_the_runs_own_calib_part_is_recognised_however_its_path_was_spelled():
     given = SimpleNamespace(run_part=None, ev=SimpleNamespace(description="crops/ [all]"))
     assert _calibrated_on({"data": "crops/ [all]", "run_part": None}, given)
     assert not _calibrated_on(then, given)
+
+
+def test_a_signed_export_is_trusted_and_an_unsigned_one_refused(calibrated_run, tmp_path, capsys):
+    from pitguard.data.synth import synthesize
+
+    keys = tmp_path / "keys"
+    assert main(["keygen", "--out", str(keys)]) == 0
+    signed, unsigned = tmp_path / "signed", tmp_path / "unsigned"
+    sign = ["--sign", str(keys / "signing.key")]
+    assert main(["export", str(calibrated_run), "--out", str(signed), "--onnx", *sign]) == 0
+    assert main(["export", str(calibrated_run), "--out", str(unsigned), "--onnx"]) == 0
+    assert (signed / "bundle.sig").is_file() and not (unsigned / "bundle.sig").exists()
+    crops = tmp_path / "crops"
+    synthesize(crops, count=4, seed=3)
+    trust = ["--trust", str(keys / "signing.pub")]
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(signed), str(crops), "--out", str(out), *trust]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(unsigned), str(crops), "--out", str(out), *trust]) == 2
+    assert "unsigned (no bundle.sig) and a trusted key was given" in capsys.readouterr().err
+
+
+def test_a_key_that_cannot_sign_stops_export_before_any_work(calibrated_run, tmp_path):
+    bad = tmp_path / "signing.key"
+    bad.write_text("not a key")
+    with pytest.raises(PitguardError, match=r"signing\.key: not a readable private key"):
+        export_run(calibrated_run, tmp_path / "b", onnx=True, sign=bad)
+    assert not (tmp_path / "b").exists()

@@ -63,23 +63,41 @@ def test_predict_cli_lists_bad_files_and_classifies_the_rest(bundle, tmp_path, c
     assert "failed 2" in err
 
 
-def test_bundle_schema_versions(bundle, tmp_path):
-    bundle = shutil.copytree(bundle, tmp_path / "b")
+def as_schema_1(bundle: Path, out: Path) -> Path:
+    """The bundle as pitguard wrote it at schema 1: weights without stamps, no digests, no
+    crop field in the input contract, no ONNX graph."""
+    from safetensors.numpy import load_file, save_file
+
+    out.mkdir()
     meta = json.loads((bundle / "bundle.json").read_text())
-    assert meta["schema_version"] == 4 and meta["input"]["crop"] == 96  # the small-fast recipe's
+    save_file(load_file(str(bundle / "model.safetensors")), str(out / "model.safetensors"))
+    old = {**meta, "schema_version": 1, "files": {"weights": "model.safetensors"}}
+    for key in ("sha256", "input_guard", "onnx"):
+        old.pop(key, None)
+    old["input"] = {k: v for k, v in meta["input"].items() if k != "crop"}
+    (out / "bundle.json").write_text(json.dumps(old))
+    return out
+
+
+def test_bundle_schema_versions(bundle, tmp_path):
+    copy = shutil.copytree(bundle, tmp_path / "b")
+    meta = json.loads((copy / "bundle.json").read_text())
+    assert meta["schema_version"] == 5 and meta["input"]["crop"] == 96  # the small-fast recipe's
     crops = np.zeros((2, 128, 128, 3), np.uint8)
-    expected = pitguard.load(bundle, backend="torch").predict(crops).routes
-    # a schema-1 bundle (no crop field) still loads
-    old = {**meta, "schema_version": 1, "input": {**meta["input"], "crop": 0}}
-    old["input"].pop("crop")
-    (bundle / "bundle.json").write_text(json.dumps(old))
-    assert len(pitguard.load(bundle, backend="torch").predict(crops).routes) == 2
+    expected = pitguard.load(copy, backend="torch").predict(crops).routes
+    # a bundle written at schema 1 (no crop field, no stamps, no digests) still loads
+    old = as_schema_1(copy, tmp_path / "old")
+    assert len(pitguard.load(old, backend="torch").predict(crops).routes) == 2
     # a newer schema is refused with the versions this pitguard reads
-    (bundle / "bundle.json").write_text(json.dumps({**meta, "schema_version": 99}))
-    with pytest.raises(PitguardError, match=r"bundle schema 99, this pitguard reads 1, 2, 3, 4"):
-        pitguard.load(bundle, backend="torch")
-    (bundle / "bundle.json").write_text(json.dumps(meta))
-    assert pitguard.load(bundle, backend="torch").predict(crops).routes == expected
+    (copy / "bundle.json").write_text(json.dumps({**meta, "schema_version": 99}))
+    with pytest.raises(PitguardError, match=r"bundle schema 99, this pitguard reads 1, 2, 3, 4, 5"):
+        pitguard.load(copy, backend="torch")
+    # a schema-5 bundle told it is schema 1 is refused: its files say what they were written for
+    (copy / "bundle.json").write_text(json.dumps({**meta, "schema_version": 1}))
+    with pytest.raises(PitguardError, match=r"states schema 1, but model.safetensors was written"):
+        pitguard.load(copy, backend="torch")
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    assert pitguard.load(copy, backend="torch").predict(crops).routes == expected
 
 
 def test_a_damaged_bundle_json_is_named_not_a_traceback(bundle, tmp_path):

@@ -18,26 +18,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.runtime.make_bundle import expected_of, made_or_given
+
 READY = "ready in"
 
 
 @pytest.fixture(scope="session")
 def made(tmp_path_factory) -> Path:
     """A folder with ``bundle/`` and ``expected.npz`` (tests/runtime/make_bundle.py)."""
-    if "PITGUARD_RUNTIME_BUNDLE" in os.environ:
-        return Path(os.environ["PITGUARD_RUNTIME_BUNDLE"])
-    pytest.importorskip("torch")
-    from tests.runtime.make_bundle import main
-
-    out = tmp_path_factory.mktemp("ros-bundle")
-    main(out)
-    return out
+    return made_or_given(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def expected(made) -> dict[str, np.ndarray]:
-    with np.load(made / "expected.npz") as npz:
-        return {k: npz[k] for k in npz.files}
+    return expected_of(made)
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +46,7 @@ def ros_env(tmp_path_factory) -> dict[str, str]:
         "ROS_LOCALHOST_ONLY": "1",  # Humble's spelling of the line above
         "ROS_LOG_DIR": str(home / "log"),
         "ROS_HOME": str(home),
-        "PITGUARD_CACHE_DIR": str(home / "cache"),
+        "PITGUARD_CACHE": str(home / "cache"),
         "RCUTILS_LOGGING_BUFFERED_STREAM": "0",
     }
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})

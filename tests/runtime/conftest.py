@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.runtime.make_bundle import expected_of, made_or_given
+
 RUNTIME_ONLY = "PITGUARD_RUNTIME_BUNDLE" in os.environ
 # The guard's and the policy's tests build their inputs with torch and the synthetic data maker.
 collect_ignore = ["test_guard.py", "test_policy.py"] if RUNTIME_ONLY else []
@@ -18,16 +20,9 @@ collect_ignore = ["test_guard.py", "test_policy.py"] if RUNTIME_ONLY else []
 @pytest.fixture(scope="session")
 def made(request, tmp_path_factory) -> Path:
     """A folder with ``bundle/`` and ``expected.npz`` (see make_bundle.py)."""
-    if RUNTIME_ONLY:
-        return Path(os.environ["PITGUARD_RUNTIME_BUNDLE"])
-    from tests.runtime.make_bundle import main
-
-    out = tmp_path_factory.mktemp("runtime")
-    main(out)
-    return out
+    return made_or_given(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def expected(made) -> dict[str, np.ndarray]:
-    with np.load(made / "expected.npz") as npz:
-        return {k: npz[k] for k in npz.files}
+    return expected_of(made)

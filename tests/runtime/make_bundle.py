@@ -39,6 +39,22 @@ def main(out: Path) -> None:
     np.savez(out / "expected.npz", crops=crops, p_pit=eager.p_pit, routes=np.array(eager.routes))
 
 
+def made_or_given(tmp_path_factory) -> Path:
+    """The folder PITGUARD_RUNTIME_BUNDLE names (`make test-runtime`), else one made now."""
+    import os
+
+    if "PITGUARD_RUNTIME_BUNDLE" in os.environ:
+        return Path(os.environ["PITGUARD_RUNTIME_BUNDLE"])
+    out = tmp_path_factory.mktemp("runtime")
+    main(out)
+    return out
+
+
+def expected_of(made: Path) -> dict[str, np.ndarray]:
+    with np.load(made / "expected.npz") as npz:
+        return {k: npz[k] for k in npz.files}
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         raise SystemExit(__doc__)

@@ -18,8 +18,15 @@ from pitguard.cli.common import (
     run_data,
     verb,
 )
-from pitguard.cli.serve_verbs import add_queue_args, add_serve, review_queue, serving_backends
+from pitguard.cli.serve_verbs import (
+    add_queue_args,
+    add_serve,
+    add_trust_arg,
+    review_queue,
+    serving_backends,
+)
 from pitguard.runtime.backends import BACKENDS  # no torch: help stays light
+from pitguard.runtime.trust import INTEGRITY_ONLY
 
 if TYPE_CHECKING:
     from pitguard.cli.common import Verbs
@@ -41,6 +48,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         args.allow_uncalibrated,
         args.force,
         args.allow_unfinished,
+        sign=args.sign,
     )
     for key, label in (("onnx", "ONNX parity"), ("int8", "INT8 gate"), ("fp16", "FP16 gate")):
         if key in meta:
@@ -92,6 +100,7 @@ def add_export(sub: Verbs) -> None:
             "pitguard export runs/cpu-fast --out bundles/cpu-fast --onnx",
             "pitguard export runs/cpu-fast --out bundles/cpu-fast-q --onnx --int8 --fp16",
             "pitguard export runs/prod --out bundles/prod --onnx --calib-data calib_crops/",
+            "pitguard export runs/cpu-fast --out bundles/line --onnx --sign keys/signing.key",
         ],
         cmd_export,
     )
@@ -112,6 +121,12 @@ def add_export(sub: Verbs) -> None:
         help="replace the bundle already in --out (once the new one has passed its checks)",
     )
     p.add_argument(
+        "--sign",
+        metavar="KEY",
+        help="sign the bundle with this Ed25519 private key (signing.key from pitguard keygen): "
+        "bundle.sig, which predict, serve and pitguard-node check with --trust",
+    )
+    p.add_argument(
         "--allow-uncalibrated",
         action="store_true",
         help="export a run without policy (argmax, no maybe)",
@@ -130,7 +145,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     inputs = [args.bundle, *args.paths]
     check_out(args.out, "--out", inputs, runs=False)
     check_out(args.queue, "--queue", inputs, folder=True, runs=False)
-    predictor = load(args.bundle, args.backend, args.device, args.threads)
+    predictor = load(args.bundle, args.backend, args.device, args.threads, args.trust)
+    signed = predictor.meta.get("trust")
     queue = review_queue(args)
     import csv
 
@@ -157,6 +173,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         + f", failed {result['failed']}",
         file=sys.stderr,
     )
+    integrity = f"signed by key {signed['key_id']}" if signed else INTEGRITY_ONLY
+    print(f"bundle: {integrity}", file=sys.stderr)
     for true, routes in result["by_class"].items():  # crops found in class folders
         n = sum(routes.values())
         print(
@@ -204,6 +222,7 @@ def add_predict(sub: Verbs) -> None:
     p.add_argument("--backend", default="auto", help=serving_backends())
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=THREADS, default=0, help="CPU threads (default: all cores)")
+    add_trust_arg(p)
     add_queue_args(p)
 
 
@@ -293,7 +312,38 @@ def add_bench(sub: Verbs) -> None:
     p.add_argument("--json", metavar="OUT", help="write the full result as JSON")
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from pitguard.runtime.trust import keygen
+
+    private, public = keygen(args.out)
+    print(f"key pair: {private} (private: keep it where exports run, 0600) and {public}")
+    log.info("wrote: %s, %s", private, public)
+    log.info(
+        "next: %s",
+        shlex.join(
+            ["pitguard", "export", "RUN", "--out", "BUNDLE", "--onnx", "--sign", str(private)]
+        ),
+    )
+    return 0
+
+
+def add_keygen(sub: Verbs) -> None:
+    p = verb(
+        sub,
+        "keygen",
+        "Make an Ed25519 key pair for signing bundles (signing.key, signing.pub).",
+        [
+            "pitguard keygen --out keys/",
+            "pitguard export runs/cpu-fast --out bundles/line --onnx --sign keys/signing.key",
+            "pitguard predict bundles/line crops/ --out preds.csv --trust keys/signing.pub",
+        ],
+        cmd_keygen,
+    )
+    p.add_argument("--out", required=True, help="folder for signing.key and signing.pub")
+
+
 def add_verbs(sub: Verbs) -> None:
+    add_keygen(sub)
     add_export(sub)
     add_predict(sub)
     add_serve(sub)

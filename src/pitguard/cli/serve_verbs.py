@@ -78,6 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_request_bytes=int(args.max_request_mb * 2**20),
         token=_read_token(args.token_file),
         docs=args.docs,
+        trust=args.trust,
     )
     return 0
 
@@ -145,7 +146,18 @@ def add_serve(sub: Verbs) -> None:
         help="require Authorization: Bearer TOKEN (the file's content) on classify and metrics",
     )
     p.add_argument("--docs", action="store_true", help="serve /docs and /openapi.json")
+    add_trust_arg(p)
     add_queue_args(p)
+
+
+def add_trust_arg(p) -> None:
+    p.add_argument(
+        "--trust",
+        metavar="KEY",
+        help="a public key (signing.pub from pitguard keygen) or a folder of them: refuse a "
+        "bundle that none of them signed (without it, sha256 digests prove the bundle against "
+        "accidents only, not against someone who edits it)",
+    )
 
 
 def _add_limits(p) -> None:

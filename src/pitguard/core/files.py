@@ -182,7 +182,7 @@ def file_sha256(path: str | Path) -> str:
 
 
 # Where a file's digest is remembered with the identity of the file it was read from
-MEMO_ENV = "PITGUARD_CACHE_DIR"
+MEMO_ENV = "PITGUARD_CACHE"
 MEMO_FILE = "sha256.json"
 MEMO_ENTRIES = 512
 
@@ -192,7 +192,7 @@ def remembered_sha256(path: str | Path) -> str:
     modification and change times in nanoseconds. Any write to the file, a copy over it or a
     rename onto it changes the change time, which no user can set back, so a remembered digest
     is the one the bytes had; a start-up then hashes a large bundle once, not every time. The
-    memo lives in $PITGUARD_CACHE_DIR (else $XDG_CACHE_HOME/pitguard, else ~/.cache/pitguard);
+    memo lives in $PITGUARD_CACHE (else $XDG_CACHE_HOME/pitguard, else ~/.cache/pitguard);
     where it cannot be read or written the file is simply hashed."""
     path = Path(path)
     st = path.stat()

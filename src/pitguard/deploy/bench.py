@@ -34,7 +34,13 @@ from pitguard.deploy.timing import (
     measure,
 )
 from pitguard.runtime.backends import BACKENDS
-from pitguard.runtime.bundle import guard_stamp, is_bundle, read_bundle_json, write_bundle_json
+from pitguard.runtime.bundle import (
+    contract_stamp,
+    guard_stamp,
+    is_bundle,
+    read_bundle_json,
+    write_bundle_json,
+)
 from pitguard.runtime.policy import DecisionPolicy
 
 _log = logging.getLogger(__name__)
@@ -92,13 +98,22 @@ def _timm_bundle(name: str, folder: Path, size: int, wanted: Sequence[str]) -> d
 
     module = random_module(name, size)
     folder.mkdir(parents=True)
-    files = {"weights": save_weights(module, folder, guard_stamp(None))}
+    meta: dict = {
+        "model_name": name,
+        "model_kwargs": {"num_classes": 2, "drop_rate": 0.0},
+        "classes": ["clean", "pit"],
+        "input": module.net.contract.to_dict(),
+        "policy": module.policy.to_dict(),
+        "note": "random weights, written by pitguard bench for timing only",
+    }
+    stamps = {**guard_stamp(None), **contract_stamp(meta)}
+    files = {"weights": save_weights(module, folder, stamps)}
     failed: dict[str, str] = {}
     onnx_wanted = [b for b in wanted if BACKENDS[b].runtime == "onnx"]
     if onnx_wanted:
         try:
             export_onnx(module, folder / BACKENDS["onnx"].file_name, size)
-            stamp_graph(folder / BACKENDS["onnx"].file_name, None)
+            stamp_graph(folder / BACKENDS["onnx"].file_name, None, meta)
             files["onnx"] = BACKENDS["onnx"].file_name
         except Exception as exc:  # some timm architectures do not export; time the rest
             for b in onnx_wanted:
@@ -107,27 +122,18 @@ def _timm_bundle(name: str, folder: Path, size: int, wanted: Sequence[str]) -> d
         crops = torch.from_numpy(crops_nchw(CALIB_CROPS, size))
         try:
             quantize_int8(folder / files["onnx"], folder / BACKENDS["onnx-int8"].file_name, crops)
-            stamp_graph(folder / BACKENDS["onnx-int8"].file_name, None)
+            stamp_graph(folder / BACKENDS["onnx-int8"].file_name, None, meta)
             files["onnx_int8"] = BACKENDS["onnx-int8"].file_name
         except Exception as exc:
             failed["onnx-int8"] = f"INT8 quantization of {name} failed: {type(exc).__name__}: {exc}"
     if "onnx" in files and "onnx-fp16" in wanted:
         try:
             convert_fp16(folder / files["onnx"], folder / BACKENDS["onnx-fp16"].file_name)
-            stamp_graph(folder / BACKENDS["onnx-fp16"].file_name, None)
+            stamp_graph(folder / BACKENDS["onnx-fp16"].file_name, None, meta)
             files["onnx_fp16"] = BACKENDS["onnx-fp16"].file_name
         except Exception as exc:
             failed["onnx-fp16"] = f"FP16 conversion of {name} failed: {type(exc).__name__}: {exc}"
-    meta = {
-        "model_name": name,
-        "model_kwargs": {"num_classes": 2, "drop_rate": 0.0},
-        "classes": ["clean", "pit"],
-        "input": module.net.contract.to_dict(),
-        "policy": module.policy.to_dict(),
-        "files": files,
-        "note": "random weights, written by pitguard bench for timing only",
-    }
-    write_bundle_json(folder, meta)
+    write_bundle_json(folder, {**meta, "files": files})
     return failed
 
 

@@ -73,6 +73,7 @@ from pitguard.runtime.backends import BACKENDS, ort_session
 from pitguard.runtime.bundle import (
     SECOND_LOOK_FILE,
     SECOND_LOOK_WEIGHTS,
+    contract_stamp,
     guard_stamp,
     is_bundle,
     make_bundle_readable,
@@ -80,6 +81,7 @@ from pitguard.runtime.bundle import (
     write_bundle_json,
 )
 from pitguard.runtime.policy import DecisionPolicy, maybe_index
+from pitguard.runtime.trust import sign_bundle, signing_key
 
 __all__ = ["MAX_PROB_DIFF", "export_run"]
 
@@ -174,11 +176,14 @@ def export_run(
     allow_uncalibrated: bool = False,
     replace: bool = False,
     allow_unfinished: bool = False,
+    sign: str | Path | None = None,
 ) -> dict:
     """Export RUN as a bundle in OUT; ``replace`` swaps an existing bundle there for the new one
     (only once the new one has passed its gates; a folder that is no bundle is never replaced)."""
     run = load_run(run_dir)
     out = Path(out)
+    if sign is not None:
+        signing_key(sign)  # a key that cannot sign stops it before any work
     _prepare_out(out, replace)
     unfinished = refuse_unfinished(run.run, allow_unfinished, "export")
     variants = [key for key, wanted in (("int8", int8), ("fp16", fp16)) if wanted]
@@ -188,7 +193,14 @@ def export_run(
     meta = _bundle_meta(ref, module, unfinished, denormals)
     net2 = second_look_net(meta, ref.record)
     graphs = onnx or bool(variants)
-    _write_bundle(out, lambda tmp: _write_files(tmp, ref, module, meta, graphs, variants, net2))
+
+    def write(tmp: Path) -> None:
+        _write_files(tmp, ref, module, meta, graphs, variants, net2)
+        if sign is not None:
+            meta["signed_by"] = sign_bundle(tmp, sign)
+        make_bundle_readable(tmp)
+
+    _write_bundle(out, write)
     return meta
 
 
@@ -228,7 +240,7 @@ def _write_files(
     is the second look's own network, when it has one."""
     look = meta.get("second_look")
     second = {SECOND_LOOK_WEIGHTS: save_second_weights(net2, tmp, look)} if net2 and look else {}
-    stamps = {**guard_stamp(ref.guard), **second_look_stamp(look)}
+    stamps = {**guard_stamp(ref.guard), **second_look_stamp(look), **contract_stamp(meta)}
     meta["files"] = {"weights": save_weights(module, tmp, stamps), **second}
     if graphs:
         meta.update(_fp32_graph(module, tmp, ref))
@@ -241,9 +253,8 @@ def _write_files(
         meta["files"][BACKENDS[VARIANTS[key][0]].file_key] = meta[key].pop("file")
     for name in meta["files"].values():
         if name.endswith(".onnx"):
-            stamp_graph(tmp / name, ref.guard)
+            stamp_graph(tmp / name, ref.guard, meta)
     write_bundle_json(tmp, meta)
-    make_bundle_readable(tmp)
 
 
 def _write_bundle(out: Path, write: Callable[[Path], None]) -> None:

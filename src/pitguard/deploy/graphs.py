@@ -15,6 +15,7 @@ from pitguard.runtime.bundle import (
     INPUT_NAME,
     OUTPUT_NAMES,
     POLICY_KEYS,
+    contract_stamp,
     guard_stamp,
     policy_stamp,
 )
@@ -220,14 +221,15 @@ def set_thresholds(path: Path, t_low: float, t_high: float) -> None:
     onnx.save(model, str(path))
 
 
-def stamp_graph(path: Path, guard: dict | None) -> dict[str, float]:
-    """Record in the graph's metadata the input guard it ships with and the policy values it
-    computes with (read where only ONNX Runtime is installed); returns that policy."""
+def stamp_graph(path: Path, guard: dict | None, meta: dict) -> dict[str, float]:
+    """Record in the graph's metadata the input guard it ships with, the policy values it
+    computes with and the bundle's contract (read where only ONNX Runtime is installed);
+    returns that policy."""
     import onnx
 
     held = held_policy(path)
     model = onnx.load(str(path))
-    stamps = {**guard_stamp(guard), **policy_stamp(held)}
+    stamps = {**guard_stamp(guard), **policy_stamp(held), **contract_stamp(meta)}
     kept = [p for p in model.metadata_props if p.key not in stamps]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)

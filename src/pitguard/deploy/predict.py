@@ -57,9 +57,14 @@ class Predictor:
         device: str = "auto",
         threads: int = 0,
         second_look: bool = True,
+        trust=None,
     ):
         self.bundle = Path(bundle)
-        self.meta = open_bundle(self.bundle)
+        if trust is not None:  # the keys once, for both opens below
+            from pitguard.runtime.trust import trusted_keys
+
+            trust = trusted_keys(trust)
+        self.meta = open_bundle(self.bundle, trust=trust)
         self.second = None
         self.classes = tuple(self.meta["classes"])
         guard = self.meta.get("input_guard")
@@ -69,7 +74,9 @@ class Predictor:
         chosen = auto_backend(files) if backend == "auto" else get_backend(backend, serving=True)
         self.backend = chosen.name
         if chosen.runtime == "onnx":  # the line's runtime, with its graph proved on load
-            self.runtime = Classifier(self.bundle, chosen.name, device, threads, second_look)
+            self.runtime = Classifier(
+                self.bundle, chosen.name, device, threads, second_look, trust=trust
+            )
             self.session = self.runtime.session
             self.device = self.runtime.device
         else:
@@ -195,10 +202,11 @@ class Predictor:
 
 
 def load(
-    bundle: str | Path, backend: str = "auto", device: str = "auto", threads: int = 0
+    bundle: str | Path, backend: str = "auto", device: str = "auto", threads: int = 0, trust=None
 ) -> Predictor:
-    """Load a bundle for inference (ONNX Runtime when it has ONNX, else PyTorch)."""
-    return Predictor(bundle, backend, device, threads)
+    """Load a bundle for inference (ONNX Runtime when it has ONNX, else PyTorch); ``trust``: a
+    public key or keyring that must have signed it."""
+    return Predictor(bundle, backend, device, threads, trust=trust)
 
 
 ROW_FIELDS = PREDICTION_COLUMNS

@@ -41,7 +41,9 @@ class Service:
 
     def __init__(self, bundle: str | Path, options: ServeOptions) -> None:
         self.options = options
-        self.predictor = Predictor(bundle, backend=options.backend, threads=options.threads)
+        self.predictor = Predictor(
+            bundle, backend=options.backend, threads=options.threads, trust=options.trust
+        )
         self.max_batch, self.max_in_flight = options.picked_for(self.predictor.device)
         self.model_name = self.predictor.meta.get("model_name", Path(bundle).name)
         self.metrics = Metrics()

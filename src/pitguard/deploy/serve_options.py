@@ -37,6 +37,7 @@ class ServeOptions:
     token: str | None = None  # the bearer token classify and metrics ask for
     docs: bool = False  # serve /docs and /openapi.json
     max_queue_ms: float = 100.0  # model work queued ahead beyond which a request is refused
+    trust: str | None = None  # a public key or keyring that must have signed the bundle
 
     def __post_init__(self) -> None:
         counts = (self.max_batch or 1, self.max_in_flight or 1, self.max_crops)

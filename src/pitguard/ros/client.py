@@ -33,15 +33,28 @@ from rclpy.executors import SingleThreadedExecutor
 from std_msgs.msg import Float32MultiArray, Int32MultiArray, MultiArrayDimension, MultiArrayLayout
 
 from pitguard.core.errors import PitguardError
+from pitguard.ros import use_large_frame_transport
 from pitguard.runtime.line import MAYBE_CODE
 
 log = logging.getLogger(__name__)
 
 
 class LineClient:
-    """Calls the node at ``namespace`` (``/pitguard``) and waits at most ``timeout`` seconds."""
+    """Calls the node at ``namespace`` (``/pitguard``) and waits at most ``timeout`` seconds.
 
-    def __init__(self, namespace: str = "/pitguard", timeout: float = 0.1, name: str = ""):
+    ``large_frames``: use pitguard's Fast DDS profile for large frames when no profile is set
+    (:func:`pitguard.ros.use_large_frame_transport`; it must come before the process's first
+    participant, so create the client first or set the profile for the whole process)."""
+
+    def __init__(
+        self,
+        namespace: str = "/pitguard",
+        timeout: float = 0.1,
+        name: str = "",
+        large_frames: bool = True,
+    ):
+        if large_frames:
+            use_large_frame_transport()
         self.context = Context()
         rclpy.init(context=self.context)
         self.timeout = timeout
@@ -99,10 +112,10 @@ class LineClient:
         with self._lock:
             self._waiting[frame_id] = (done, box)
         dim = MultiArrayDimension(label=frame_id, size=count or 0)  # size 0: not stated
-        msg = Float32MultiArray(
-            layout=MultiArrayLayout(dim=[dim]),
-            data=array.array("f", np.asarray(values, dtype=np.float32).tobytes()),
-        )
+        data = array.array("f")
+        raw = np.ascontiguousarray(values, dtype=np.float32).view(np.uint8)
+        data.frombytes(raw.data)  # one copy
+        msg = Float32MultiArray(layout=MultiArrayLayout(dim=[dim]), data=data)
         try:
             self.publisher.publish(msg)
             done.wait(self.timeout)

@@ -24,6 +24,7 @@ import array
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -42,10 +43,12 @@ from std_msgs.msg import (
 )
 
 from pitguard.core.errors import PitguardError
+from pitguard.ros import PROFILE_VARIABLES
 from pitguard.ros.params import PARAMETERS, NodeSettings, read_settings
 from pitguard.runtime.frames import FlatFrame, frame_from_flat, frame_from_image
 from pitguard.runtime.line import LineResult, LineStage
 from pitguard.runtime.monitor import LineMonitor
+from pitguard.runtime.trust import INTEGRITY_ONLY
 
 QUEUE_DEPTH = 10  # as the detector's own subscriptions
 
@@ -64,6 +67,7 @@ class PitguardNode(Node):
             threads=s.threads,
             second_look=s.second_look,
             max_crops=s.max_crops,
+            trust=s.trust or None,
         )
         warm_ms = self.stage.warm_up(s.warmup_crops) if s.warmup_crops else 0.0
         self.monitor = LineMonitor(s.window)
@@ -154,6 +158,10 @@ class PitguardNode(Node):
     def _ready_line(self, seconds: float, warm_ms: float) -> str:
         clf, s = self.stage.classifier, self.settings
         guard = clf.guard
+        profile = next((os.environ[v] for v in PROFILE_VARIABLES if os.environ.get(v)), None)
+        profile = Path(profile).name if profile else "Fast DDS defaults"
+        signed = clf.meta.get("trust")
+        integrity = f"signed by key {signed['key_id']}" if signed else INTEGRITY_ONLY
         guard_text = (
             f"{len(guard.names)} features, {guard.quantile:.1%} of {guard.n} training crops "
             "inside" + (f", dead channels {[c for c, _ in guard.dead]}" if guard.dead else "")
@@ -165,7 +173,8 @@ class PitguardNode(Node):
             f"{'/'.join(clf.classes)}), graph {clf.graph} on {clf.provider}, threads "
             f"{s.threads or 'default'}, second look {'on' if clf.second else 'off'}; "
             f"guarantee: {describe_guarantee(clf.meta.get('guarantee'))}; input guard: "
-            f"{guard_text}; warm-up {s.warmup_crops} crops {warm_ms:.1f} ms; "
+            f"{guard_text}; integrity: {integrity}; warm-up {s.warmup_crops} crops "
+            f"{warm_ms:.1f} ms; DDS profile: {profile}; "
             f"{self.get_fully_qualified_name()}/crops and /frames -> /codes and /results"
         )
 

@@ -20,6 +20,7 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "warmup_crops": (16, "crops of the blank frame scored before ready; 0 for none"),
     "summary_period": (5.0, "seconds between /diagnostics summaries; 0 for none"),
     "window": (1000, "frames the rolling summary covers"),
+    "trust": ("", "a public key (signing.pub) or a folder of them: refuse unsigned bundles"),
 }
 
 
@@ -34,6 +35,7 @@ class NodeSettings:
     warmup_crops: int
     summary_period: float
     window: int
+    trust: str
 
 
 def read_settings(values: dict) -> NodeSettings:

@@ -14,6 +14,7 @@ proved when it is loaded (:func:`prove_graph`), from the metadata ONNX Runtime r
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -23,12 +24,18 @@ from pitguard.core.errors import PitguardError
 from pitguard.core.files import file_sha256, read_json, remembered_sha256, write_json
 from pitguard.runtime.routes import Route
 
+log = logging.getLogger(__name__)
+
 # 2: the input contract may hold a centre crop; 3: a sha256 per file; 4: unfolded normalization,
-# per-graph policies, the input guard held by every file
-BUNDLE_SCHEMA = 4
-READABLE_BUNDLE_SCHEMAS = (1, 2, 3, 4)
+# per-graph policies, the input guard held by every file; 5: every file holds the contract
+# (classes, pit and maybe indices, input preprocessing, architecture) and the schema it was
+# written for, so no field the runtime acts on rests on bundle.json's word alone
+BUNDLE_SCHEMA = 5
+READABLE_BUNDLE_SCHEMAS = (1, 2, 3, 4, 5)
 HASHED_SCHEMA = 3  # from this schema on, every file's sha256 is recorded and checked
 STAMPED_SCHEMA = 4  # from this schema on, every file holds the input guard it ships with
+CONTRACT_SCHEMA = 5  # from this schema on, every file holds the contract (contract_facts)
+CONTRACT_METADATA_KEY = "pitguard.contract"  # in safetensors metadata and ONNX metadata_props
 GUARD_METADATA_KEY = "pitguard.input_guard"  # in safetensors metadata and ONNX metadata_props
 POLICY_METADATA_KEY = "pitguard.policy"  # in ONNX metadata_props: the policy the graph holds
 # in safetensors metadata: the second look (views and policy) the weights ship with
@@ -61,6 +68,8 @@ def is_bundle(folder: str | Path) -> bool:
 def read_bundle_json(bundle: str | Path) -> dict:
     path = Path(bundle) / BUNDLE_JSON
     meta = read_json(path) if path.is_file() else None
+    if meta is not None:
+        meta.pop("trust", None)  # what open_bundle proved, never what a file says
     if meta is None:
         raise PitguardError(f"{bundle}: no bundle.json; give a folder written by pitguard export")
     if meta.get("schema_version") not in READABLE_BUNDLE_SCHEMAS:
@@ -89,15 +98,23 @@ def write_bundle_json(folder: str | Path, meta: dict) -> None:
     )
 
 
-def open_bundle(bundle: str | Path) -> dict:
+def open_bundle(bundle: str | Path, trust=None) -> dict:
     """``bundle.json`` read and proved: its files inside the bundle and unchanged since export,
     its classes, policy and input guard the ones the weights hold. Each graph is proved when it
-    is loaded (:func:`prove_graph`)."""
+    is loaded (:func:`prove_graph`).
+
+    ``trust`` (a public key file, a folder of them, or keys from
+    :func:`pitguard.runtime.trust.trusted_keys`) refuses a bundle that no trusted key signed;
+    then every file is hashed afresh, and ``meta["trust"]`` names the key that signed it
+    (None without ``trust``)."""
+    signed_by = _signed_by(bundle, trust) if trust else None
     meta = read_bundle_json(bundle)
+    meta["trust"] = signed_by
     folder = Path(bundle)
     where = folder / BUNDLE_JSON
     files = meta.get("files") or {}
     digests = meta.get("sha256") or {}
+    digest_of = file_sha256 if signed_by else remembered_sha256
     for key, name in files.items():
         if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
             raise PitguardError(
@@ -109,16 +126,29 @@ def open_bundle(bundle: str | Path) -> dict:
             raise PitguardError(
                 f"{path}: listed in {BUNDLE_JSON} ({key}) but missing; export again"
             )
-        if meta.get("schema_version", 0) >= HASHED_SCHEMA:
+        # digests that are there are checked whatever schema bundle.json states
+        if meta.get("schema_version", 0) >= HASHED_SCHEMA or digests:
             if name not in digests:
                 raise PitguardError(f"{where}: no sha256 for {name}; export the bundle again")
-            if remembered_sha256(path) != digests[name]:
+            if digest_of(path) != digests[name]:
                 raise PitguardError(
                     f"{path}: its sha256 is not the one {BUNDLE_JSON} records: the file was "
                     "changed or replaced after export; restore it or export the bundle again"
                 )
     _check_against_weights(folder, meta)
     return meta
+
+
+def _signed_by(bundle: str | Path, trust) -> dict:
+    from pitguard.runtime.trust import TrustedKey, trusted_keys, verify_bundle
+
+    keys = (
+        trust
+        if isinstance(trust, list) and all(isinstance(k, TrustedKey) for k in trust)
+        else trusted_keys(trust)
+    )
+    key = verify_bundle(bundle, keys)
+    return {"key_id": key.key_id, "key": str(key.path)}
 
 
 def _check_against_weights(folder: Path, meta: dict) -> None:
@@ -140,9 +170,62 @@ def _check_against_weights(folder: Path, meta: dict) -> None:
     if name:
         held, stamps = _held_by_weights(folder / name)
         _compare_policy(where, name, policy, held)
-        if meta.get("schema_version", 0) >= STAMPED_SCHEMA:
+        _compare_contract(where, name, meta, stamps)
+        # a file that holds a guard record is compared, whatever schema bundle.json states
+        if meta.get("schema_version", 0) >= STAMPED_SCHEMA or GUARD_METADATA_KEY in stamps:
             _compare_guard(where, name, meta.get("input_guard"), stamps.get(GUARD_METADATA_KEY))
         _compare_second_look(where, name, meta.get("second_look"), stamps, meta["files"])
+
+
+def contract_facts(meta: dict) -> dict:
+    """What every file of a bundle holds about how to use it: architecture, classes, the pit
+    and maybe outputs, the input preprocessing, and the schema it was written for."""
+    policy = meta.get("policy") or {}
+    return {
+        "schema": meta.get("schema_version", BUNDLE_SCHEMA),
+        "model_name": meta.get("model_name"),
+        "model_kwargs": meta.get("model_kwargs"),
+        "classes": list(meta.get("classes") or []),
+        "input": meta.get("input"),
+        "pit_index": policy.get("pit_index"),
+        "maybe_index": policy.get("maybe_index"),
+    }
+
+
+def contract_stamp(meta: dict) -> dict[str, str]:
+    """The metadata entry every file of a bundle holds: its contract (see contract_facts)."""
+    facts = {**contract_facts(meta), "schema": BUNDLE_SCHEMA}
+    return {CONTRACT_METADATA_KEY: json.dumps(facts, sort_keys=True)}
+
+
+def _compare_contract(where: Path, name: str, meta: dict, stamps: dict) -> None:
+    """The contract bundle.json states is the one ``name`` was written with; a schema stated
+    lower than the file's own is refused (it would switch proofs off)."""
+    stamp = stamps.get(CONTRACT_METADATA_KEY)
+    stated = meta.get("schema_version", 0)
+    if stamp is None:
+        if stated >= CONTRACT_SCHEMA:
+            raise PitguardError(f"{where}: {name} holds no contract record; export again")
+        log.warning(
+            "%s: written by an older pitguard (schema %s): its classes, input preprocessing and "
+            "architecture rest on bundle.json alone; export it again to have its files prove them",
+            where,
+            stated,
+        )
+        return
+    held = json.loads(stamp)
+    if stated < held.get("schema", 0):
+        raise PitguardError(
+            f"{where}: states schema {stated}, but {name} was written for schema "
+            f"{held['schema']}: a lowered schema would skip checks; restore bundle.json"
+        )
+    facts = {**contract_facts(meta), "schema": held.get("schema")}
+    differ = sorted(k for k in held if held[k] != facts.get(k))
+    if differ:
+        raise PitguardError(
+            f"{where}: {', '.join(differ)} differ from what {name} was exported with (edited?); "
+            "the runtime acts on them, so restore bundle.json or export again"
+        )
 
 
 def stated_policy(meta: dict, file_key: str) -> dict:
@@ -165,13 +248,14 @@ def prove_graph(bundle: str | Path, meta: dict, file_key: str, stamps: dict, dim
             f"{where}: input size {size} px, but {name} takes {dims[2]}x{dims[3]} crops; "
             "restore the input contract as exported"
         )
-    if meta.get("schema_version", 0) < STAMPED_SCHEMA:
+    if meta.get("schema_version", 0) < STAMPED_SCHEMA and POLICY_METADATA_KEY not in stamps:
         held = _held_by_old_graph(folder / name)
     else:
         if POLICY_METADATA_KEY not in stamps:
             raise PitguardError(f"{where}: {name} holds no policy record; export again")
         held = {k: np.asarray(v) for k, v in json.loads(stamps[POLICY_METADATA_KEY]).items()}
         _compare_guard(where, name, meta.get("input_guard"), stamps.get(GUARD_METADATA_KEY))
+    _compare_contract(where, name, meta, stamps)
     _compare_policy(where, name, stated_policy(meta, file_key), held)
 
 

@@ -40,6 +40,9 @@ class Classifier:
     (cuda where ONNX Runtime has a CUDA provider, else cpu), ``cpu``, ``cuda`` or ``tensorrt``,
     and a device whose provider is missing is refused, never replaced by the CPU.
 
+    ``trust`` (a public key file from ``pitguard keygen``, a folder of them, or a list) refuses
+    a bundle that no trusted key signed (:mod:`pitguard.runtime.trust`).
+
     A bundle calibrated with a second look scores the crops its first graph routes maybe again
     with its second graph, and the second's route is final (``second_look=False`` keeps the
     first graph's routes: its own certified policy, more crops to review).
@@ -52,9 +55,10 @@ class Classifier:
         device: str = "auto",
         threads: int = 0,
         second_look: bool = True,
+        trust=None,
     ):
         self.bundle = Path(bundle)
-        self.meta = open_bundle(self.bundle)
+        self.meta = open_bundle(self.bundle, trust=trust)
         if graph not in GRAPHS:
             raise PitguardError(f"graph {graph!r}: choose {', '.join(GRAPHS)}")
         backend = BACKENDS[graph]

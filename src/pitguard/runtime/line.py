@@ -77,11 +77,17 @@ class LineStage:
         threads: int = 0,
         second_look: bool = True,
         max_crops: int = MAX_CROPS,
+        trust=None,
     ):
         if max_crops < 1:
             raise PitguardError(f"max_crops {max_crops}: give 1 or more")
         self.classifier = Classifier(
-            bundle, graph=graph, device=device, threads=threads, second_look=second_look
+            bundle,
+            graph=graph,
+            device=device,
+            threads=threads,
+            second_look=second_look,
+            trust=trust,
         )
         self.max_crops = max_crops
         self.size = self.classifier.size
