@@ -192,3 +192,47 @@ def test_an_unwritable_memo_still_gives_the_digest(tmp_path, monkeypatch):
     path = tmp_path / "w.bin"
     path.write_bytes(b"y" * 10)
     assert remembered_sha256(path) == file_sha256(path)
+
+
+def _folder(path, text):
+    path.mkdir()
+    (path / "f.txt").write_text(text)
+    return path
+
+
+def test_a_folder_replaced_is_exchanged_in_one_step(tmp_path):
+    from pitguard.core.files import replace_folder
+
+    dest, new = _folder(tmp_path / "bundle", "old"), _folder(tmp_path / "new", "new")
+    old = replace_folder(new, dest)
+    assert (dest / "f.txt").read_text() == "new"
+    assert old is not None and (old / "f.txt").read_text() == "old"
+
+
+def test_without_an_exchange_a_failed_rename_puts_the_old_folder_back(tmp_path, monkeypatch):
+    import os
+
+    import pitguard.core.files as files
+
+    dest, new = _folder(tmp_path / "bundle", "old"), _folder(tmp_path / "new", "new")
+    monkeypatch.setattr(files, "_exchange", lambda a, b: False)
+    real, calls = os.replace, []
+
+    def second_fails(a, b):
+        calls.append(a)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(a, b)
+
+    monkeypatch.setattr(files.os, "replace", second_fails)
+    with pytest.raises(OSError):
+        files.replace_folder(new, dest)
+    assert (dest / "f.txt").read_text() == "old" and (new / "f.txt").read_text() == "new"
+
+
+def test_a_folder_put_where_nothing_was_needs_no_exchange(tmp_path):
+    from pitguard.core.files import replace_folder
+
+    new = _folder(tmp_path / "new", "new")
+    assert replace_folder(new, tmp_path / "bundle") is None
+    assert (tmp_path / "bundle" / "f.txt").read_text() == "new"

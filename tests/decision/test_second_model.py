@@ -161,6 +161,32 @@ def test_a_second_model_that_trained_on_the_calibration_crops_is_refused(
     assert RunPaths(run).policy.read_bytes() == before  # stopped before writing
 
 
+def test_a_second_model_trained_on_copies_of_the_calibration_crops_is_refused(
+    calibrated_run, second_run, tmp_path
+):
+    """Byte-identical copies in another folder are the same crops: the check reads contents."""
+    run = copy_run(calibrated_run, tmp_path / "run")
+    seen = copy_run(second_run, tmp_path / "seen")
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    rows = []
+    for i, row in enumerate(read_manifest(RunPaths(seen).split)):
+        copy = copies / f"{i:05d}{row.path.suffix}"
+        shutil.copyfile(row.path, copy)
+        rows.append(replace(row, path=copy, split="train" if row.split == "calib" else row.split))
+    write_manifest(RunPaths(seen).split, rows)
+    with pytest.raises(
+        PitguardError, match=r"trained on \d+ of the \d+ calibration crops \(the same"
+    ):
+        calibrate_run(
+            run,
+            max_pit_miss=SESSION_MAX_PIT_MISS,
+            confidence=SESSION_CONFIDENCE,
+            max_false_reject=0.2,
+            second_look_model=seen,
+        )
+
+
 def test_a_second_model_changed_since_calibration_is_refused(calibrated_run, second_run, tmp_path):
     run = copy_run(calibrated_run, tmp_path / "run")
     run2 = copy_run(second_run, tmp_path / "run2")

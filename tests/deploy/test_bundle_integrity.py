@@ -112,3 +112,36 @@ def test_digests_are_checked_whatever_schema_is_stated(copy):
     with pytest.raises(PitguardError, match=r"model\.onnx: its sha256 is not the one"):
         pitguard.load(copy, backend="onnx")
     assert meta["schema_version"] == 5
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        # a stronger statement written over the certified one: the counts do not support it
+        (
+            lambda m: m["guarantee"].update(max_pit_miss=0.001, confidence=0.999),
+            r"states pits routed clean <= 0\.1000% with 99\.9% confidence",
+        ),
+        (lambda m: m["guarantee"].update(confidence=0.9999), "calibration counts"),
+        (lambda m: m["calibration"].update(pit_miss_bound=0.0001), "calibration counts"),
+        (
+            lambda m: m["int8"]["guarantee"].update(max_pit_miss=0.0001),
+            r"int8\.guarantee states pits routed clean",
+        ),
+    ],
+)
+def test_a_guarantee_its_counts_do_not_certify_is_refused(copy, change, message):
+    _edit(copy, change)
+    with pytest.raises(PitguardError, match=message):
+        pitguard.load(copy, backend="onnx")
+
+
+def test_the_recorded_guarantees_are_the_ones_their_counts_certify(copy):
+    from pitguard.decision.certify import _bound
+    from pitguard.runtime.certificate import certified_bound
+
+    meta = json.loads((copy / "bundle.json").read_text())
+    cal, g = meta["calibration"], meta["guarantee"]
+    ours = certified_bound(cal["calib_pit_misses"], cal["n_pits"], g["confidence"], g["kind"])
+    theirs = _bound(cal["calib_pit_misses"], cal["n_pits"], g["confidence"], g["kind"])
+    assert abs(ours - theirs) < 1e-9 and abs(ours - cal["pit_miss_bound"]) < 1e-9

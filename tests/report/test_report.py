@@ -61,3 +61,23 @@ def test_the_pit_share_reaches_the_page_and_is_range_checked(runs, tmp_path, cap
         assert "--pit-share" in capsys.readouterr().err
     with pytest.raises(PitguardError, match="strictly between 0 and 1"):
         write_report([runs / "a"], tmp_path / "y", pit_share=1.0)
+
+
+def test_fields_and_run_names_are_escaped_and_commands_quoted(runs, tmp_path):
+    hostile = "x <img src=y onerror=alert(1)> $(touch z)"
+    run = shutil.copytree(runs / "a", tmp_path / "runs" / hostile)
+    policy = json.loads((run / "policy.json").read_text())
+    policy["calibration_data"]["n"] = "<script>alert(1)</script>"
+    (run / "policy.json").write_text(json.dumps(policy))
+    bare = tmp_path / "runs" / "b c"
+    bare.mkdir()
+    for name in ("model.json", "model.safetensors", "config.json"):
+        shutil.copy(runs / "b" / name, bare / name)
+    result = write_report([tmp_path / "runs"], tmp_path / "out")
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)" in page
+    assert "<img src=y" not in page
+    markdown = (tmp_path / "out" / "experiments.md").read_text()
+    assert "<img src=y" not in markdown and "&lt;img src=y" in markdown
+    notes = [n for r in result["runs"] for n in r["notes"]]
+    assert any(f"pitguard eval '{bare}'" in n for n in notes), notes

@@ -112,3 +112,25 @@ def test_the_names_bundles_carry_on_disk_stay_as_written():
     assert bundle.GUARD_METADATA_KEY == "pitguard.input_guard"
     assert bundle.POLICY_METADATA_KEY == "pitguard.policy"
     assert bundle.BUNDLE_JSON == "bundle.json"
+
+
+def test_many_crops_are_scored_in_chunks_alike(made, expected, monkeypatch):
+    import pitguard.runtime.classifier as classifier_module
+
+    clf = Classifier(made / "bundle", device="cpu")
+    whole = clf.classify(expected["crops"])
+    seen: list[int] = []
+    real = clf.session.run
+
+    def counting(names, feeds):
+        seen.append(len(feeds["crops"]))
+        return real(names, feeds)
+
+    monkeypatch.setattr(classifier_module, "CHUNK", 16)
+    monkeypatch.setattr(clf.session, "run", counting, raising=False)
+    chunked = clf.classify(expected["crops"])
+    assert max(seen) <= 16 and sum(seen) == len(expected["crops"])
+    assert list(chunked.routes) == list(whole.routes)
+    assert np.array_equal(chunked.p_pit, whole.p_pit) and list(chunked.reasons) == list(
+        whole.reasons
+    )

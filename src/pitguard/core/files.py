@@ -39,12 +39,64 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         if tmp.is_file():  # some writers (safetensors) create 0600 files: a service user must read
             os.chmod(tmp, 0o666 & ~_UMASK)
-        _fsync_tree(tmp)  # the data reaches the disk before the name points at it
+        fsync_tree(tmp)  # the data reaches the disk before the name points at it
         os.replace(tmp, path)
         _fsync(path.parent)
     except BaseException:
         _remove(tmp)
         raise
+
+
+def replace_folder(new: Path, dest: Path) -> Path | None:
+    """Put the folder ``new`` at ``dest`` in one step: the folder that was at ``dest`` is
+    exchanged with it (Linux renameat2, RENAME_EXCHANGE), so ``dest`` holds the old folder or
+    the new one at every instant, whatever signal or crash comes. Returns where the old folder
+    now is (for the caller to remove), None where ``dest`` held nothing. Where the exchange is
+    not supported, the old folder is moved aside and the new one renamed in with SIGINT and
+    SIGTERM held, and the old one is put back if the second rename fails."""
+    if not dest.exists():
+        os.replace(new, dest)
+        return None
+    if _exchange(new, dest):
+        return new
+    old = dest.with_name(f".{dest.name}.replaced{os.getpid()}")
+    with _signals_held():
+        os.replace(dest, old)
+        try:
+            os.replace(new, dest)
+        except BaseException:
+            os.replace(old, dest)
+            raise
+    return old
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    done = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return done == 0
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    import signal
+
+    held = {signal.SIGINT, signal.SIGTERM}
+    try:
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def clear_stale_temps(folder: str | Path) -> list[Path]:
@@ -86,7 +138,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_tree(path: Path) -> None:
+def fsync_tree(path: Path) -> None:
     if path.is_dir():
         for child in path.rglob("*"):
             if child.is_file():

@@ -52,7 +52,12 @@ from pitguard.decision.certify import (
 from pitguard.decision.review_cost import REFERENCE
 from pitguard.evaluate.oof import read_oof
 from pitguard.models.runfolder import RunModel, RunPaths, load_part, load_run, view_logits
-from pitguard.models.second_stage import check_second_model, crop_keys, refuse_seen
+from pitguard.models.second_stage import (
+    check_second_model,
+    crop_contents,
+    crop_keys,
+    refuse_seen,
+)
 from pitguard.models.views import SECOND_LOOKS
 from pitguard.runtime.policy import DecisionPolicy, Route, route
 
@@ -289,6 +294,6 @@ def second_look_logits(
         return oof_view_logits(run.run, read_oof(run.run).paths, views, source)
     ev = load_part(run, data, part or ("calib" if data is None else None))
     if run2 is not None:
-        refuse_seen(run2, crop_keys(ev), "calibration crops")
+        refuse_seen(run2, crop_contents(ev), "calibration crops")
     net = run2.net if run2 is not None else run.net
     return view_logits(net, ev.crops.images, views).double().numpy()

@@ -18,7 +18,6 @@ bundle is written:
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict
@@ -29,7 +28,13 @@ import torch
 
 from pitguard import __version__
 from pitguard.core.errors import PitguardError
-from pitguard.core.files import atomic_path, file_sha256, read_json
+from pitguard.core.files import (
+    file_sha256,
+    fsync_tree,
+    read_json,
+    replace_folder,
+    temp_name,
+)
 from pitguard.decision.certify import choose_thresholds
 from pitguard.deploy.bundle import DeployModule, sanitize_denormals, save_weights
 from pitguard.deploy.export_cascade import (
@@ -258,23 +263,26 @@ def _write_files(
 
 
 def _write_bundle(out: Path, write: Callable[[Path], None]) -> None:
-    """The bundle ``write`` makes in a new folder, put at ``out`` once complete; the bundle
-    ``--force`` replaces is moved aside only at that last step."""
-    old = out.with_name(f".{out.name}.replaced{os.getpid()}")
+    """The bundle ``write`` makes in a new folder, put at ``out`` once complete and synced;
+    the bundle ``--force`` replaces is exchanged with it in one step (``replace_folder``), so
+    a signal at any moment leaves the old bundle or the new one at ``out``, never neither."""
+    tmp = temp_name(out)
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process with the same pid
+    old = None
     try:
-        with atomic_path(out) as tmp:
-            tmp.mkdir()
-            write(tmp)
-            if out.exists():
-                if any(out.iterdir()):
-                    os.replace(out, old)
-                else:
-                    out.rmdir()  # an empty folder given as --out
+        tmp.mkdir(parents=True)
+        write(tmp)
+        fsync_tree(tmp)
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # an empty folder given as --out
+        old = replace_folder(tmp, out)
     except OSError as err:
         if err.filename is None:  # a full disk reports no path: name the bundle being written
             raise OSError(err.errno, err.strerror or str(err), str(out)) from err
         raise
-    if old.exists():
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the new one on failure, the old one on success
+    if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 

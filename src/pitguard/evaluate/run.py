@@ -37,7 +37,7 @@ from pitguard.models.runfolder import (
 )
 from pitguard.models.second_stage import (
     check_second_model,
-    crop_keys,
+    crop_contents,
     load_second_model,
     refuse_seen,
 )
@@ -182,7 +182,7 @@ def _second_net(run: RunModel, look: dict, ev: EvalData) -> torch.nn.Module:
     if run2 is None:
         return run.net
     check_second_model(run, run2)
-    refuse_seen(run2, crop_keys(ev), "crops evaluated")
+    refuse_seen(run2, crop_contents(ev), "crops evaluated")
     return run2.net
 
 

@@ -24,6 +24,21 @@ def crop_keys(ev: EvalData) -> list[str]:
     return [os.path.realpath(root / p) for p in ev.crops.paths]
 
 
+def crop_contents(ev: EvalData) -> list[str]:
+    """The sha256 of each of ``ev``'s crop files: the same crop copied to another folder, or
+    reached by another split, is the same crop."""
+    root = Path(ev.source).parent if Path(ev.source).is_file() else Path(ev.source)
+    return [content_key(root / p) for p in ev.crops.paths]
+
+
+def content_key(path: str | Path) -> str:
+    """A crop file's identity by content (its path where it cannot be read)."""
+    try:
+        return "sha256:" + file_sha256(path)
+    except OSError:
+        return "path:" + os.path.realpath(path)
+
+
 def second_model_facts(run2: RunModel) -> dict:
     """What ``policy.json`` records of the run whose model is the second stage."""
     return {
@@ -49,8 +64,9 @@ def check_second_model(run: RunModel, run2: RunModel) -> None:
 
 
 def refuse_seen(run2: RunModel, keys: list[str], what: str) -> None:
-    """Refuse a second stage that trained on (or chose its epoch on) any of the crops ``keys``:
-    its scores of them would be too confident and the bounds would not hold."""
+    """Refuse a second stage that trained on (or chose its epoch on) any of the crops whose
+    contents are ``keys`` (:func:`crop_contents`), wherever its copies lie: its scores of them
+    would be too confident and the bounds would not hold."""
     parts = split_parts(run2.run)
     if parts is None:
         raise PitguardError(
@@ -58,11 +74,12 @@ def refuse_seen(run2: RunModel, keys: list[str], what: str) -> None:
             "must be trained by pitguard train on the first stage's split (give its split.csv "
             "as --data)"
         )
-    seen = {os.path.realpath(path) for path, part in parts if part in SEEN_PARTS}
+    seen = {content_key(path) for path, part in parts if part in SEEN_PARTS}
     hits = [k for k in keys if k in seen]
     if hits:
         raise PitguardError(
-            f"{run2.run}: trained on {len(hits)} of the {len(keys)} {what} (first: {hits[0]}); "
+            f"{run2.run}: trained on {len(hits)} of the {len(keys)} {what} (the same bytes, "
+            f"wherever they lie; first: {hits[0]}); "
             "a second stage scores only crops it never trained on: train it on the first "
             "stage's split (give RUN/split.csv as --data, with the same --folds for a cross-fit)"
         )

@@ -7,6 +7,7 @@ nothing is re-measured (the paired comparison with a baseline is ``report.baseli
 from __future__ import annotations
 
 import math
+import shlex
 from pathlib import Path
 
 from pitguard.core.files import file_sha256, read_json
@@ -209,11 +210,11 @@ def run_record(run: Path, name: str, pit_share: float | None = None) -> dict:
         }
     else:
         rec["notes"].append(
-            f"no training curves: {paths.curves.name} is written by pitguard train --out {run}"
+            f"no training curves: {paths.curves.name} is written by pitguard train --out {_q(run)}"
         )
     policy = read_json(paths.policy)
     own_data = _own_source(run, config) is not None
-    eval_hint = f"pitguard eval {run}" + ("" if own_data else " --data DIR")
+    eval_hint = f"pitguard eval {_q(run)}" + ("" if own_data else " --data DIR")
     metrics_path, metrics, tier = _pick_eval(run, config)
     if metrics is None or metrics_path is None:
         rec["notes"].append(f"no test metrics: run {eval_hint}")
@@ -227,7 +228,7 @@ def run_record(run: Path, name: str, pit_share: float | None = None) -> dict:
         rec["notes"] += _stale_notes(run, metrics_path, metrics, policy)
     if policy is None:
         rec["notes"].append(
-            f"not calibrated: run pitguard calibrate {run}"
+            f"not calibrated: run pitguard calibrate {_q(run)}"
             + ("" if own_data else " --data CALIB_DIR")
             + " --max-pit-miss 0.01 --confidence 0.95"
         )
@@ -293,7 +294,7 @@ def _stale_notes(
     """Notes on test results measured on other weights or under another policy than now."""
     paths = RunPaths(run)
     weights, file = paths.weights, str(metrics_path.relative_to(run))
-    again = f"run pitguard eval {run} again"
+    again = f"run pitguard eval {_q(run)} again"
     evaluated = metrics_path.stat().st_mtime + STALE_SLACK_S
     notes = []
     measured_on = metrics.model_sha256
@@ -304,7 +305,7 @@ def _stale_notes(
     if metrics.policy is None:
         if policy:
             notes.append(
-                f"calibrated after the last test evaluation: run pitguard eval {run} "
+                f"calibrated after the last test evaluation: run pitguard eval {_q(run)} "
                 "to measure pit-miss and maybe rates on test"
             )
         return notes
@@ -367,8 +368,8 @@ def _add_latency(rec: dict, run: Path) -> None:
     paths = RunPaths(run)
     bench = read_json(paths.bench)
     bench_hint = (
-        f"pitguard export {run} --out bundles/{run.name} --onnx, then "
-        f"pitguard bench bundles/{run.name} --json {paths.bench}"
+        f"pitguard export {_q(run)} --out {_q(f'bundles/{run.name}')} --onnx, then "
+        f"pitguard bench {_q(f'bundles/{run.name}')} --json {_q(paths.bench)}"
     )
     if bench is None:
         rec["notes"].append(f"no CPU latency: run {bench_hint}")
@@ -376,3 +377,8 @@ def _add_latency(rec: dict, run: Path) -> None:
     rec["latency_cpu"] = pick_latency(BenchResult.from_dict(bench), run.name)
     if rec["latency_cpu"] is None:
         rec["notes"].append(f"{paths.bench.name} holds no CPU results: run {bench_hint}")
+
+
+def _q(path) -> str:
+    """A path as a shell reads it back (spaces, quotes and $ in run names included)."""
+    return shlex.quote(str(path))

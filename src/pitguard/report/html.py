@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import re
+import shlex
 from pathlib import Path
 
 from pitguard.models.runfolder import BENCH_FILE
@@ -35,7 +36,7 @@ _FIGURES = [
 
 _MISSING_FIGURE = {
     "training_curves": "written by pitguard train",
-    "confusion_matrix": "run pitguard eval {run}",
+    "confusion_matrix": "run pitguard eval {run}",  # {run} is shell-quoted where filled
     "roc_pr": "run pitguard eval {run}",
     "reliability": "run pitguard calibrate {run}",
     "operating_curve": "run pitguard calibrate {run}",
@@ -157,8 +158,8 @@ def _operating_table_html(rec: dict) -> str | None:
     scores = "out-of-fold scores" if cal.get("mode") == "oof" else "calibration crops"
     caption = (
         f"share of crops sent to review at each certified point, on the run's {scores} "
-        f"({_esc(str(cal.get('data')))}, n={cal.get('n')}"
-        + (f", {100 * conf:g}% confidence" if conf else "")
+        f"({_esc(str(cal.get('data')))}, n={_esc(cal.get('n'))}"
+        + (f", {100 * conf:g}% confidence" if isinstance(conf, int | float) else "")
         + "); n/a: too few pits for that bound"
     )
     return (
@@ -173,7 +174,9 @@ def _figures(rec: dict, run: Path) -> tuple[list[str], list[str]]:
     for key, title in _FIGURES:
         info = rec["figures"].get(key)
         if info is None:
-            missing.append(f"{title}: n/a ({_MISSING_FIGURE[key].format(run=run)})")
+            missing.append(
+                f"{title}: n/a ({_MISSING_FIGURE[key].format(run=shlex.quote(str(run)))})"
+            )
             continue
         measured = f"{info['data']}" + (f", n={info['n']}" if info.get("n") is not None else "")
         if key == "most_wrong":
@@ -230,7 +233,7 @@ def _label_review(run: Path, top: int = 16) -> str | None:
     caption = (
         f"{len(suspects)} of {len(oof.paths)} crops contradict their label out of fold ({by}); "
         f"the {len(crops)} most contradicted, each titled with its label and what the fold "
-        f"models say; review and relabel them with pitguard data review {run} --out DIR"
+        f"models say; review and relabel them with pitguard data review {shlex.quote(str(run))} --out DIR"
     )
     if not crops:
         return f"<p>label review: no crop of the {len(oof.paths)} contradicts its label.</p>"

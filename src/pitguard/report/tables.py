@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 from pitguard.core.fmt import pct, pct_ci
 
 COLUMNS = [
@@ -82,11 +84,16 @@ def format_markdown(records: list[dict]) -> str:
     """The experiments table in Markdown, one row per run, then the notes."""
 
     def row(cells):
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+        return "| " + " | ".join(_md(c).replace("|", "\\|") for c in cells) + " |"
 
     lines = [row(COLUMNS), "|" + "|".join("---" for _ in COLUMNS) + "|"]
     lines += [row(table_cells(rec)) for rec in records]
-    notes = [f"- {rec['run']}: {note}" for rec in records for note in rec["notes"]]
+    notes = [f"- {_md(rec['run'])}: {_md(note)}" for rec in records for note in rec["notes"]]
     if notes:
         lines += ["", "n/a and notes:", *notes]
     return "\n".join(lines)
+
+
+def _md(text) -> str:
+    """Text as Markdown shows it, never as HTML it would run (a run named <script> included)."""
+    return html.escape(str(text), quote=False)

@@ -22,6 +22,7 @@ import numpy as np
 
 from pitguard.core.errors import PitguardError
 from pitguard.core.files import file_sha256, read_json, remembered_sha256, write_json
+from pitguard.runtime.certificate import prove_guarantee
 from pitguard.runtime.routes import Route
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,18 @@ def open_bundle(bundle: str | Path, trust=None) -> dict:
                     "changed or replaced after export; restore it or export the bundle again"
                 )
     _check_against_weights(folder, meta)
+    _prove_guarantees(where, meta)
     return meta
+
+
+def _prove_guarantees(where: Path, meta: dict) -> None:
+    """Each stated guarantee (the run's, an INT8 or FP16 graph's own) is what its recorded
+    counts certify."""
+    stated = meta.get("guarantee") or {}
+    prove_guarantee(where, "guarantee", stated, meta.get("calibration"))
+    for key in ("int8", "fp16"):
+        own = (meta.get(key) or {}).get("guarantee") or {}
+        prove_guarantee(where, f"{key}.guarantee", {**stated, **own}, own)
 
 
 def _signed_by(bundle: str | Path, trust) -> dict:

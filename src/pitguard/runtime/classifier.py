@@ -15,6 +15,7 @@ from pitguard.runtime.guard import InputGuard
 from pitguard.runtime.routes import ROUTES, Route
 
 GRAPHS = tuple(name for name, b in BACKENDS.items() if b.runtime == "onnx")
+CHUNK = 256  # crops scored at once: about 0.2 GB of inputs and activations at 128 px
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,14 @@ class Classifier:
         return f"Classifier({str(self.bundle)!r}, graph={self.graph!r}, provider={self.provider!r})"
 
     def classify(self, crops: np.ndarray) -> Classification:
-        """Routes, calibrated p(pit), argmax labels and the guard's reasons for ``crops``."""
+        """Routes, calibrated p(pit), argmax labels and the guard's reasons for ``crops``,
+        scored ``CHUNK`` crops at a time so memory stays bounded for any number of crops."""
+        if isinstance(crops, np.ndarray) and crops.ndim == 4 and len(crops) > CHUNK:
+            parts = [self._classify(crops[i : i + CHUNK]) for i in range(0, len(crops), CHUNK)]
+            return _joined(parts)
+        return self._classify(crops)
+
+    def _classify(self, crops: np.ndarray) -> Classification:
         x, as_uint8_scale = self._input(crops)
         logits, p_pit, route_ids = self.session.run(None, {INPUT_NAME: x})
         looked = None
@@ -149,6 +157,18 @@ class Classifier:
                 f"values {seen}{bad}; divide uint8 images by 255"
             )
         return x.astype(self.input_dtype, copy=False), x * np.float32(255)
+
+
+def _joined(parts: list[Classification]) -> Classification:
+    looks = [p.second_look for p in parts]
+    return Classification(
+        routes=np.concatenate([p.routes for p in parts]),
+        p_pit=np.concatenate([p.p_pit for p in parts]),
+        labels=np.concatenate([p.labels for p in parts]),
+        reasons=np.concatenate([p.reasons for p in parts]),
+        logits=np.concatenate([p.logits for p in parts]),
+        second_look=None if looks[0] is None else np.concatenate(looks),
+    )
 
 
 __all__ = ["PROVIDERS", "Classification", "Classifier"]
