@@ -151,6 +151,29 @@ def latency_table(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def ros_table(doc: dict) -> str:
+    """pitguard-node over DDS against the stage in-process (benchmarks/ros_latency.py)."""
+    lines = [
+        f"CPU: {doc['cpu']}, {doc['cores']} cores; node and client on {doc['threads']} ONNX "
+        f"Runtime threads and the same cores; rclpy {doc['rclpy']}; {doc['frames']} frames of "
+        f"the {doc['frame_source']} a figure; DDS profile: {doc.get('dds_profile', 'defaults')}.",
+        "",
+        "| bundle | crops | over DDS, ms p50 / p90 | in-process, ms p50 / p90 | DDS overhead "
+        "(p50) | start to ready, s (hashed / remembered) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in doc["bundles"]:
+        starts = " / ".join(f"{s['to_ready_s']:.2f}" for s in row["starts"])
+        for n in sorted(int(k.split("_")[-1]) for k in row if k.startswith("dds_")):
+            d, i = row[f"dds_{n}"], row[f"in_process_{n}"]
+            lines.append(
+                f"| {row['bundle']} | {n} | {d['p50_ms']:.1f} / {d['p90_ms']:.1f} | "
+                f"{i['p50_ms']:.1f} / {i['p90_ms']:.1f} | {100 * row[f'overhead_{n}']:+.0f}% | "
+                f"{starts} |"
+            )
+    return "\n".join(lines)
+
+
 def parity_table(doc: dict) -> str:
     lines = [
         f"Run `{doc['run']}`, bundle `{doc['bundle']}`, on {doc['data']} (n={doc['n']:,}).",
@@ -304,6 +327,8 @@ def render_page(docs: dict[str, dict]) -> str:
             out += [f"## Latency of the deployed decision (`{name}`)", "", bench_table(doc), ""]
         elif "rows" in doc and "cpu" in doc:
             out += [f"## Runtime latency (`{name}`)", "", latency_table(doc), ""]
+        elif "bundles" in doc and "frames" in doc:
+            out += [f"## pitguard-node over DDS (`{name}`)", "", ros_table(doc), ""]
         elif "graphs" in doc:
             out += [f"## Bundle parity (`{name}`)", "", parity_table(doc), ""]
     if coverage:

@@ -94,6 +94,14 @@ def time_over_dds(n: int, frames: int) -> dict:
     return percentiles(ms)
 
 
+def dds_profile() -> str:
+    """The Fast DDS profile the node and the client ran with (pitguard's, unless one was set)."""
+    from pitguard.ros.transport import PROFILE_VARIABLES
+
+    given = next((os.environ[v] for v in PROFILE_VARIABLES if os.environ.get(v)), None)
+    return Path(given).name if given else "Fast DDS defaults"
+
+
 def ready_seconds(log: Path) -> float:
     found = re.search(r"ready in ([0-9.]+) s", log.read_text())
     return float(found.group(1)) if found else float("nan")
@@ -152,6 +160,7 @@ def main() -> None:
         "frames": args.frames,
         "rclpy": rclpy_version,
         "frame_source": "line sample" if LINE_SAMPLE.is_file() else "random",
+        "dds_profile": dds_profile(),
         "bundles": rows,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -236,3 +236,25 @@ def test_a_folder_put_where_nothing_was_needs_no_exchange(tmp_path):
     new = _folder(tmp_path / "new", "new")
     assert replace_folder(new, tmp_path / "bundle") is None
     assert (tmp_path / "bundle" / "f.txt").read_text() == "new"
+
+
+def test_a_folder_and_a_file_are_committed_together_or_not_at_all(tmp_path, monkeypatch):
+    import pitguard.core.files as files
+
+    dest = _folder(tmp_path / "calibration", "old report")
+    policy = tmp_path / "policy.json"
+    policy.write_text("old policy")
+    files.commit_together(_folder(tmp_path / "new", "new report"), dest, policy, "new policy")
+    assert (dest / "f.txt").read_text() == "new report" and policy.read_text() == "new policy"
+    real = os.replace
+
+    def file_rename_fails(a, b):
+        if str(b) == str(policy):
+            raise OSError(28, "No space left on device")
+        real(a, b)
+
+    monkeypatch.setattr(files.os, "replace", file_rename_fails)
+    with pytest.raises(OSError):
+        files.commit_together(_folder(tmp_path / "newer", "newer report"), dest, policy, "x")
+    assert (dest / "f.txt").read_text() == "new report" and policy.read_text() == "new policy"
+    assert not list(tmp_path.glob(".policy.json.tmp*"))

@@ -145,3 +145,19 @@ def test_the_recorded_guarantees_are_the_ones_their_counts_certify(copy):
     ours = certified_bound(cal["calib_pit_misses"], cal["n_pits"], g["confidence"], g["kind"])
     theirs = _bound(cal["calib_pit_misses"], cal["n_pits"], g["confidence"], g["kind"])
     assert abs(ours - theirs) < 1e-9 and abs(ours - cal["pit_miss_bound"]) < 1e-9
+
+
+def test_a_damaged_weights_file_with_its_digest_rewritten_names_itself(copy):
+    from pitguard.core.files import file_sha256
+
+    weights = copy / "model.safetensors"
+    weights.write_bytes(b"\xff" * 64 + weights.read_bytes()[64:])  # the header destroyed
+    _edit(copy, lambda m: m["sha256"].update({"model.safetensors": file_sha256(weights)}))
+    with pytest.raises(PitguardError, match=r"model\.safetensors: not a readable safetensors"):
+        pitguard.load(copy, backend="onnx")
+
+
+def test_an_absurdly_deep_bundle_json_names_itself(copy):
+    (copy / "bundle.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(PitguardError, match=r"bundle\.json: unreadable JSON"):
+        pitguard.load(copy)

@@ -20,6 +20,7 @@ def test_bundle_with_onnx_and_int8_passes_gates(calibrated_run, bundle):
         "weights": "model.safetensors",
         "onnx": "model.onnx",
         "onnx_int8": "model.int8.onnx",
+        "checks": "checks.npz",
     }
     # the data normalization stays the graph's first step, as the calibrated model computes it
     assert meta["input"]["mean"] == list(load_run(calibrated_run).net.contract.mean)
@@ -228,3 +229,18 @@ def test_a_key_that_cannot_sign_stops_export_before_any_work(calibrated_run, tmp
     with pytest.raises(PitguardError, match=r"signing\.key: not a readable private key"):
         export_run(calibrated_run, tmp_path / "b", onnx=True, sign=bad)
     assert not (tmp_path / "b").exists()
+
+
+def test_a_failed_forced_export_leaves_the_old_bundle_whole(calibrated_run, tmp_path, monkeypatch):
+    out = tmp_path / "bundle"
+    export_run(calibrated_run, out, onnx=True)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt  # what SIGINT raises half-way through writing the new bundle
+
+    monkeypatch.setattr(export_mod, "write_check_crops", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_run(calibrated_run, out, onnx=True, replace=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no temporary left

@@ -291,3 +291,88 @@ def test_a_connection_that_sends_its_headers_too_slowly_is_closed(bundle, tmp_pa
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _start_server(bundle, tmp_path, *flags):
+    import os
+    import subprocess
+    import sys
+
+    from tests.deploy.test_serve import _free_port, _wait_healthy
+
+    port = _free_port()
+    log = tmp_path / "server.log"
+    cmd = [sys.executable, "-m", "pitguard.cli", "serve", str(bundle), "--port", str(port)]
+    with log.open("w") as fh:
+        proc = subprocess.Popen([*cmd, *flags], stdout=fh, stderr=subprocess.STDOUT, env=os.environ)
+    _wait_healthy(f"http://127.0.0.1:{port}", proc, log)
+    return proc, port, log
+
+
+def _stalled_upload(port: int, sent: bytes = b""):
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    sock.sendall(
+        b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
+        b"Content-Length: 100000\r\n\r\n" + sent
+    )
+    return sock
+
+
+@pytest.mark.slow
+def test_stalled_and_trickling_uploads_hold_no_model_slot(bundle, png, tmp_path):
+    """Eight uploads that send their headers and then nothing (or a byte now and then) leave
+    the good clients answered, and are themselves ended with 408 once too slow."""
+    proc, port, log = _start_server(
+        bundle, tmp_path, "--max-in-flight", "4", "--body-timeout", "3", "--min-body-rate", "1"
+    )
+    try:
+        stalled = [_stalled_upload(port) for _ in range(6)]
+        trickling = [_stalled_upload(port, b"\x93") for _ in range(2)]
+        time.sleep(0.5)
+        url = f"http://127.0.0.1:{port}/v1/classify"
+        with httpx.Client(timeout=10) as client:
+            answers = [client.post(url, files=_files(png)).status_code for _ in range(8)]
+        assert answers == [200] * 8
+        for sock in trickling:
+            sock.sendall(b"N")  # a byte, far below the rate
+        started = time.monotonic()
+        for sock in stalled + trickling:
+            answer = sock.recv(4096)
+            while answer and not answer.endswith(b"}"):  # the JSON may come in a second packet
+                more = sock.recv(4096)
+                if not more:
+                    break
+                answer += more
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+            assert b"request body too slow" in answer
+            sock.close()
+        assert time.monotonic() - started < 10
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert 'pitguard_errors_total{reason="too_slow"} 8' in metrics
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.slow
+def test_a_client_gone_mid_upload_is_logged_as_gone_not_a_failure(bundle, tmp_path):
+    proc, port, log = _start_server(bundle, tmp_path)
+    try:
+        sock = _stalled_upload(port, b"\x93NUMPY")
+        time.sleep(0.3)
+        sock.close()
+        deadline = time.monotonic() + 10
+        metrics = ""
+        while time.monotonic() < deadline and 'reason="client_gone"' not in metrics:
+            time.sleep(0.2)
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert 'pitguard_errors_total{reason="client_gone"} 1' in metrics
+        assert 'reason="internal"' not in metrics
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    text = log.read_text()
+    assert "Traceback" not in text and "went away after" in text

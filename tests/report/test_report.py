@@ -81,3 +81,17 @@ def test_fields_and_run_names_are_escaped_and_commands_quoted(runs, tmp_path):
     assert "<img src=y" not in markdown and "&lt;img src=y" in markdown
     notes = [n for r in result["runs"] for n in r["notes"]]
     assert any(f"pitguard eval '{bare}'" in n for n in notes), notes
+
+
+def test_a_corrupt_run_is_listed_and_skipped_not_fatal(runs, tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(runs / "a", root / "a")
+    broken = shutil.copytree(runs / "a", root / "broken")
+    (broken / "policy.json").write_text('{"policy": ')
+    result = write_report([root], tmp_path / "out")
+    assert [r["run"] for r in result["runs"]] == ["a"]
+    assert len(result["skipped"]) == 1 and "broken" in result["skipped"][0]
+    assert "unreadable JSON" in result["skipped"][0]
+    assert "Not read:" in (tmp_path / "out" / "experiments.md").read_text()
+    with pytest.raises(PitguardError, match=r"the baseline .*broken cannot be read"):
+        write_report([root], tmp_path / "out2", baseline=broken)

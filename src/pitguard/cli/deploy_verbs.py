@@ -25,6 +25,7 @@ from pitguard.cli.serve_verbs import (
     review_queue,
     serving_backends,
 )
+from pitguard.core.errors import PitguardError
 from pitguard.runtime.backends import BACKENDS  # no torch: help stays light
 from pitguard.runtime.trust import INTEGRITY_ONLY
 
@@ -342,9 +343,56 @@ def add_keygen(sub: Verbs) -> None:
     p.add_argument("--out", required=True, help="folder for signing.key and signing.pub")
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from pitguard.runtime.bundle import read_bundle_json
+    from pitguard.runtime.classifier import GRAPHS, Classifier
+
+    files = read_bundle_json(args.bundle).get("files") or {}
+    graphs = (
+        [g for g in GRAPHS if BACKENDS[g].file_key in files]
+        if args.graph == "all"
+        else [args.graph]
+    )
+    if not graphs:
+        raise PitguardError(f"{args.bundle}: has no ONNX graph to verify; export it with --onnx")
+    for graph in graphs:
+        clf = Classifier(
+            args.bundle, graph, args.device, args.threads, trust=args.trust, verify=True
+        )
+        if clf.check is None:
+            raise PitguardError(
+                f"{args.bundle}: holds no check crops (exported by an older pitguard); export "
+                "it again to have it prove itself here"
+            )
+        print(f"{graph}: passed, {clf.check.line()}")
+    return 0
+
+
+def add_verify(sub: Verbs) -> None:
+    p = verb(
+        sub,
+        "verify",
+        "Score a bundle's check crops on this machine: exit 2 if a graph routes them otherwise than at export.",
+        [
+            "pitguard verify bundles/cpu-fast",
+            "pitguard verify bundles/cpu-fast --graph onnx-int8 --threads 2",
+            "pitguard verify bundles/line --device cuda --trust keys/signing.pub",
+        ],
+        cmd_verify,
+    )
+    p.add_argument("bundle", help="bundle folder")
+    p.add_argument(
+        "--graph", default="all", help="onnx, onnx-int8, onnx-fp16 or all (default: every graph)"
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda or tensorrt (default cpu)")
+    p.add_argument("--threads", type=THREADS, default=0, help="CPU threads (default: all cores)")
+    add_trust_arg(p)
+
+
 def add_verbs(sub: Verbs) -> None:
     add_keygen(sub)
     add_export(sub)
+    add_verify(sub)
     add_predict(sub)
     add_serve(sub)
     add_bench(sub)

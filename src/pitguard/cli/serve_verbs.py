@@ -76,6 +76,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         header_timeout=args.header_timeout,
         max_crops=args.max_crops,
         max_request_bytes=int(args.max_request_mb * 2**20),
+        max_reading=args.max_reading,
+        body_timeout=args.body_timeout,
+        min_body_rate=args.min_body_rate * 1024,
         token=_read_token(args.token_file),
         docs=args.docs,
         trust=args.trust,
@@ -199,4 +202,23 @@ def _add_limits(p) -> None:
         type=number(float, 0, low_open=True, hint="a positive size in MiB"),
         default=8.0,
         help="largest request body in MiB (default 8: 128 .npy crops of 128 px)",
+    )
+    p.add_argument(
+        "--max-reading",
+        type=COUNT,
+        default=None,
+        help="request bodies read at once, outside --max-in-flight so uploads that stall hold "
+        "no model slot; more get 503 (default 4 x --max-in-flight)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=number(float, 0, low_open=True, hint="a positive number of seconds"),
+        default=30.0,
+        help="seconds a request's whole body may take; slower gets 408 (default 30)",
+    )
+    p.add_argument(
+        "--min-body-rate",
+        type=number(float, 0, hint="0 or more KiB/s"),
+        default=16.0,
+        help="KiB/s a body must keep up after its first second; slower gets 408 (default 16)",
     )

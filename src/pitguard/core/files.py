@@ -70,6 +70,33 @@ def replace_folder(new: Path, dest: Path) -> Path | None:
     return old
 
 
+def commit_together(folder: Path, folder_dest: Path, file_dest: Path, text: str) -> None:
+    """Put the finished ``folder`` at ``folder_dest`` and ``text`` in ``file_dest`` as one
+    change: everything is written and synced first, then the two renames run with SIGINT and
+    SIGTERM held, so a signal leaves the old pair or the new pair, never one of each."""
+    tmp = temp_name(file_dest)
+    try:
+        with naming_errors(file_dest):
+            tmp.write_text(text)
+            os.chmod(tmp, 0o666 & ~_UMASK)
+            _fsync(tmp)
+        fsync_tree(folder)
+        with _signals_held():
+            old = replace_folder(folder, folder_dest)
+            try:
+                os.replace(tmp, file_dest)
+            except OSError:
+                if old is not None:  # the old pair back together
+                    replace_folder(old, folder_dest)
+                    old = None
+                raise
+        _fsync(file_dest.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _exchange(a: Path, b: Path) -> bool:
     import ctypes
 
@@ -298,7 +325,7 @@ def read_json(path: str | Path) -> dict | None:
         return None
     try:
         value = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise PitguardError(
             f"{path}: unreadable JSON ({exc}); rerun the step that wrote it"
         ) from exc

@@ -16,8 +16,10 @@ Two sources of scores, two guarantees:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from scipy import optimize, special
 from scipy.special import softmax
 
 from pitguard.core.errors import PitguardError
-from pitguard.core.files import file_sha256, write_json
+from pitguard.core.files import commit_together, file_sha256, temp_name, write_json
 from pitguard.decision.cascade import (
     second_look_logits,
     second_look_record,
@@ -169,7 +171,6 @@ def calibrate_run(
     paths = RunPaths(run.run)
     out = paths.calibration
     curve = operating_curve(p_pit, is_pit, confidence)
-    _plot(curve, chosen, probs_before, probs_after, labels, out)
     stated = {"max_pit_miss": max_pit_miss, "confidence": confidence}
     bound = _guarantee(mode, guarantee, **stated, max_false_reject=max_false_reject)
     record: dict = {
@@ -193,8 +194,16 @@ def calibrate_run(
     if look is not None:
         logits2 = second_look_logits(run, mode, data, part, *look)
         _add_second_look(record, look, p_pit, logits, logits2, labels, policy, bound)
-    write_json(out / CALIB_REPORT, {**record, "operating_curve": curve, "operating_table": table})
-    write_json(paths.policy, record)
+    staged = temp_name(out)  # the new report and plots, put in place with policy.json at once
+    shutil.rmtree(staged, ignore_errors=True)
+    try:
+        staged.mkdir(parents=True)
+        _plot(curve, chosen, probs_before, probs_after, labels, staged)
+        report = {**record, "operating_curve": curve, "operating_table": table}
+        write_json(staged / CALIB_REPORT, report)
+        commit_together(staged, out, paths.policy, json.dumps(record, indent=2) + "\n")
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
     return {**record, "operating_table": table}
 
 

@@ -35,12 +35,12 @@ from pitguard.deploy.timing import (
 )
 from pitguard.runtime.backends import BACKENDS
 from pitguard.runtime.bundle import (
-    contract_stamp,
     guard_stamp,
     is_bundle,
     read_bundle_json,
     write_bundle_json,
 )
+from pitguard.runtime.contract import contract_stamp
 from pitguard.runtime.policy import DecisionPolicy
 
 _log = logging.getLogger(__name__)

@@ -6,14 +6,18 @@ weights file, and the eager module rebuilt from a bundle. ``bundle.json`` itself
 from __future__ import annotations
 
 import errno
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from pitguard.core.errors import PitguardError
+from pitguard.core.files import fsync_tree, replace_folder, temp_name
 from pitguard.runtime.backends import WEIGHTS_FILE
-from pitguard.runtime.bundle import SECOND_LOOK_WEIGHTS, open_bundle
+from pitguard.runtime.bundle import SECOND_LOOK_WEIGHTS, is_bundle, open_bundle
 from pitguard.runtime.policy import DecisionPolicy
 
 if TYPE_CHECKING:
@@ -140,3 +144,45 @@ def sanitize_denormals(module: nn.Module) -> int:
             changed += int(tiny.sum())
             tensor[tiny] = 0.0
     return changed
+
+
+def prepare_bundle_out(out: Path, replace: bool) -> None:
+    """Refuse, before any work, an --out that is a file, or a folder that is not a bundle
+    (or is one, without ``replace``)."""
+    if out.exists() and not out.is_dir():
+        raise PitguardError(f"--out {out}: is a file; give a folder for the bundle")
+    if out.exists() and any(out.iterdir()):
+        if not replace:
+            raise PitguardError(
+                f"{out}: exists and is not empty; choose a new --out, or --force to replace "
+                "the bundle there"
+            )
+        if not is_bundle(out):
+            raise PitguardError(
+                f"{out}: holds files but no bundle.json; --force replaces only a bundle, "
+                "so choose a new --out"
+            )
+
+
+def write_bundle_folder(out: Path, write: Callable[[Path], None]) -> None:
+    """The bundle ``write`` makes in a new folder, put at ``out`` once complete and synced;
+    the bundle ``--force`` replaces is exchanged with it in one step (``replace_folder``), so
+    a signal at any moment leaves the old bundle or the new one at ``out``, never neither."""
+    tmp = temp_name(out)
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process with the same pid
+    old = None
+    try:
+        tmp.mkdir(parents=True)
+        write(tmp)
+        fsync_tree(tmp)
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # an empty folder given as --out
+        old = replace_folder(tmp, out)
+    except OSError as err:
+        if err.filename is None:  # a full disk reports no path: name the bundle being written
+            raise OSError(err.errno, err.strerror or str(err), str(out)) from err
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the new one on failure, the old one on success
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

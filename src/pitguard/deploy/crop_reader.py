@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 
 import numpy as np
 from fastapi import Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 
 from pitguard.core.errors import PitguardError
 from pitguard.deploy.predict import Predictor
+from pitguard.deploy.serve_options import BODY_GRACE_S
 
 NPY_CONTENT_TYPES = ("application/octet-stream", "application/x-npy")
 NPY_MAGIC = b"\x93NUMPY"
@@ -33,8 +36,17 @@ class RequestError(Exception):
 class CropReader:
     """Turns a classify request into (N, 3, H, W) uint8 crops and their names, or a RequestError."""
 
-    def __init__(self, predictor: Predictor, max_request_bytes: int, max_crops: int) -> None:
+    def __init__(
+        self,
+        predictor: Predictor,
+        max_request_bytes: int,
+        max_crops: int,
+        body_timeout: float = 30.0,
+        min_body_rate: float = 0.0,
+    ) -> None:
         self.predictor = predictor
+        self.body_timeout = body_timeout
+        self.min_body_rate = min_body_rate
         self.size = predictor.size
         self.max_request_bytes = max_request_bytes
         self.max_crops = max_crops
@@ -69,14 +81,39 @@ class CropReader:
                 raise RequestError(400, f"invalid Content-Length {declared!r}") from None
             if length > limit:
                 raise RequestError(413, self._too_large(length))
-        chunks, total = [], 0
-        # Counted as read as well: a client may send no or a wrong Content-Length.
-        async for chunk in request.stream():
+        chunks: list[bytes] = []
+        total, start = 0, time.monotonic()
+        stream = request.stream().__aiter__()
+        while True:
+            try:
+                chunk = await asyncio.wait_for(stream.__anext__(), self._wait(start, total))
+            except StopAsyncIteration:
+                return b"".join(chunks)
+            except TimeoutError:
+                raise RequestError(408, self._too_slow(start, total)) from None
+            except ClientDisconnect:
+                raise RequestError(499, f"the client went away after {total} bytes") from None
+            # Counted as read as well: a client may send no or a wrong Content-Length.
             total += len(chunk)
             if total > limit:
                 raise RequestError(413, self._too_large(total, at_least=True))
             chunks.append(chunk)
-        return b"".join(chunks)
+
+    def _wait(self, start: float, total: int) -> float:
+        """Seconds the next piece of a body may take: within ``body_timeout`` of its start, and
+        soon enough to keep ``min_body_rate`` after the first ``BODY_GRACE_S``."""
+        now = time.monotonic()
+        wait = start + self.body_timeout - now
+        if self.min_body_rate > 0:
+            wait = min(wait, start + BODY_GRACE_S + total / self.min_body_rate - now)
+        return max(wait, 0.0)
+
+    def _too_slow(self, start: float, total: int) -> str:
+        return (
+            f"request body too slow: {total} bytes in {time.monotonic() - start:.1f} s; send "
+            f"it within {self.body_timeout:g} s, at least {self.min_body_rate / 1024:g} KiB/s "
+            f"after the first {BODY_GRACE_S:g} s"
+        )
 
     def _too_large(self, n: int, at_least: bool = False) -> str:
         return (

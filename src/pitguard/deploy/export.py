@@ -18,8 +18,6 @@ bundle is written:
 from __future__ import annotations
 
 import copy
-import shutil
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,13 +28,16 @@ from pitguard import __version__
 from pitguard.core.errors import PitguardError
 from pitguard.core.files import (
     file_sha256,
-    fsync_tree,
     read_json,
-    replace_folder,
-    temp_name,
 )
 from pitguard.decision.certify import choose_thresholds
-from pitguard.deploy.bundle import DeployModule, sanitize_denormals, save_weights
+from pitguard.deploy.bundle import (
+    DeployModule,
+    prepare_bundle_out,
+    sanitize_denormals,
+    save_weights,
+    write_bundle_folder,
+)
 from pitguard.deploy.export_cascade import (
     SECOND_LOOK_GRAPH,
     refuse_cascade_variants,
@@ -53,6 +54,7 @@ from pitguard.deploy.export_checks import (
     check_own_routes,
     gate_stats,
     require_same_routes,
+    write_check_crops,
 )
 from pitguard.deploy.graphs import (
     OPSET,
@@ -78,14 +80,14 @@ from pitguard.runtime.backends import BACKENDS, ort_session
 from pitguard.runtime.bundle import (
     SECOND_LOOK_FILE,
     SECOND_LOOK_WEIGHTS,
-    contract_stamp,
     guard_stamp,
-    is_bundle,
     make_bundle_readable,
     second_look_stamp,
     write_bundle_json,
 )
+from pitguard.runtime.contract import contract_stamp
 from pitguard.runtime.policy import DecisionPolicy, maybe_index
+from pitguard.runtime.self_check import CHECKS_FILE, CHECKS_KEY
 from pitguard.runtime.trust import sign_bundle, signing_key
 
 __all__ = ["MAX_PROB_DIFF", "export_run"]
@@ -134,22 +136,6 @@ def _latest_test_metrics(run_dir: Path) -> dict | None:
     return best
 
 
-def _prepare_out(out: Path, replace: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise PitguardError(f"--out {out}: is a file; give a folder for the bundle")
-    if out.exists() and any(out.iterdir()):
-        if not replace:
-            raise PitguardError(
-                f"{out}: exists and is not empty; choose a new --out, or --force to replace "
-                "the bundle there"
-            )
-        if not is_bundle(out):
-            raise PitguardError(
-                f"{out}: holds files but no bundle.json; --force replaces only a bundle, "
-                "so choose a new --out"
-            )
-
-
 def _policy_record(run: RunModel, allow_uncalibrated: bool) -> tuple[DecisionPolicy, dict | None]:
     """The calibrated policy and its record (policy.json), checked against the run's weights."""
     paths = RunPaths(run.run)
@@ -189,7 +175,7 @@ def export_run(
     out = Path(out)
     if sign is not None:
         signing_key(sign)  # a key that cannot sign stops it before any work
-    _prepare_out(out, replace)
+    prepare_bundle_out(out, replace)
     unfinished = refuse_unfinished(run.run, allow_unfinished, "export")
     variants = [key for key, wanted in (("int8", int8), ("fp16", fp16)) if wanted]
     refuse_cascade_variants(run, variants)
@@ -205,7 +191,7 @@ def export_run(
             meta["signed_by"] = sign_bundle(tmp, sign)
         make_bundle_readable(tmp)
 
-    _write_bundle(out, write)
+    write_bundle_folder(out, write)
     return meta
 
 
@@ -259,31 +245,10 @@ def _write_files(
     for name in meta["files"].values():
         if name.endswith(".onnx"):
             stamp_graph(tmp / name, ref.guard, meta)
+    if graphs:
+        meta["checks"] = write_check_crops(tmp, ref, meta["files"])
+        meta["files"][CHECKS_KEY] = CHECKS_FILE
     write_bundle_json(tmp, meta)
-
-
-def _write_bundle(out: Path, write: Callable[[Path], None]) -> None:
-    """The bundle ``write`` makes in a new folder, put at ``out`` once complete and synced;
-    the bundle ``--force`` replaces is exchanged with it in one step (``replace_folder``), so
-    a signal at any moment leaves the old bundle or the new one at ``out``, never neither."""
-    tmp = temp_name(out)
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process with the same pid
-    old = None
-    try:
-        tmp.mkdir(parents=True)
-        write(tmp)
-        fsync_tree(tmp)
-        if out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # an empty folder given as --out
-        old = replace_folder(tmp, out)
-    except OSError as err:
-        if err.filename is None:  # a full disk reports no path: name the bundle being written
-            raise OSError(err.errno, err.strerror or str(err), str(out)) from err
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # the new one on failure, the old one on success
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _bundle_meta(

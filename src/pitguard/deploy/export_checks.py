@@ -9,6 +9,7 @@ own thresholds were certified with.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -101,3 +102,28 @@ def accuracy_gate(name: str, stats: dict, max_drop: float, where: str) -> None:
             f"{100 * stats['accuracy_ref']:.2f}% (max drop {100 * max_drop:.1f} points), pits "
             f"routed clean {stats['pit_misses']} vs fp32 {stats['pit_misses_ref']}; no bundle written"
         )
+
+
+N_CHECK_CROPS = 200  # crops whose outputs a bundle carries to prove itself where it runs
+
+
+def write_check_crops(folder: Path, ref: Reference, files: dict[str, str]) -> dict:
+    """``checks.npz``: up to N_CHECK_CROPS of the crops export checked on, spread evenly, their
+    labels, and what each ONNX graph of the bundle (its second look's aside) outputs for them
+    (:mod:`pitguard.runtime.self_check` scores them again where the bundle runs)."""
+    from pitguard.deploy.graphs import run_onnx
+    from pitguard.runtime.backends import ort_session
+    from pitguard.runtime.bundle import SECOND_LOOK_FILE
+    from pitguard.runtime.self_check import CHECKS_FILE
+
+    crops = ref.ev.crops.images
+    picked = np.unique(np.linspace(0, len(crops) - 1, min(N_CHECK_CROPS, len(crops))).round())
+    idx = picked.astype(np.int64)
+    chosen = crops[torch.from_numpy(idx)]
+    arrays = {"crops": chosen.numpy(), "is_pit": ref.is_pit[idx]}
+    graphs = [k for k, name in files.items() if name.endswith(".onnx") and k != SECOND_LOOK_FILE]
+    for key in graphs:
+        _, p_pit, routes = run_onnx(ort_session(folder / files[key], device="cpu"), chosen)
+        arrays[f"{key}.p_pit"], arrays[f"{key}.route"] = p_pit, routes
+    np.savez_compressed(folder / CHECKS_FILE, **arrays)  # type: ignore[arg-type]
+    return {"n": len(idx), "data": ref.ev.description, "graphs": graphs}

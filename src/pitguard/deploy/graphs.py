@@ -15,10 +15,10 @@ from pitguard.runtime.bundle import (
     INPUT_NAME,
     OUTPUT_NAMES,
     POLICY_KEYS,
-    contract_stamp,
     guard_stamp,
     policy_stamp,
 )
+from pitguard.runtime.contract import contract_stamp
 
 OPSET = 17
 

@@ -20,6 +20,10 @@ CPU_MAX_BATCH = 4  # crops per model call on a CPU (README: Serving)
 CPU_IN_FLIGHT_PER_CORE = 2  # classify requests in flight per core on a CPU (README: Serving)
 GPU_MAX_BATCH = 64
 GPU_IN_FLIGHT = 32
+# Bodies are read outside the in-flight limit, so uploads that stall hold no model slot; at most
+# this many per request in flight are read at once (memory: that many x max_request_bytes).
+READING_PER_IN_FLIGHT = 4
+BODY_GRACE_S = 1.0  # a body's first second is not held to min_body_rate
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,9 @@ class ServeOptions:
     docs: bool = False  # serve /docs and /openapi.json
     max_queue_ms: float = 100.0  # model work queued ahead beyond which a request is refused
     trust: str | None = None  # a public key or keyring that must have signed the bundle
+    body_timeout: float = 30.0  # seconds a request's whole body may take to arrive
+    min_body_rate: float = 16 * 1024  # bytes a second a body must keep up after BODY_GRACE_S
+    max_reading: int | None = None  # bodies read at once; None: READING_PER_IN_FLIGHT x in flight
 
     def __post_init__(self) -> None:
         counts = (self.max_batch or 1, self.max_in_flight or 1, self.max_crops)
@@ -45,10 +52,13 @@ class ServeOptions:
             min(*counts, self.max_request_bytes) < 1
             or self.max_wait_ms < 0
             or not self.max_queue_ms > 0
+            or not self.body_timeout > 0
+            or self.min_body_rate < 0
+            or (self.max_reading is not None and self.max_reading < 1)
         ):
             raise PitguardError(
-                "max_batch, max_in_flight, max_crops and max_request_bytes must be >= 1, "
-                "max_wait_ms >= 0 and max_queue_ms > 0"
+                "max_batch, max_in_flight, max_reading, max_crops and max_request_bytes must be "
+                ">= 1, max_wait_ms >= 0, min_body_rate >= 0 and max_queue_ms and body_timeout > 0"
             )
 
     def picked_for(self, device: str) -> tuple[int, int]:

@@ -24,6 +24,7 @@ class Metrics:
         self.requests: dict[str, int] = {"200": 0}
         self.errors: dict[str, int] = {}  # by reason
         self.in_flight = 0
+        self.reading = 0  # classify request bodies being read now
         self.queue_depth: Callable[[], int] = lambda: 0
         self.batch_crops = 0
         self.model_seconds = 0.0
@@ -83,9 +84,12 @@ class Metrics:
             "# HELP pitguard_errors_total Refused or failed classify requests, by reason.",
             "# TYPE pitguard_errors_total counter",
             *(f'pitguard_errors_total{{reason="{r}"}} {n}' for r, n in sorted(self.errors.items())),
-            "# HELP pitguard_in_flight Classify requests being read or answered now.",
+            "# HELP pitguard_in_flight Classify requests whose crops are being answered now.",
             "# TYPE pitguard_in_flight gauge",
             f"pitguard_in_flight {self.in_flight}",
+            "# HELP pitguard_reading Classify request bodies being read now.",
+            "# TYPE pitguard_reading gauge",
+            f"pitguard_reading {self.reading}",
             "# HELP pitguard_queue_depth Request pieces waiting for a model call.",
             "# TYPE pitguard_queue_depth gauge",
             f"pitguard_queue_depth {self.queue_depth()}",

@@ -28,11 +28,11 @@ def write_report(
     from pitguard.core.files import atomic_write_text, write_json
     from pitguard.report.baseline import records_with_baseline
     from pitguard.report.html import render_html
-    from pitguard.report.tables import COLUMNS, format_markdown
+    from pitguard.report.tables import COLUMNS, format_markdown, md_text
 
     if pit_share is not None and not 0.0 < pit_share < 1.0:  # also refuses NaN
         raise PitguardError(f"pit share {pit_share!r}: give a share strictly between 0 and 1")
-    records, base = records_with_baseline(paths, baseline, pit_share)
+    records, base, skipped = records_with_baseline(paths, baseline, pit_share)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     generated = time.strftime("%Y-%m-%d %H:%M:%S %z")
@@ -44,17 +44,27 @@ def write_report(
     }
     write_json(
         files["json"],
-        {"generated": generated, "baseline": base["run"], "columns": COLUMNS, "runs": records},
+        {
+            "generated": generated,
+            "baseline": base["run"],
+            "columns": COLUMNS,
+            "runs": records,
+            "skipped": skipped,
+        },
     )
     atomic_write_text(
         files["markdown"],
         f"# pitguard experiments\n\nGenerated {generated}; baseline {base['run']}; "
-        "intervals are 95%.\n\n" + table + "\n",
+        "intervals are 95%.\n\n"
+        + table
+        + "\n"
+        + "".join(f"\nNot read: {md_text(line)}\n" for line in skipped),
     )
     atomic_write_text(files["html"], render_html(records, base["run"], generated))
     return {
         "baseline": base["run"],
         "runs": records,
+        "skipped": skipped,
         "table": table,
         "files": {k: str(v) for k, v in files.items()},
     }

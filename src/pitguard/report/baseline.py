@@ -6,12 +6,15 @@ the one number of the report measured anew rather than read from the runs' files
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from pitguard.core.errors import PitguardError
 from pitguard.models.runfolder import is_run
 from pitguard.report.collect import run_record, same_file
 from pitguard.report.discover import run_dirs, run_names
+
+log = logging.getLogger(__name__)
 
 
 def _resolve_baseline(baseline, runs: list[Path], names: list[str]) -> int | list[Path]:
@@ -61,11 +64,12 @@ def compare_with_baseline(base: dict, rec: dict) -> dict:
 
 def records_with_baseline(
     paths, baseline=None, pit_share: float | None = None
-) -> tuple[list[dict], dict]:
-    """The records of the runs under PATHS, each compared with the baseline; and the baseline's.
+) -> tuple[list[dict], dict, list[str]]:
+    """The records of the runs under PATHS, each compared with the baseline; the baseline's;
+    and a line for each run whose files could not be read (skipped, the others reported).
 
-    The baseline (default: the first run) is a run name, a run among PATHS or another run
-    folder, which is then put first. ``pit_share``: see ``collect.run_record``.
+    The baseline (default: the first readable run) is a run name, a run among PATHS or another
+    run folder, which is then put first. ``pit_share``: see ``collect.run_record``.
     """
     runs = run_dirs(paths)
     names = run_names(runs)
@@ -73,8 +77,22 @@ def records_with_baseline(
     if isinstance(which, list):
         runs, which = which, 0
         names = run_names(runs)
-    records = [run_record(run, name, pit_share) for run, name in zip(runs, names, strict=True)]
-    base = records[which]
+    records: list[dict] = []
+    skipped: list[str] = []
+    for i, (run, name) in enumerate(zip(runs, names, strict=True)):
+        try:
+            records.append(run_record(run, name, pit_share))
+        except (PitguardError, OSError, ValueError, KeyError, TypeError) as err:
+            why = str(err) if isinstance(err, PitguardError) else f"{type(err).__name__}: {err}"
+            if i == which and baseline is not None:
+                raise PitguardError(f"the baseline {run} cannot be read: {why}") from err
+            skipped.append(f"{run}: skipped, {why}")
+            log.warning("report: %s", skipped[-1])
+            if i < which:
+                which -= 1
+    if not records:
+        raise PitguardError("no run could be read: " + "; ".join(skipped))
+    base = records[min(which, len(records) - 1)]
     for rec in records:
         rec["vs_baseline"] = compare_with_baseline(base, rec)
-    return records, base
+    return records, base, skipped

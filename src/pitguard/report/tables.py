@@ -84,16 +84,18 @@ def format_markdown(records: list[dict]) -> str:
     """The experiments table in Markdown, one row per run, then the notes."""
 
     def row(cells):
-        return "| " + " | ".join(_md(c).replace("|", "\\|") for c in cells) + " |"
+        return "| " + " | ".join(md_text(c).replace("|", "\\|") for c in cells) + " |"
 
     lines = [row(COLUMNS), "|" + "|".join("---" for _ in COLUMNS) + "|"]
     lines += [row(table_cells(rec)) for rec in records]
-    notes = [f"- {_md(rec['run'])}: {_md(note)}" for rec in records for note in rec["notes"]]
+    notes = [
+        f"- {md_text(rec['run'])}: {md_text(note)}" for rec in records for note in rec["notes"]
+    ]
     if notes:
         lines += ["", "n/a and notes:", *notes]
     return "\n".join(lines)
 
 
-def _md(text) -> str:
+def md_text(text) -> str:
     """Text as Markdown shows it, never as HTML it would run (a run named <script> included)."""
     return html.escape(str(text), quote=False)

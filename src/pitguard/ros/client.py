@@ -33,7 +33,7 @@ from rclpy.executors import SingleThreadedExecutor
 from std_msgs.msg import Float32MultiArray, Int32MultiArray, MultiArrayDimension, MultiArrayLayout
 
 from pitguard.core.errors import PitguardError
-from pitguard.ros import use_large_frame_transport
+from pitguard.ros.transport import use_large_frame_transport
 from pitguard.runtime.line import MAYBE_CODE
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class LineClient:
     """Calls the node at ``namespace`` (``/pitguard``) and waits at most ``timeout`` seconds.
 
     ``large_frames``: use pitguard's Fast DDS profile for large frames when no profile is set
-    (:func:`pitguard.ros.use_large_frame_transport`; it must come before the process's first
+    (:func:`pitguard.ros.transport.use_large_frame_transport`; it must come before the process's first
     participant, so create the client first or set the profile for the whole process)."""
 
     def __init__(

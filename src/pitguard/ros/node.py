@@ -43,8 +43,8 @@ from std_msgs.msg import (
 )
 
 from pitguard.core.errors import PitguardError
-from pitguard.ros import PROFILE_VARIABLES
 from pitguard.ros.params import PARAMETERS, NodeSettings, read_settings
+from pitguard.ros.transport import PROFILE_VARIABLES
 from pitguard.runtime.frames import FlatFrame, frame_from_flat, frame_from_image
 from pitguard.runtime.line import LineResult, LineStage
 from pitguard.runtime.monitor import LineMonitor
@@ -68,6 +68,7 @@ class PitguardNode(Node):
             second_look=s.second_look,
             max_crops=s.max_crops,
             trust=s.trust or None,
+            verify=s.verify,
         )
         warm_ms = self.stage.warm_up(s.warmup_crops) if s.warmup_crops else 0.0
         self.monitor = LineMonitor(s.window)
@@ -162,6 +163,7 @@ class PitguardNode(Node):
         profile = Path(profile).name if profile else "Fast DDS defaults"
         signed = clf.meta.get("trust")
         integrity = f"signed by key {signed['key_id']}" if signed else INTEGRITY_ONLY
+        checked = clf.check.line() if clf.check is not None else "off (verify:=false)"
         guard_text = (
             f"{len(guard.names)} features, {guard.quantile:.1%} of {guard.n} training crops "
             "inside" + (f", dead channels {[c for c, _ in guard.dead]}" if guard.dead else "")
@@ -173,7 +175,7 @@ class PitguardNode(Node):
             f"{'/'.join(clf.classes)}), graph {clf.graph} on {clf.provider}, threads "
             f"{s.threads or 'default'}, second look {'on' if clf.second else 'off'}; "
             f"guarantee: {describe_guarantee(clf.meta.get('guarantee'))}; input guard: "
-            f"{guard_text}; integrity: {integrity}; warm-up {s.warmup_crops} crops "
+            f"{guard_text}; integrity: {integrity}; self-check: {checked}; warm-up {s.warmup_crops} crops "
             f"{warm_ms:.1f} ms; DDS profile: {profile}; "
             f"{self.get_fully_qualified_name()}/crops and /frames -> /codes and /results"
         )

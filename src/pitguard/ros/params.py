@@ -21,6 +21,10 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "summary_period": (5.0, "seconds between /diagnostics summaries; 0 for none"),
     "window": (1000, "frames the rolling summary covers"),
     "trust": ("", "a public key (signing.pub) or a folder of them: refuse unsigned bundles"),
+    "verify": (
+        True,
+        "score the bundle's check crops at start; refuse a graph that routes them otherwise",
+    ),
 }
 
 
@@ -36,6 +40,7 @@ class NodeSettings:
     summary_period: float
     window: int
     trust: str
+    verify: bool
 
 
 def read_settings(values: dict) -> NodeSettings:

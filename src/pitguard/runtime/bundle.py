@@ -23,6 +23,11 @@ import numpy as np
 from pitguard.core.errors import PitguardError
 from pitguard.core.files import file_sha256, read_json, remembered_sha256, write_json
 from pitguard.runtime.certificate import prove_guarantee
+from pitguard.runtime.contract import (
+    BUNDLE_SCHEMA,
+    compare_contract,
+    parsed_record,
+)
 from pitguard.runtime.routes import Route
 
 log = logging.getLogger(__name__)
@@ -31,12 +36,9 @@ log = logging.getLogger(__name__)
 # per-graph policies, the input guard held by every file; 5: every file holds the contract
 # (classes, pit and maybe indices, input preprocessing, architecture) and the schema it was
 # written for, so no field the runtime acts on rests on bundle.json's word alone
-BUNDLE_SCHEMA = 5
 READABLE_BUNDLE_SCHEMAS = (1, 2, 3, 4, 5)
 HASHED_SCHEMA = 3  # from this schema on, every file's sha256 is recorded and checked
 STAMPED_SCHEMA = 4  # from this schema on, every file holds the input guard it ships with
-CONTRACT_SCHEMA = 5  # from this schema on, every file holds the contract (contract_facts)
-CONTRACT_METADATA_KEY = "pitguard.contract"  # in safetensors metadata and ONNX metadata_props
 GUARD_METADATA_KEY = "pitguard.input_guard"  # in safetensors metadata and ONNX metadata_props
 POLICY_METADATA_KEY = "pitguard.policy"  # in ONNX metadata_props: the policy the graph holds
 # in safetensors metadata: the second look (views and policy) the weights ship with
@@ -182,62 +184,11 @@ def _check_against_weights(folder: Path, meta: dict) -> None:
     if name:
         held, stamps = _held_by_weights(folder / name)
         _compare_policy(where, name, policy, held)
-        _compare_contract(where, name, meta, stamps)
+        compare_contract(where, name, meta, stamps)
         # a file that holds a guard record is compared, whatever schema bundle.json states
         if meta.get("schema_version", 0) >= STAMPED_SCHEMA or GUARD_METADATA_KEY in stamps:
             _compare_guard(where, name, meta.get("input_guard"), stamps.get(GUARD_METADATA_KEY))
         _compare_second_look(where, name, meta.get("second_look"), stamps, meta["files"])
-
-
-def contract_facts(meta: dict) -> dict:
-    """What every file of a bundle holds about how to use it: architecture, classes, the pit
-    and maybe outputs, the input preprocessing, and the schema it was written for."""
-    policy = meta.get("policy") or {}
-    return {
-        "schema": meta.get("schema_version", BUNDLE_SCHEMA),
-        "model_name": meta.get("model_name"),
-        "model_kwargs": meta.get("model_kwargs"),
-        "classes": list(meta.get("classes") or []),
-        "input": meta.get("input"),
-        "pit_index": policy.get("pit_index"),
-        "maybe_index": policy.get("maybe_index"),
-    }
-
-
-def contract_stamp(meta: dict) -> dict[str, str]:
-    """The metadata entry every file of a bundle holds: its contract (see contract_facts)."""
-    facts = {**contract_facts(meta), "schema": BUNDLE_SCHEMA}
-    return {CONTRACT_METADATA_KEY: json.dumps(facts, sort_keys=True)}
-
-
-def _compare_contract(where: Path, name: str, meta: dict, stamps: dict) -> None:
-    """The contract bundle.json states is the one ``name`` was written with; a schema stated
-    lower than the file's own is refused (it would switch proofs off)."""
-    stamp = stamps.get(CONTRACT_METADATA_KEY)
-    stated = meta.get("schema_version", 0)
-    if stamp is None:
-        if stated >= CONTRACT_SCHEMA:
-            raise PitguardError(f"{where}: {name} holds no contract record; export again")
-        log.warning(
-            "%s: written by an older pitguard (schema %s): its classes, input preprocessing and "
-            "architecture rest on bundle.json alone; export it again to have its files prove them",
-            where,
-            stated,
-        )
-        return
-    held = json.loads(stamp)
-    if stated < held.get("schema", 0):
-        raise PitguardError(
-            f"{where}: states schema {stated}, but {name} was written for schema "
-            f"{held['schema']}: a lowered schema would skip checks; restore bundle.json"
-        )
-    facts = {**contract_facts(meta), "schema": held.get("schema")}
-    differ = sorted(k for k in held if held[k] != facts.get(k))
-    if differ:
-        raise PitguardError(
-            f"{where}: {', '.join(differ)} differ from what {name} was exported with (edited?); "
-            "the runtime acts on them, so restore bundle.json or export again"
-        )
 
 
 def stated_policy(meta: dict, file_key: str) -> dict:
@@ -265,19 +216,28 @@ def prove_graph(bundle: str | Path, meta: dict, file_key: str, stamps: dict, dim
     else:
         if POLICY_METADATA_KEY not in stamps:
             raise PitguardError(f"{where}: {name} holds no policy record; export again")
-        held = {k: np.asarray(v) for k, v in json.loads(stamps[POLICY_METADATA_KEY]).items()}
+        held = {
+            k: np.asarray(v)
+            for k, v in parsed_record(where, name, stamps[POLICY_METADATA_KEY]).items()
+        }
         _compare_guard(where, name, meta.get("input_guard"), stamps.get(GUARD_METADATA_KEY))
-    _compare_contract(where, name, meta, stamps)
+    compare_contract(where, name, meta, stamps)
     _compare_policy(where, name, stated_policy(meta, file_key), held)
 
 
 def _held_by_weights(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     from safetensors import safe_open
 
-    with safe_open(str(path), "np") as fh:
-        names = set(fh.keys())
-        held = {k: fh.get_tensor(f"policy.{k}") for k in POLICY_KEYS if f"policy.{k}" in names}
-        return held, dict(fh.metadata() or {})
+    try:
+        with safe_open(str(path), "np") as fh:
+            names = set(fh.keys())
+            held = {k: fh.get_tensor(f"policy.{k}") for k in POLICY_KEYS if f"policy.{k}" in names}
+            return held, dict(fh.metadata() or {})
+    except Exception as err:  # safetensors raises its own error classes for a damaged file
+        raise PitguardError(
+            f"{path}: not a readable safetensors file ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:120] if str(err) else 'damaged'}); export the bundle again"
+        ) from err
 
 
 def _held_by_old_graph(path: Path) -> dict[str, np.ndarray]:
@@ -323,7 +283,7 @@ def _compare_guard(where: Path, name: str, stated: dict | None, stamp: str | Non
     """The input guard bundle.json states is the one exported with the file."""
     if stamp is None:
         raise PitguardError(f"{where}: {name} holds no input guard record; export again")
-    if json.loads(stamp) != stated:
+    if parsed_record(where, name, stamp) != stated:
         raise PitguardError(
             f"{where}: input_guard differs from the guard exported with {name} (edited or "
             "removed?); the guard is part of what the bundle proves: restore bundle.json or "
@@ -352,7 +312,7 @@ def _compare_second_look(
     """The second look bundle.json states is the one the weights were exported with, and its
     own network's weights the ones exported."""
     stamp = stamps.get(SECOND_LOOK_METADATA_KEY)
-    held = None if stamp is None else json.loads(stamp)
+    held = None if stamp is None else parsed_record(where, name, stamp)
     if held != second_look_facts(look):
         raise PitguardError(
             f"{where}: second_look differs from the one exported with {name} (edited, added or "

@@ -13,6 +13,7 @@ from pitguard.runtime.backends import BACKENDS, PROVIDERS, ort_session, resolve_
 from pitguard.runtime.bundle import INPUT_NAME, SECOND_LOOK_FILE, open_bundle, prove_graph
 from pitguard.runtime.guard import InputGuard
 from pitguard.runtime.routes import ROUTES, Route
+from pitguard.runtime.self_check import self_check
 
 GRAPHS = tuple(name for name, b in BACKENDS.items() if b.runtime == "onnx")
 CHUNK = 256  # crops scored at once: about 0.2 GB of inputs and activations at 128 px
@@ -41,6 +42,9 @@ class Classifier:
     (cuda where ONNX Runtime has a CUDA provider, else cpu), ``cpu``, ``cuda`` or ``tensorrt``,
     and a device whose provider is missing is refused, never replaced by the CPU.
 
+    ``verify`` scores the bundle's check crops on this machine first and refuses a graph that
+    routes them otherwise than at export (:mod:`pitguard.runtime.self_check`).
+
     ``trust`` (a public key file from ``pitguard keygen``, a folder of them, or a list) refuses
     a bundle that no trusted key signed (:mod:`pitguard.runtime.trust`).
 
@@ -57,6 +61,7 @@ class Classifier:
         threads: int = 0,
         second_look: bool = True,
         trust=None,
+        verify: bool = False,
     ):
         self.bundle = Path(bundle)
         self.meta = open_bundle(self.bundle, trust=trust)
@@ -77,6 +82,12 @@ class Classifier:
         stamps = self.session.get_modelmeta().custom_metadata_map
         prove_graph(self.bundle, self.meta, backend.file_key, stamps, list(graph_input.shape))
         self.provider = self.session.get_providers()[0]
+        # the check crops scored again here (runtime.self_check); None unless ``verify``
+        self.check = (
+            self_check(self.bundle, self.meta, backend.file_key, self.session, graph)
+            if verify
+            else None
+        )
         self.input_dtype = np.float16 if graph_input.type == "tensor(float16)" else np.float32
         self.classes = tuple(self.meta["classes"])
         self.size = int(self.meta["input"]["size"])
@@ -160,14 +171,14 @@ class Classifier:
 
 
 def _joined(parts: list[Classification]) -> Classification:
-    looks = [p.second_look for p in parts]
+    looks = [p.second_look for p in parts if p.second_look is not None]
     return Classification(
         routes=np.concatenate([p.routes for p in parts]),
         p_pit=np.concatenate([p.p_pit for p in parts]),
         labels=np.concatenate([p.labels for p in parts]),
         reasons=np.concatenate([p.reasons for p in parts]),
         logits=np.concatenate([p.logits for p in parts]),
-        second_look=None if looks[0] is None else np.concatenate(looks),
+        second_look=np.concatenate(looks) if len(looks) == len(parts) else None,
     )
 
 

@@ -78,6 +78,7 @@ class LineStage:
         second_look: bool = True,
         max_crops: int = MAX_CROPS,
         trust=None,
+        verify: bool = False,
     ):
         if max_crops < 1:
             raise PitguardError(f"max_crops {max_crops}: give 1 or more")
@@ -88,6 +89,7 @@ class LineStage:
             threads=threads,
             second_look=second_look,
             trust=trust,
+            verify=verify,
         )
         self.max_crops = max_crops
         self.size = self.classifier.size
