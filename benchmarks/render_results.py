@@ -156,7 +156,7 @@ def ros_table(doc: dict) -> str:
     lines = [
         f"CPU: {doc['cpu']}, {doc['cores']} cores; node and client on {doc['threads']} ONNX "
         f"Runtime threads and the same cores; rclpy {doc['rclpy']}; {doc['frames']} frames of "
-        f"the {doc['frame_source']} a figure; DDS profile: {doc.get('dds_profile', 'defaults')}.",
+        f"the {doc['frame_source']} a figure; DDS profile: {doc.get('dds_profile', 'not recorded')}.",
         "",
         "| bundle | crops | over DDS, ms p50 / p90 | in-process, ms p50 / p90 | DDS overhead "
         "(p50) | start to ready, s (hashed / remembered) |",
@@ -171,6 +171,50 @@ def ros_table(doc: dict) -> str:
                 f"{i['p50_ms']:.1f} / {i['p90_ms']:.1f} | {100 * row[f'overhead_{n}']:+.0f}% | "
                 f"{starts} |"
             )
+    return "\n".join(lines)
+
+
+def load_cost_table(doc: dict) -> str:
+    """What proving a bundle costs at load (benchmarks/bundle_load_cost.py)."""
+    lines = [
+        f"CPU: {doc['cpu']}, {doc['cores']} cores, {doc['threads']} threads; median of "
+        f"{doc['repeats']} loads of `Classifier` on the CPU.",
+        "",
+        "| bundle | MB | open (digests remembered), s | with a trusted key, s | signature alone, "
+        "s | with `verify`, s | check crops, ms |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in doc["loads"]:
+        check = (
+            f"{r['check_crops']} in {r['check_ms']:.0f}" if r["check_ms"] is not None else "none"
+        )
+        lines.append(
+            f"| {r['bundle']} | {r['megabytes']} | {r['open_remembered_s']:.2f} | "
+            f"{r['open_trusted_s']:.2f} | {r['signature_only_s']:.4f} | "
+            f"{r['open_verified_s']:.2f} | {check} |"
+        )
+    return "\n".join(lines)
+
+
+def stalled_table(doc: dict) -> str:
+    """Good clients beside stalled uploads (benchmarks/serve_stalled.py)."""
+    lines = [
+        f"CPU: {doc['cpu']}, {doc['cores']} cores; bundle {doc['bundle']}; "
+        f"{doc['good_clients']} clients sending single crops for {doc['seconds']:g} s, alone and "
+        f"beside {doc['stalled_uploads']} stalled and {doc['trickling_uploads']} trickling "
+        "uploads.",
+        "",
+        "| phase | answered 200 | other statuses | connection errors | p50, ms | p99, ms |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in ("alone", "beside_stalled"):
+        r = doc[name]
+        other = {k: v for k, v in r["statuses"].items() if k != "200"} or "none"
+        lines.append(
+            f"| {name.replace('_', ' ')} | {r['answered_200']} | {other} | "
+            f"{r['connection_errors']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |"
+        )
+    lines += ["", f"Good clients' p99 beside the stalled uploads: {doc['p99_ratio']:.2f}x alone."]
     return "\n".join(lines)
 
 
@@ -327,6 +371,10 @@ def render_page(docs: dict[str, dict]) -> str:
             out += [f"## Latency of the deployed decision (`{name}`)", "", bench_table(doc), ""]
         elif "rows" in doc and "cpu" in doc:
             out += [f"## Runtime latency (`{name}`)", "", latency_table(doc), ""]
+        elif "loads" in doc:
+            out += [f"## Proving a bundle at load (`{name}`)", "", load_cost_table(doc), ""]
+        elif "beside_stalled" in doc:
+            out += [f"## Serving beside stalled uploads (`{name}`)", "", stalled_table(doc), ""]
         elif "bundles" in doc and "frames" in doc:
             out += [f"## pitguard-node over DDS (`{name}`)", "", ros_table(doc), ""]
         elif "graphs" in doc:

@@ -161,3 +161,17 @@ def test_an_absurdly_deep_bundle_json_names_itself(copy):
     (copy / "bundle.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(PitguardError, match=r"bundle\.json: unreadable JSON"):
         pitguard.load(copy)
+
+
+def test_a_threshold_edited_inside_the_graph_is_caught_by_its_check_crops(copy):
+    """Someone who edits a graph's threshold initializer and rewrites its digest: the digests
+    cannot tell (only a signature can), but the graph no longer routes by the stated thresholds."""
+    from pitguard.core.files import file_sha256
+    from pitguard.deploy.graphs import set_thresholds
+    from pitguard.runtime import Classifier
+
+    set_thresholds(copy / "model.onnx", 1e-9, 1.0)  # nothing clean, nothing pit
+    _edit(copy, lambda m: m["sha256"].update({"model.onnx": file_sha256(copy / "model.onnx")}))
+    assert Classifier(copy, device="cpu").graph == "onnx"  # digests alone: it loads
+    with pytest.raises(PitguardError, match="the thresholds inside the graph were changed"):
+        Classifier(copy, device="cpu", verify=True)

@@ -198,3 +198,31 @@ def test_a_missing_bundle_names_the_folder(ros_env, tmp_path):
     assert proc.proc.wait(60) == 2
     proc.stop()
     assert f"{tmp_path / 'nowhere'}: no bundle.json" in proc.text()
+
+
+def test_the_ready_line_names_the_self_check_and_what_proves_the_bundle(node):
+    ready = next(line for line in node.text().splitlines() if "ready in" in line)
+    assert (
+        "self-check: " in ready and "check crops on CPUExecutionProvider: 0 routes differ" in ready
+    )
+    assert "integrity: sha256 digests only" in ready and "guarantee: pits routed clean <=" in ready
+
+
+def test_a_trusted_key_refuses_an_unsigned_bundle_and_starts_a_signed_one(made, ros_env, tmp_path):
+    import shutil
+
+    from pitguard.runtime.trust import keygen, sign_bundle
+
+    _, public = keygen(tmp_path / "keys")
+    unsigned = NodeProcess(
+        node_command(made / "bundle", trust=public), ros_env, tmp_path / "unsigned.log"
+    )
+    assert unsigned.proc.wait(60) == 2
+    unsigned.stop()
+    assert "unsigned (no bundle.sig)" in unsigned.text()
+    signed = Path(shutil.copytree(made / "bundle", tmp_path / "signed"))
+    key_id = sign_bundle(signed, tmp_path / "keys" / "signing.key")
+    proc = NodeProcess(node_command(signed, trust=public), ros_env, tmp_path / "signed.log")
+    proc.wait_ready()
+    assert proc.stop() == 0
+    assert f"integrity: signed by key {key_id}" in proc.text()

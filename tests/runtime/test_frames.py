@@ -70,3 +70,13 @@ def test_an_image_of_another_kind_is_refused():
     assert frame.count == 1 and "expected encoding '32FC1'" in frame.error
     frame = frame_from_image(2 * 3 * S, S, "32FC1", False, 4 * S, bytes(10), S, 256)
     assert frame.count == 2 and "10 bytes" in frame.error
+
+
+def test_an_absurd_stated_count_is_answered_for_what_the_buffer_holds():
+    frame = frame_from_flat(np.zeros(1000, np.float32), 4_000_000_000, S, 256)
+    assert frame.count == 1 and "4000000000 crops, more than max_crops 256" in frame.error
+
+
+def test_an_image_stating_absurd_rows_is_answered_for_what_its_data_holds():
+    frame = frame_from_image(4_000_000_000, S, "mono8", False, S, bytes(100), S, 256)
+    assert frame.count == 1 and frame.crops is None

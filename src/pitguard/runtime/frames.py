@@ -38,7 +38,9 @@ def frame_from_flat(
     inferred = len(values) // per_crop or (1 if len(values) else 0)
     count = int(declared) if declared else inferred
     if count > max_crops:
-        return FlatFrame(None, count, f"{count} crops, more than max_crops {max_crops}")
+        # answered for the crops the buffer holds: a count stated far beyond them is no frame
+        held = min(count, max(len(values) // per_crop, 1))
+        return FlatFrame(None, held, f"{count} crops, more than max_crops {max_crops}")
     if len(values) != count * per_crop:
         return FlatFrame(
             None,
@@ -62,7 +64,8 @@ def frame_from_image(
     """Crops from an image of one float32 channel whose rows stack them: width S, height
     N x 3 x S (crop after crop, channel after channel)."""
     rows = CHANNELS * size
-    count = height // rows if height >= rows else 1
+    held = max(len(data) // (4 * size * rows), 1)  # crops the data could hold, at least one
+    count = min(height // rows, held) if height >= rows else 1
     if encoding != FLOAT_ENCODING or width != size or step != 4 * size or height % rows:
         return FlatFrame(
             None,

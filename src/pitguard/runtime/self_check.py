@@ -4,7 +4,9 @@ at export (``checks.npz``), scored again on this machine and compared.
 ONNX Runtime's kernels differ between CPUs (AVX2, VNNI, AMX) and GPUs, most of all for INT8 and
 FP16, so a graph certified where it was exported is not proved where it is loaded. The float32
 graph must route every check crop as it did at export (a crop whose export p(pit) lies within
-``P_TOLERANCE`` of a threshold may go either way) with p(pit) within ``P_TOLERANCE``; an INT8 or
+``P_TOLERANCE`` of a threshold may go either way) with p(pit) within ``P_TOLERANCE``, and every
+graph must route by the thresholds ``bundle.json`` states (a threshold edited inside a graph
+shows there, whatever digests were rewritten); an INT8 or
 FP16 graph, whose certificate allows its own scores, may route at most ``LOW_PRECISION_SHARE``
 of the check crops otherwise and none of the check pits clean that it did not route clean there.
 """
@@ -22,6 +24,7 @@ import numpy as np
 from pitguard.core.errors import PitguardError
 from pitguard.runtime.bundle import INPUT_NAME, stated_policy
 from pitguard.runtime.routes import Route
+from pitguard.runtime.routes import route as route_of
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,7 @@ def self_check(bundle: Path, meta: dict, file_key: str, session, graph: str) -> 
         if t is not None:
             near |= np.abs(want_p - np.float32(t)) <= P_TOLERANCE
     differ = r != want_r
+    _same_rule(bundle, graph, p, r, policy)
     result = SelfCheck(
         graph=graph,
         provider=session.get_providers()[0],
@@ -97,6 +101,22 @@ def self_check(bundle: Path, meta: dict, file_key: str, session, graph: str) -> 
     )
     _judge(bundle, result)
     return result
+
+
+def _same_rule(bundle: Path, graph: str, p: np.ndarray, r: np.ndarray, policy: dict) -> None:
+    """The graph routes by the thresholds bundle.json states: a threshold edited inside the
+    graph (its initializer) shows as routes its own p(pit) does not give under them."""
+    t_low, t_high = policy.get("t_low"), policy.get("t_high")
+    if t_low is None or t_high is None:
+        return
+    rule = route_of(p, float(t_low), float(t_high))
+    wrong = int((rule != r).sum())
+    if wrong:
+        raise PitguardError(
+            f"{bundle}: {graph} routes {wrong} of {len(r)} check crops otherwise than its stated "
+            f"thresholds (t_low {t_low:.6g}, t_high {t_high:.6g}) route their p(pit): the "
+            "thresholds inside the graph were changed; export the bundle again"
+        )
 
 
 def _judge(bundle: Path, c: SelfCheck) -> None:
