@@ -139,6 +139,16 @@ def test_a_bundle_whose_second_model_was_swapped_or_restated_is_refused(model_ca
         Predictor(out, "eager", "cpu")
 
 
+def _calibrate_with_second(run, run2) -> None:
+    calibrate_run(
+        run,
+        max_pit_miss=SESSION_MAX_PIT_MISS,
+        confidence=SESSION_CONFIDENCE,
+        max_false_reject=0.2,
+        second_look_model=run2,
+    )
+
+
 def test_a_second_model_that_trained_on_the_calibration_crops_is_refused(
     calibrated_run, second_run, tmp_path
 ):
@@ -151,13 +161,7 @@ def test_a_second_model_that_trained_on_the_calibration_crops_is_refused(
     write_manifest(RunPaths(seen).split, rows)
     before = RunPaths(run).policy.read_bytes()
     with pytest.raises(PitguardError, match=r"trained on \d+ of the \d+ calibration crops"):
-        calibrate_run(
-            run,
-            max_pit_miss=SESSION_MAX_PIT_MISS,
-            confidence=SESSION_CONFIDENCE,
-            max_false_reject=0.2,
-            second_look_model=seen,
-        )
+        _calibrate_with_second(run, seen)
     assert RunPaths(run).policy.read_bytes() == before  # stopped before writing
 
 
@@ -178,13 +182,7 @@ def test_a_second_model_trained_on_copies_of_the_calibration_crops_is_refused(
     with pytest.raises(
         PitguardError, match=r"trained on \d+ of the \d+ calibration crops \(the same"
     ):
-        calibrate_run(
-            run,
-            max_pit_miss=SESSION_MAX_PIT_MISS,
-            confidence=SESSION_CONFIDENCE,
-            max_false_reject=0.2,
-            second_look_model=seen,
-        )
+        _calibrate_with_second(run, seen)
 
 
 def test_a_second_model_changed_since_calibration_is_refused(calibrated_run, second_run, tmp_path):

@@ -64,8 +64,9 @@ def frame_from_image(
     """Crops from an image of one float32 channel whose rows stack them: width S, height
     N x 3 x S (crop after crop, channel after channel)."""
     rows = CHANNELS * size
-    held = max(len(data) // (4 * size * rows), 1)  # crops the data could hold, at least one
-    count = min(height // rows, held) if height >= rows else 1
+    count = height // rows if height >= rows else 1
+    if count > max_crops:  # answered for the crops its data could hold: no absurd allocation
+        count = min(count, max(len(data) // (4 * size * rows), 1))
     if encoding != FLOAT_ENCODING or width != size or step != 4 * size or height % rows:
         return FlatFrame(
             None,

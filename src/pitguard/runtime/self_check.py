@@ -24,7 +24,6 @@ import numpy as np
 from pitguard.core.errors import PitguardError
 from pitguard.runtime.bundle import INPUT_NAME, stated_policy
 from pitguard.runtime.routes import Route
-from pitguard.runtime.routes import route as route_of
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ def self_check(bundle: Path, meta: dict, file_key: str, session, graph: str) -> 
         if t is not None:
             near |= np.abs(want_p - np.float32(t)) <= P_TOLERANCE
     differ = r != want_r
-    _same_rule(bundle, graph, p, r, policy)
+    _same_rule(bundle, graph, p, r, policy, dtype)
     result = SelfCheck(
         graph=graph,
         provider=session.get_providers()[0],
@@ -103,13 +102,21 @@ def self_check(bundle: Path, meta: dict, file_key: str, session, graph: str) -> 
     return result
 
 
-def _same_rule(bundle: Path, graph: str, p: np.ndarray, r: np.ndarray, policy: dict) -> None:
-    """The graph routes by the thresholds bundle.json states: a threshold edited inside the
-    graph (its initializer) shows as routes its own p(pit) does not give under them."""
+def _same_rule(
+    bundle: Path, graph: str, p: np.ndarray, r: np.ndarray, policy: dict, dtype
+) -> None:
+    """The graph routes by the thresholds bundle.json states, compared in the graph's own
+    precision: a threshold edited inside the graph (its initializer) shows as routes its own
+    p(pit) does not give under them."""
     t_low, t_high = policy.get("t_low"), policy.get("t_high")
     if t_low is None or t_high is None:
         return
-    rule = route_of(p, float(t_low), float(t_high))
+    q = p.astype(dtype)
+    rule = (
+        int(Route.MAYBE)
+        + (q >= dtype(t_high)).astype(np.int64)
+        - (q < dtype(t_low)).astype(np.int64)
+    )
     wrong = int((rule != r).sum())
     if wrong:
         raise PitguardError(
