@@ -102,9 +102,7 @@ def self_check(bundle: Path, meta: dict, file_key: str, session, graph: str) -> 
     return result
 
 
-def _same_rule(
-    bundle: Path, graph: str, p: np.ndarray, r: np.ndarray, policy: dict, dtype
-) -> None:
+def _same_rule(bundle: Path, graph: str, p: np.ndarray, r: np.ndarray, policy: dict, dtype) -> None:
     """The graph routes by the thresholds bundle.json states, compared in the graph's own
     precision: a threshold edited inside the graph (its initializer) shows as routes its own
     p(pit) does not give under them."""
