@@ -344,10 +344,11 @@ def add_keygen(sub: Verbs) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from pitguard.runtime.bundle import read_bundle_json
+    from pitguard.runtime.bundle import open_bundle
     from pitguard.runtime.classifier import GRAPHS, Classifier
 
-    files = read_bundle_json(args.bundle).get("files") or {}
+    meta = open_bundle(args.bundle, trust=args.trust)  # proved once for every graph
+    files = meta.get("files") or {}
     graphs = (
         [g for g in GRAPHS if BACKENDS[g].file_key in files]
         if args.graph == "all"
@@ -356,9 +357,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if not graphs:
         raise PitguardError(f"{args.bundle}: has no ONNX graph to verify; export it with --onnx")
     for graph in graphs:
-        clf = Classifier(
-            args.bundle, graph, args.device, args.threads, trust=args.trust, verify=True
-        )
+        clf = Classifier(args.bundle, graph, args.device, args.threads, verify=True, meta=meta)
         if clf.check is None:
             raise PitguardError(
                 f"{args.bundle}: holds no check crops (exported by an older pitguard); export "

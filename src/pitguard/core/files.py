@@ -310,8 +310,13 @@ def _read_memo(path: Path | None) -> dict:
     return memo if isinstance(memo, dict) else {}
 
 
+def json_text(obj: Any) -> str:
+    """A JSON file's text as pitguard writes it."""
+    return json.dumps(obj, indent=2) + "\n"
+
+
 def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    atomic_write_text(path, json_text(obj))
 
 
 def read_json(path: str | Path) -> dict | None:

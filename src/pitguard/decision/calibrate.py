@@ -16,7 +16,6 @@ Two sources of scores, two guarantees:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -29,7 +28,7 @@ from scipy import optimize, special
 from scipy.special import softmax
 
 from pitguard.core.errors import PitguardError
-from pitguard.core.files import commit_together, file_sha256, temp_name, write_json
+from pitguard.core.files import commit_together, file_sha256, json_text, temp_name, write_json
 from pitguard.decision.cascade import (
     second_look_logits,
     second_look_record,
@@ -194,17 +193,25 @@ def calibrate_run(
     if look is not None:
         logits2 = second_look_logits(run, mode, data, part, *look)
         _add_second_look(record, look, p_pit, logits, logits2, labels, policy, bound)
-    staged = temp_name(out)  # the new report and plots, put in place with policy.json at once
+    report = {**record, "operating_curve": curve, "operating_table": table}
+    _commit(
+        paths, record, report, lambda d: _plot(curve, chosen, probs_before, probs_after, labels, d)
+    )
+    return {**record, "operating_table": table}
+
+
+def _commit(paths: RunPaths, record: dict, report: dict, plot) -> None:
+    """The report and the plots (``plot(folder)``) staged beside ``calibration/``, then put in
+    place with ``policy.json`` at once: a signal leaves the old set or the new set."""
+    staged = temp_name(paths.calibration)
     shutil.rmtree(staged, ignore_errors=True)
     try:
         staged.mkdir(parents=True)
-        _plot(curve, chosen, probs_before, probs_after, labels, staged)
-        report = {**record, "operating_curve": curve, "operating_table": table}
+        plot(staged)
         write_json(staged / CALIB_REPORT, report)
-        commit_together(staged, out, paths.policy, json.dumps(record, indent=2) + "\n")
+        commit_together(staged, paths.calibration, paths.policy, json_text(record))
     finally:
         shutil.rmtree(staged, ignore_errors=True)
-    return {**record, "operating_table": table}
 
 
 def _described(run: RunModel, described: str, labels: np.ndarray, mode: str, data, part) -> dict:

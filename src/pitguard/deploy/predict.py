@@ -60,10 +60,6 @@ class Predictor:
         trust=None,
     ):
         self.bundle = Path(bundle)
-        if trust is not None:  # the keys once, for both opens below
-            from pitguard.runtime.trust import trusted_keys
-
-            trust = trusted_keys(trust)
         self.meta = open_bundle(self.bundle, trust=trust)
         self.second = None
         self.classes = tuple(self.meta["classes"])
@@ -75,7 +71,7 @@ class Predictor:
         self.backend = chosen.name
         if chosen.runtime == "onnx":  # the line's runtime, with its graph proved on load
             self.runtime = Classifier(
-                self.bundle, chosen.name, device, threads, second_look, trust=trust
+                self.bundle, chosen.name, device, threads, second_look, meta=self.meta
             )
             self.session = self.runtime.session
             self.device = self.runtime.device

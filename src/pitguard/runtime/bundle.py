@@ -154,14 +154,9 @@ def _prove_guarantees(where: Path, meta: dict) -> None:
 
 
 def _signed_by(bundle: str | Path, trust) -> dict:
-    from pitguard.runtime.trust import TrustedKey, trusted_keys, verify_bundle
+    from pitguard.runtime.trust import trusted_keys, verify_bundle
 
-    keys = (
-        trust
-        if isinstance(trust, list) and all(isinstance(k, TrustedKey) for k in trust)
-        else trusted_keys(trust)
-    )
-    key = verify_bundle(bundle, keys)
+    key = verify_bundle(bundle, trusted_keys(trust))
     return {"key_id": key.key_id, "key": str(key.path)}
 
 

@@ -62,9 +62,11 @@ class Classifier:
         second_look: bool = True,
         trust=None,
         verify: bool = False,
+        meta: dict | None = None,
     ):
         self.bundle = Path(bundle)
-        self.meta = open_bundle(self.bundle, trust=trust)
+        # ``meta``: what open_bundle(bundle, trust) returned, so one caller proves a bundle once
+        self.meta = meta if meta is not None else open_bundle(self.bundle, trust=trust)
         if graph not in GRAPHS:
             raise PitguardError(f"graph {graph!r}: choose {', '.join(GRAPHS)}")
         backend = BACKENDS[graph]

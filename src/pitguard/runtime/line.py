@@ -27,13 +27,13 @@ import numpy as np
 
 from pitguard.core.errors import PitguardError
 from pitguard.runtime.classifier import Classification, Classifier
+from pitguard.runtime.frames import CHANNELS
 
 LINE_CODES = {"clean": 1, "pit": 2, "maybe": 5}  # the detector's label codes
 MAYBE_CODE = LINE_CODES["maybe"]
 # the columns of the detector's confidence_probs: its ResNet50's softmax over these classes
 PROB_COLUMNS = ("clean", "maybe", "pit")
 MAX_CROPS = 256  # a frame holds 7-16 cherries; far more is a broken sender, refused unscored
-CHANNELS = 3
 
 log = logging.getLogger(__name__)
 

@@ -104,19 +104,24 @@ def sign_bundle(folder: str | Path, private_key: str | Path) -> str:
 
 
 def trusted_keys(trust: str | Path | list) -> list[TrustedKey]:
-    """The public keys in ``trust``: a .pub file, a folder of them (a keyring) or a list."""
+    """The public keys in ``trust``: a .pub file, a folder of them (a keyring), or a list of
+    those or of keys already read."""
     paths: list[Path] = []
-    for item in trust if isinstance(trust, list | tuple) else [trust]:
-        item = Path(item)
+    read: list[TrustedKey] = []
+    for given in trust if isinstance(trust, list | tuple) else [trust]:
+        if isinstance(given, TrustedKey):
+            read.append(given)
+            continue
+        item = Path(given)
         if item.is_dir():
             paths += sorted(item.glob("*.pub"))
         elif item.is_file():
             paths.append(item)
         else:
             raise PitguardError(f"--trust {item}: no such key file or folder")
-    if not paths:
+    if not paths and not read:
         raise PitguardError(f"--trust {trust}: holds no .pub key; give signing.pub from keygen")
-    keys = []
+    keys = read
     for path in paths:
         key = _load_key(path, private=False)
         keys.append(TrustedKey(_key_id(key), path, key))
